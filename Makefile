@@ -1,0 +1,36 @@
+# The two commands a fresh machine needs (Python 3.11 and make): `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean lock bench
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kdeploy demo --out build/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Re-resolve the pins after changing dependencies in pyproject.toml (needs the package index).
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	build/lock-venv/bin/python -m pip install --quiet '.[dev]'
+	build/lock-venv/bin/python -m pip freeze --exclude kdeploy | sort > constraints.txt
+
+clean:
+	rm -rf build $(VENV)
+
+# Measured numbers for README (training, export and verify times, artifact sizes). Not part of the tests.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/foundation.py

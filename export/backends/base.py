@@ -1,0 +1,57 @@
+"""The interface every runtime sits behind, and the one place that picks a runtime by format name.
+
+A backend loads one artifact, exposes the signature it serves, runs a feed and returns outputs keyed by the
+signature's output names. Parity runs all of them; the server needs only onnxruntime, so each runtime lives
+in its own module and is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from export.manifest import ARTIFACT_PATHS
+from export.signature import Feed, ModelSignature
+
+_BACKENDS: dict[str, str] = {
+    "keras": "export.backends.keras_backend:KerasBackend",
+    "savedmodel": "export.backends.tensorflow_backend:TensorFlowBackend",
+    "tflite": "export.backends.tflite_backend:TFLiteBackend",
+    "onnx": "export.backends.onnxruntime_backend:OnnxRuntimeBackend",
+}
+
+
+class Backend(Protocol):
+    """A loaded model in one runtime."""
+
+    format: str
+
+    @property
+    def signature(self) -> ModelSignature:
+        """The signature this backend serves."""
+        ...
+
+    def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        """Run one batch; the feed must already fit the signature."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+        ...
+
+
+def load_backend(fmt: str, version_dir: Path, signature: ModelSignature, **options: Any) -> Backend:
+    """Load format `fmt` from a version folder with its runtime.
+
+    Args:
+        fmt: `keras`, `savedmodel`, `tflite` or `onnx`.
+        version_dir: the version folder holding the artifact.
+        signature: the manifest's signature, which names the tensors.
+        options: runtime settings for that backend's constructor (threads, providers).
+    """
+    module_name, _, class_name = _BACKENDS[fmt].partition(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class(Path(version_dir) / ARTIFACT_PATHS[fmt], signature, **options)

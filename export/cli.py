@@ -1,0 +1,119 @@
+"""`kdeploy export` and `kdeploy verify` arguments."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from export.manifest import FORMATS, TFLITE_QUANTIZATIONS
+from kdeploy.errors import UsageError
+
+
+def parse_per_format(values: list[str] | None, flag: str) -> dict[str, float]:
+    """`--atol onnx=1e-4 --atol 1e-3` as {format: value}; a bare number applies to every format."""
+    result: dict[str, float] = {}
+    for value in values or []:
+        fmt, _, number = value.rpartition("=")
+        targets = [fmt] if fmt else list(FORMATS)
+        if fmt and fmt not in FORMATS:
+            raise UsageError(f"{flag} {value!r}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        try:
+            parsed = float(number)
+        except ValueError:
+            raise UsageError(f"{flag} {value!r}: expected a number or FORMAT=NUMBER") from None
+        if parsed < 0:
+            raise UsageError(f"{flag} {value!r}: tolerance must not be negative")
+        result.update({t: parsed for t in targets})
+    return result
+
+
+def _add_verify_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("verify")
+    group.add_argument("--data", type=Path, help="labelled inputs (.npz); default: the version's validation.npz, "
+                                                 "else inputs generated from the signature")
+    group.add_argument("--samples", type=int, default=256, help="rows to compare (default 256)")
+    group.add_argument("--max-batch", type=int, default=32, help="largest batch; 1 and max/2 are used too (default 32)")
+    group.add_argument("--report", type=Path, help="report directory (default: the version directory)")
+    group.add_argument("--atol", action="append", metavar="[FORMAT=]X", help="absolute tolerance override (repeatable)")
+    group.add_argument("--rtol", action="append", metavar="[FORMAT=]X", help="relative tolerance override (repeatable)")
+
+
+def _verify_config(args: argparse.Namespace):  # noqa: ANN202 - VerifyConfig, imported lazily
+    from export.verify import VerifyConfig
+
+    return VerifyConfig(data=args.data, samples=args.samples, max_batch=args.max_batch, report_dir=args.report,
+                        atol=parse_per_format(args.atol, "--atol"), rtol=parse_per_format(args.rtol, "--rtol"))
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export", help="export a Keras model to SavedModel, TFLite and ONNX in a model repository",
+        description="Export MODEL.keras into REPO/NAME/VERSION/ with a manifest, then verify parity.")
+    parser.add_argument("model", type=Path, help="the .keras file")
+    parser.add_argument("--repository", required=True, type=Path, help="model repository root")
+    parser.add_argument("--name", required=True, help="model name (folder in the repository)")
+    parser.add_argument("--version", type=int, help="version number (default: next)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated (default {','.join(FORMATS)})")
+    parser.add_argument("--tflite-quantization", default="none", choices=TFLITE_QUANTIZATIONS)
+    parser.add_argument("--representative-data", type=Path, help="int8 calibration inputs (.npz)")
+    parser.add_argument("--onnx-opset", type=int, default=17)
+    parser.add_argument("--force", action="store_true", help="replace an existing version")
+    parser.add_argument("--allow-partial", action="store_true", help="exit 0 even if some formats fail to convert")
+    parser.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    parser.add_argument("--unsafe", action="store_true", help="allow Lambda layers (Keras unsafe deserialisation)")
+    _add_verify_options(parser)
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from export.exporter import ExportConfig, export_model
+    from export.parity_report import to_console
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    config = ExportConfig(
+        model_path=args.model, repository=args.repository, name=args.name, version=args.version, formats=formats,
+        tflite_quantization=args.tflite_quantization, representative_data=args.representative_data,
+        onnx_opset=args.onnx_opset, force=args.force, allow_partial=args.allow_partial, verify=not args.no_verify,
+        verify_config=_verify_config(args), unsafe=args.unsafe,
+    )
+    result = export_model(config, progress=print)
+    if result.parity is not None:
+        print(to_console(result.parity))
+    for fmt, reason in result.failed_formats.items():
+        print(f"kdeploy export: {fmt} could not be converted: {reason}")
+    if not result.published:
+        print(f"kdeploy export: parity failed, version NOT published; kept for inspection in {result.version_dir}")
+        for failure in result.parity.failures if result.parity else []:
+            print(f"  {failure}")
+        return 1
+    print(f"kdeploy export: wrote {result.version_dir}")
+    if result.failed_formats and not args.allow_partial:
+        return 1
+    return 0
+
+
+def add_verify_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("verify", help="check that every exported format predicts what Keras predicts",
+                                 description="Run the Keras model and every format of a version on the same "
+                                             "inputs and compare them within per-format tolerances.")
+    parser.add_argument("model_dir", type=Path, metavar="REPO/NAME", help="model folder (or a version folder)")
+    parser.add_argument("--version", type=int, help="version (default: latest)")
+    _add_verify_options(parser)
+    parser.set_defaults(run=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from export.parity_report import to_console
+    from export.repository import resolve_version_dir
+    from export.verify import verify_version
+
+    config = _verify_config(args)
+    version_dir = resolve_version_dir(args.model_dir, args.version)
+    report = verify_version(version_dir, config, progress=print)
+    print(to_console(report))
+    print(f"kdeploy verify: report in {config.report_dir or version_dir}")
+    if not report.passed:
+        for failure in report.failures:
+            print(f"kdeploy verify: FAIL {failure}")
+        return 1
+    return 0

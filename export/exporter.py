@@ -1,0 +1,222 @@
+"""`kdeploy export`: one Keras model into one repository version with every format and a manifest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from export.manifest import (
+    ARTIFACT_PATHS,
+    FORMATS,
+    SOURCE_FORMAT,
+    TFLITE_QUANTIZATIONS,
+    VALIDATION_FILE,
+    Manifest,
+    describe_artifact,
+    write_manifest,
+)
+from export.parity import ParityReport
+from export.repository import ModelRepository
+from export.signature import load_data_file
+from export.verify import VerifyConfig, verify_version
+from kdeploy.errors import CheckFailedError, UsageError
+from kdeploy.files import sha256_file, size_of_path
+from kdeploy.versions import library_versions
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ONNX_OPSET = 17
+_TOOLS = ("kdeploy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
+
+
+class ExportFailedError(CheckFailedError):
+    """No format at all could be written."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Everything `kdeploy export` needs, built once from the command line (or by a caller)."""
+
+    model_path: Path
+    repository: Path
+    name: str
+    version: int | None = None
+    """Version to write; default: one more than the highest in the repository."""
+    formats: tuple[str, ...] = FORMATS
+    tflite_quantization: str = "none"
+    representative_data: Path | None = None
+    """Inputs for int8 calibration (.npz); default: validation.npz beside the model."""
+    onnx_opset: int = DEFAULT_ONNX_OPSET
+    force: bool = False
+    """Replace an existing version."""
+    allow_partial: bool = False
+    """Succeed when some formats could not be converted."""
+    verify: bool = True
+    verify_config: VerifyConfig = field(default_factory=VerifyConfig)
+    unsafe: bool = False
+    """Allow Keras' unsafe deserialisation (Lambda layers)."""
+
+    def check(self) -> None:
+        """Reject bad values before any work starts.
+
+        Raises:
+            UsageError: naming the first bad value.
+        """
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise UsageError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+        if not self.formats:
+            raise UsageError("no format asked for; choose from " + ", ".join(FORMATS))
+        if self.tflite_quantization not in TFLITE_QUANTIZATIONS:
+            raise UsageError(
+                f"unknown TFLite quantization {self.tflite_quantization!r}; choose from {', '.join(TFLITE_QUANTIZATIONS)}"
+            )
+        if self.version is not None and self.version < 1:
+            raise UsageError(f"--version must be a positive integer, got {self.version}")
+        if not 7 <= self.onnx_opset <= 23:
+            raise UsageError(f"--onnx-opset {self.onnx_opset} is outside the range tf2onnx supports (7 to 23)")
+        if not Path(self.model_path).exists():
+            raise UsageError(f"model file not found: {self.model_path}")
+        if self.representative_data is not None and not Path(self.representative_data).is_file():
+            raise UsageError(f"representative data file not found: {self.representative_data}")
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how it went."""
+
+    version_dir: Path
+    """The published version (or, when parity failed, the hidden folder it was set aside in)."""
+    manifest: Manifest
+    failed_formats: dict[str, str]
+    parity: ParityReport | None
+    published: bool
+    seconds: dict[str, float]
+    """Wall time per step (each format, verify)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.published and not self.failed_formats and (self.parity is None or self.parity.passed)
+
+
+def export_model(config: ExportConfig, progress: Callable[[str], None] = logger.info) -> ExportResult:
+    """Export a Keras model into `REPO/NAME/VERSION/` with the asked formats, a manifest and a parity report.
+
+    The version is built in a hidden staging folder and renamed into place only when complete. A format that
+    does not convert is recorded with the converter's reason and the others are still written. When parity
+    fails, the version is not published but kept in a hidden `.failed-*` folder for inspection.
+
+    Raises:
+        UsageError: for bad input (missing or foreign model file, existing version without `force`).
+    """
+    config.check()
+    repo = ModelRepository(config.repository)
+    model_dir = repo.model_dir(config.name)
+    version = config.version or repo.next_version(config.name)
+    if repo.version_dir(config.name, version).exists() and not config.force:
+        raise UsageError(f"version {version} of {config.name!r} already exists in {repo.root}; pass --force to replace it")
+
+    # Heavy imports only once the arguments are known to be good.
+    from export.convert import (
+        ConversionError,
+        onnx_from_savedmodel,
+        savedmodel_from_keras,
+        tflite_from_keras,
+    )
+    from export.keras_model import ensure_built, load_keras_model, signature_from_keras
+
+    model = load_keras_model(config.model_path, unsafe=config.unsafe)
+    ensure_built(model)
+    signature = signature_from_keras(model)
+    validation = Path(config.model_path).with_name(VALIDATION_FILE)
+    representative = config.representative_data or (validation if validation.is_file() else None)
+    seconds: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    options: dict[str, dict[str, object]] = {
+        "savedmodel": {"signature": signature.name},
+        "tflite": {"quantization": config.tflite_quantization},
+        "onnx": {"opset": config.onnx_opset},
+    }
+
+    with repo.staging(config.name, version) as stage, tempfile.TemporaryDirectory(prefix="kdeploy-export-") as tmp:
+        shutil.copy2(config.model_path, stage / ARTIFACT_PATHS[SOURCE_FORMAT])
+        if validation.is_file():
+            shutil.copy2(validation, stage / VALIDATION_FILE)
+        # The SavedModel is also the source of the other formats: write it to a scratch folder when not asked for.
+        savedmodel_dir = stage if "savedmodel" in config.formats else Path(tmp) / "savedmodel"
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("savedmodel", lambda: savedmodel_from_keras(model, signature, savedmodel_dir)),
+        ]
+        if "tflite" in config.formats:
+            def tflite() -> None:
+                feed = None
+                if config.tflite_quantization == "int8" and representative is not None:
+                    feed, _ = load_data_file(representative, signature)
+                tflite_from_keras(model, signature, savedmodel_dir, stage / ARTIFACT_PATHS["tflite"],
+                                  config.tflite_quantization, feed)
+            steps.append(("tflite", tflite))
+        if "onnx" in config.formats:
+            steps.append(("onnx", lambda: onnx_from_savedmodel(savedmodel_dir, stage / ARTIFACT_PATHS["onnx"],
+                                                              config.onnx_opset, signature.name)))
+        for index, (fmt, step) in enumerate(steps, start=1):
+            progress(f"export [{index}/{len(steps)}] {fmt} ...")
+            started = time.perf_counter()
+            try:
+                step()
+            except ConversionError as exc:
+                failed[fmt] = str(exc)
+                progress(f"export [{index}/{len(steps)}] {fmt} FAILED: {exc}")
+                if fmt == "savedmodel":
+                    # Every other format is converted from the SavedModel.
+                    failed.update({f: "not attempted: the SavedModel could not be written" for f in config.formats if f != fmt})
+                    break
+                continue
+            seconds[fmt] = time.perf_counter() - started
+            if fmt in config.formats:
+                size = size_of_path(stage / ARTIFACT_PATHS[fmt]) if fmt != "savedmodel" else None
+                progress(f"export [{index}/{len(steps)}] {fmt} done in {seconds[fmt]:.1f} s"
+                         + (f", {size / 1024:.0f} KiB" if size else ""))
+        failed = {f: r for f, r in failed.items() if f in config.formats}
+        written = [f for f in config.formats if f not in failed]
+        if not written:
+            raise_for = "; ".join(f"{f}: {r}" for f, r in failed.items())
+            raise ExportFailedError(f"no format could be written ({raise_for})")
+        manifest = Manifest(
+            name=config.name,
+            version=version,
+            signature=signature,
+            source=describe_artifact(stage, SOURCE_FORMAT),
+            artifacts={f: describe_artifact(stage, f, options[f]) for f in FORMATS if f in written},
+            failed_formats=failed,
+            validation_data=VALIDATION_FILE if (stage / VALIDATION_FILE).exists() else None,
+            export_options={
+                "formats": list(config.formats), "tflite_quantization": config.tflite_quantization,
+                "onnx_opset": config.onnx_opset, "unsafe": config.unsafe,
+                "source_model": str(Path(config.model_path).resolve()),
+                "source_sha256": sha256_file(config.model_path),
+                "representative_data": str(representative) if representative and config.tflite_quantization == "int8" else None,
+            },
+            tool_versions=library_versions(_TOOLS),
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        write_manifest(stage, manifest)
+        parity = None
+        if config.verify:
+            progress("verify: comparing every format with the Keras model ...")
+            started = time.perf_counter()
+            parity = verify_version(stage, config.verify_config, progress)
+            seconds["verify"] = time.perf_counter() - started
+        if parity is not None and not parity.passed:
+            kept = repo.set_aside(stage, config.name, version)
+            return ExportResult(kept, manifest, failed, parity, published=False, seconds=seconds)
+        target = repo.publish(stage, config.name, version, force=config.force)
+    logger.debug("exported %s into %s", config.model_path, model_dir)
+    return ExportResult(target, manifest, failed, parity, published=True, seconds=seconds)
+

@@ -1,0 +1,146 @@
+"""Loading a user's Keras model and reading its signature (imports Keras)."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from export.signature import ModelSignature, SignatureError, TensorSpec
+from kdeploy.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def load_keras_model(path: Path, *, unsafe: bool = False) -> keras.Model:
+    """Load a `.keras` file with Keras' safe mode on, unless `unsafe`.
+
+    Raises:
+        UsageError: when the file is missing, is not a Keras model, or needs unsafe deserialisation.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"model file not found: {path}")
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        raise UsageError(f"{path} is not a Keras model: expected a .keras file written by model.save()")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as exc:  # Keras raises ValueError, TypeError, KeyError... for foreign or broken files
+        message = str(exc)
+        if "safe_mode" in message or "unsafe" in message.lower():
+            raise UsageError(
+                f"{path} contains a Lambda layer (arbitrary Python code) that Keras' safe mode refuses to load; "
+                "pass --unsafe only if you trust the file"
+            ) from None
+        first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+        raise UsageError(f"{path} is not a loadable Keras model: {first_line}") from None
+    if not isinstance(model, keras.Model):
+        raise UsageError(f"{path} holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+def ensure_built(model: keras.Model) -> None:
+    """Call a never-run model once on one row of zeros: Keras' exporters refuse models that were never called."""
+    if getattr(model, "_called", False):
+        return
+    feed = {t.name: np.zeros((1,) + tuple(d or 1 for d in t.shape[1:]), dtype=t.dtype) for t in model.inputs}
+    model(feed if len(feed) > 1 else next(iter(feed.values())), training=False)
+
+
+def signature_from_keras(model: keras.Model, name: str = "serving_default") -> ModelSignature:
+    """The model's signature: its own input and output names, dtypes and shapes.
+
+    Integer inputs consumed by an Embedding get the vocabulary as their value range, so generated inputs
+    (for parity checks and load tests) stay valid.
+    """
+    if not model.inputs:
+        raise UsageError("the model has no defined inputs; build it with keras.Input before saving")
+    ranges = _embedding_ranges(model)
+    inputs = tuple(
+        TensorSpec(t.name, np.dtype(t.dtype).name, tuple(t.shape), ranges.get(t.name)) for t in model.inputs
+    )
+    outputs = tuple(
+        TensorSpec(n, np.dtype(t.dtype).name, tuple(t.shape)) for n, t in zip(model.output_names, _flat_outputs(model))
+    )
+    if len({t.name for t in outputs}) != len(outputs):
+        raise SignatureError(f"the model's outputs do not have distinct names: {[t.name for t in outputs]}")
+    return ModelSignature(inputs=inputs, outputs=outputs, name=name)
+
+
+def _flat_outputs(model: keras.Model) -> list[Any]:
+    outputs = model.outputs
+    return list(outputs.values()) if isinstance(outputs, Mapping) else list(outputs)
+
+
+def _embedding_ranges(model: keras.Model) -> dict[str, tuple[float, float]]:
+    ranges: dict[str, tuple[float, float]] = {}
+    input_names = {id(t): t.name for t in model.inputs}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.Embedding):
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            for tensor in node.input_tensors:
+                if id(tensor) in input_names:
+                    ranges[input_names[id(tensor)]] = (0.0, float(layer.input_dim - 1))
+    if isinstance(model, keras.Sequential) and model.layers and isinstance(model.layers[0], keras.layers.Embedding):
+        ranges[model.inputs[0].name] = (0.0, float(model.layers[0].input_dim - 1))
+    return ranges
+
+
+def outputs_as_dict(model: keras.Model, result: Any) -> dict[str, Any]:
+    """A model call's result (a tensor, a list or a dict) keyed by the model's output names."""
+    if isinstance(result, Mapping):
+        return dict(result)
+    if not isinstance(result, (list, tuple)):
+        result = [result]
+    return dict(zip(model.output_names, result))
+
+
+def model_input(model: keras.Model, feed: Mapping[str, Any]) -> Any:
+    """What to pass to `model(...)` for a feed: the tensor itself for one input, a dict otherwise."""
+    if len(model.inputs) == 1:
+        return feed[model.inputs[0].name]
+    return dict(feed)
+
+
+def serving_function(model: keras.Model) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """A function from a feed to a dict of outputs: the body of the exported `serving_default` signature."""
+
+    def serve(inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return outputs_as_dict(model, model(model_input(model, inputs), training=False))
+
+    return serve
+
+
+def has_recurrent_layers(model: keras.Model) -> bool:
+    """Whether the model contains RNN layers (LSTM, GRU, inside Bidirectional too) that are not unrolled."""
+    # _flatten_layers is the only walker that reaches layers nested in wrappers such as Bidirectional.
+    layers = model._flatten_layers(include_self=False, recursive=True)  # noqa: SLF001
+    return any(isinstance(layer, keras.layers.RNN) and not layer.unroll for layer in layers)
+
+
+def unrolled_clone(model: keras.Model) -> keras.Model:
+    """A copy of the model with every RNN layer unrolled (same weights, same results).
+
+    TFLite cannot lower an RNN's while loop when the batch is dynamic; an unrolled RNN is plain matrix
+    arithmetic, which it converts. Needs a static time dimension.
+    """
+
+    def unroll(config: Any) -> Any:
+        if isinstance(config, dict):
+            return {k: (True if k == "unroll" else unroll(v)) for k, v in config.items()}
+        if isinstance(config, list):
+            return [unroll(v) for v in config]
+        return config
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config(unroll(layer.get_config()))
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy

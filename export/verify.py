@@ -1,0 +1,120 @@
+"""`kdeploy verify`: prove that every exported format predicts what the Keras model predicts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.backends.base import Backend, load_backend
+from export.manifest import Manifest, checksum_problems, read_manifest
+from export.parity import (
+    FormatComparison,
+    ParityReport,
+    batch_schedule,
+    compare_format,
+    precision_of,
+    run_backend,
+    tolerance_for,
+)
+from export.parity_report import write_reports
+from export.signature import batch_size, load_data_file, slice_feed
+from kdeploy.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """What to compare and how strictly."""
+
+    data: Path | None = None
+    """Labelled inputs (.npz); default: the version's validation data, else inputs generated from the signature."""
+    samples: int = 256
+    """Rows to compare (at most)."""
+    max_batch: int = 32
+    """Largest batch sent to each runtime; batches of 1 and max/2 are sent too."""
+    report_dir: Path | None = None
+    """Where parity.json, parity.md and parity.png go; default: the version folder."""
+    atol: dict[str, float] = field(default_factory=dict)
+    """Per-format absolute tolerance overrides."""
+    rtol: dict[str, float] = field(default_factory=dict)
+    """Per-format relative tolerance overrides."""
+    seed: int = 0
+    """Seed of generated inputs."""
+
+
+def load_inputs(
+    version_dir: Path, manifest: Manifest, config: VerifyConfig
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, str]:
+    """The feed to compare on, its labels if any, and a description of where it came from."""
+    source, described = config.data, str(config.data)
+    if source is None and manifest.validation_data and (version_dir / manifest.validation_data).exists():
+        source, described = version_dir / manifest.validation_data, f"the version's {manifest.validation_data}"
+    if source is not None:
+        feed, labels = load_data_file(source, manifest.signature)
+        rows = min(config.samples, batch_size(feed))
+        return slice_feed(feed, 0, rows), (labels[:rows] if labels is not None else None), described
+    rng = np.random.default_rng(config.seed)
+    return manifest.signature.generate_feed(config.samples, rng), None, f"generated inputs (seed {config.seed})"
+
+
+def verify_version(
+    version_dir: Path, config: VerifyConfig = VerifyConfig(), progress: Callable[[str], None] = logger.info
+) -> ParityReport:
+    """Run the Keras source model and every format of a version on the same inputs and compare them.
+
+    Writes parity.json, parity.md and parity.png to `config.report_dir` (default: the version folder).
+
+    Returns:
+        The report; falsy when a format is out of tolerance.
+
+    Raises:
+        UsageError: when the version or the data cannot be read.
+    """
+    started = time.perf_counter()
+    version_dir = Path(version_dir)
+    manifest = read_manifest(version_dir)
+    if config.samples < 1 or config.max_batch < 1:
+        raise UsageError("--samples and --max-batch must be at least 1")
+    feed, labels, data_source = load_inputs(version_dir, manifest, config)
+    schedule = batch_schedule(batch_size(feed), config.max_batch)
+    changed = {p.split(":", 1)[0]: p.split(": ", 1)[1] for p in checksum_problems(version_dir, manifest)}
+    if "keras" in changed:
+        raise UsageError(f"the reference model {manifest.source.path} {changed['keras']}")
+    unsafe = bool(manifest.export_options.get("unsafe", False))
+    progress(f"verify: reference keras on {batch_size(feed)} samples ({data_source})")
+    reference = _run(load_backend("keras", version_dir, manifest.signature, unsafe=unsafe), feed, schedule)
+    formats = []
+    for fmt, artifact in manifest.artifacts.items():
+        progress(f"verify: {fmt}")
+        precision = precision_of(fmt, artifact.options)
+        tolerance = tolerance_for(fmt, precision, config.atol, config.rtol)
+        try:
+            outputs = _run(load_backend(fmt, version_dir, manifest.signature), feed, schedule)
+        except Exception as exc:  # a runtime that cannot load or run the artifact is a parity failure
+            logger.debug("backend %s failed", fmt, exc_info=True)
+            formats.append(FormatComparison(fmt, precision, tolerance, problems=[f"could not run: {exc}"]))
+            continue
+        comparison = compare_format(fmt, precision, tolerance, manifest.signature, reference, outputs, labels)
+        if fmt in changed:
+            comparison.problems.append(changed[fmt])
+        formats.append(comparison)
+    report = ParityReport(
+        model=manifest.name, version=manifest.version, reference="keras", samples=batch_size(feed),
+        batch_sizes=schedule, data_source=data_source, formats=formats, seconds=time.perf_counter() - started,
+    )
+    write_reports(report, config.report_dir or version_dir)
+    return report
+
+
+def _run(backend: Backend, feed: dict[str, np.ndarray], schedule: list[int]) -> dict[str, np.ndarray]:
+    try:
+        return run_backend(backend, feed, schedule)
+    finally:
+        backend.close()
+

@@ -1,0 +1,3 @@
+from kdeploy.cli import entry_point
+
+entry_point()

@@ -1,0 +1,83 @@
+"""The `kdeploy` command: one subcommand per stage, each a thin layer over the stage's library function.
+
+Exit status: 0 success; 1 a check that ran and failed (parity out of tolerance, a format that did not
+convert); 2 bad usage or bad input, reported as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from kdeploy.errors import KdeployError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are a single line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command line: every stage registers its own subcommand."""
+    from export.cli import add_export_parser, add_verify_parser
+    from kdeploy.demo import add_demo_parser
+    from train.cli import add_train_parser
+
+    parser = OneLineParser(prog="kdeploy", description="Train, export, verify, serve and load-test Keras models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    add_train_parser(commands)
+    add_export_parser(commands)
+    add_verify_parser(commands)
+    add_demo_parser(commands)
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to standard error; quiet TensorFlow's C++ log (start-up chatter, graph warnings) unless verbose."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `kdeploy` subcommand and return its exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits for --help (0) and usage errors (2)
+        return int(exc.code or 0)
+    configure_logging(args.verbose)
+    # SIGTERM (a stopped container, a cancelled CI job) unwinds like Ctrl-C, so half-built versions are cleaned up.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return int(args.run(args))
+    except KdeployError as exc:
+        print(f"kdeploy {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"kdeploy {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

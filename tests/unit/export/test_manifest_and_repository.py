@@ -1,0 +1,103 @@
+import json
+
+import pytest
+
+from export.manifest import Manifest, ManifestError, checksum_problems, describe_artifact, read_manifest, write_manifest
+from export.repository import ModelRepository, resolve_version_dir
+from export.signature import ModelSignature, TensorSpec
+from kdeploy.errors import UsageError
+
+SIG = ModelSignature(inputs=(TensorSpec("x", "float32", (None, 2)),), outputs=(TensorSpec("y", "float32", (None, 1)),))
+
+
+def _version(tmp_path, name="m", version=1):
+    folder = tmp_path / name / str(version)
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes(b"keras bytes")
+    (folder / "model.onnx").write_bytes(b"onnx bytes")
+    (folder / "saved_model.pb").write_bytes(b"pb")
+    (folder / "variables").mkdir()
+    (folder / "variables" / "variables.index").write_bytes(b"index")
+    manifest = Manifest(
+        name=name, version=version, signature=SIG, source=describe_artifact(folder, "keras"),
+        artifacts={f: describe_artifact(folder, f) for f in ("savedmodel", "onnx")},
+    )
+    write_manifest(folder, manifest)
+    return folder, manifest
+
+
+def test_manifest_round_trip_and_checksums(tmp_path):
+    folder, manifest = _version(tmp_path)
+    assert read_manifest(folder) == manifest
+    assert checksum_problems(folder, manifest) == []
+    data = json.loads((folder / "manifest.json").read_text())
+    assert data["signature"]["inputs"][0] == {"name": "x", "dtype": "float32", "shape": [-1, 2]}
+    assert data["formats"]["onnx"]["bytes"] == len(b"onnx bytes")
+
+
+def test_changed_files_are_named(tmp_path):
+    folder, manifest = _version(tmp_path)
+    (folder / "model.onnx").write_bytes(b"tampered")
+    (folder / "variables" / "variables.index").write_bytes(b"other")
+    problems = checksum_problems(folder, manifest)
+    assert any(p.startswith("onnx:") for p in problems) and any(p.startswith("savedmodel:") for p in problems)
+
+
+def test_read_manifest_errors(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="cannot read"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(ManifestError, match="schema version 99"):
+        read_manifest(tmp_path)
+
+
+def test_versions_ignore_hidden_and_non_numeric_folders(tmp_path):
+    for name in ("1", "3", ".staging-4-abc", "notes", "0"):
+        (tmp_path / "m" / name).mkdir(parents=True)
+    repo = ModelRepository(tmp_path)
+    assert repo.versions("m") == [1, 3]
+    assert repo.next_version("m") == 4 and repo.next_version("other") == 1
+
+
+def test_staging_leaves_nothing_when_the_build_fails(tmp_path):
+    repo = ModelRepository(tmp_path)
+    with pytest.raises(RuntimeError):
+        with repo.staging("m", 1) as stage:
+            (stage / "model.onnx").write_bytes(b"half")
+            raise RuntimeError("converter crashed")
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_publish_refuses_to_overwrite_without_force(tmp_path):
+    repo = ModelRepository(tmp_path)
+    for content, force in ((b"first", False), (b"second", True)):
+        with repo.staging("m", 1) as stage:
+            (stage / "f").write_bytes(content)
+            repo.publish(stage, "m", 1, force=force)
+    assert (tmp_path / "m" / "1" / "f").read_bytes() == b"second"
+    with repo.staging("m", 1) as stage, pytest.raises(UsageError, match="already exists.*--force"):
+        repo.publish(stage, "m", 1)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
+
+
+def test_repository_that_is_a_file_and_bad_names_are_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        ModelRepository(tmp_path / "file")
+    with pytest.raises(UsageError, match="not valid"):
+        ModelRepository(tmp_path).model_dir("../escape")
+
+
+def test_resolve_version_dir(tmp_path):
+    _version(tmp_path, version=1)
+    two, _ = _version(tmp_path, version=2)
+    assert resolve_version_dir(tmp_path / "m") == two
+    assert resolve_version_dir(tmp_path / "m", 1) == tmp_path / "m" / "1"
+    assert resolve_version_dir(two) == two
+    with pytest.raises(UsageError, match="no version 7"):
+        resolve_version_dir(tmp_path / "m", 7)
+    with pytest.raises(UsageError, match="does not exist"):
+        resolve_version_dir(tmp_path / "missing")

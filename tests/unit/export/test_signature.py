@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from export.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name, feed_from_arrays
+
+SIG = ModelSignature(
+    inputs=(TensorSpec("image", "float32", (None, 8, 8, 1)), TensorSpec("tokens", "int32", (None, 5), (0, 49))),
+    outputs=(TensorSpec("probabilities", "float32", (None, 10)),),
+)
+
+
+def test_json_round_trip_uses_minus_one_for_dynamic_dimensions():
+    data = SIG.to_json()
+    assert data["inputs"][0]["shape"] == [-1, 8, 8, 1]
+    assert data["inputs"][1]["range"] == [0, 49]
+    assert ModelSignature.from_json(data) == SIG
+
+
+def test_dtype_table_names_each_protocol():
+    fp32 = dtype_by_name("float32")
+    assert (fp32.tf_enum, fp32.kserve, fp32.onnx) == (1, "FP32", "tensor(float)")
+    with pytest.raises(SignatureError, match="unsupported dtype"):
+        dtype_by_name("complex64")
+
+
+def test_validate_feed_names_the_input_the_expectation_and_what_came():
+    good = SIG.generate_feed(3, np.random.default_rng(0))
+    assert set(SIG.validate_feed(good)) == {"image", "tokens"}
+    with pytest.raises(SignatureError, match=r"input 'image': expected shape \[-1, 8, 8, 1\], got \[3, 8, 8\]"):
+        SIG.validate_feed({**good, "image": np.zeros((3, 8, 8), np.float32)})
+    with pytest.raises(SignatureError, match="input 'tokens': expected dtype int32, got float32"):
+        SIG.validate_feed({**good, "tokens": np.zeros((3, 5), np.float32)})
+    with pytest.raises(SignatureError, match="missing input 'tokens'"):
+        SIG.validate_feed({"image": good["image"]})
+    with pytest.raises(SignatureError, match="unknown input 'extra'"):
+        SIG.validate_feed({**good, "extra": good["image"]})
+    with pytest.raises(SignatureError, match="disagree on the batch size"):
+        SIG.validate_feed({**good, "tokens": good["tokens"][:2]})
+
+
+def test_cast_converts_same_kind_only():
+    spec = TensorSpec("x", "float32", (None, 2))
+    assert spec.check(np.ones((1, 2), np.float64), cast=True).dtype == np.float32
+    with pytest.raises(SignatureError):
+        TensorSpec("t", "int32", (None, 2)).check(np.ones((1, 2), np.float64), cast=True)
+
+
+def test_generated_integer_inputs_stay_in_range():
+    feed = SIG.generate_feed(500, np.random.default_rng(1))
+    assert feed["tokens"].min() >= 0 and feed["tokens"].max() <= 49
+    assert feed["tokens"].dtype == np.int32 and feed["image"].shape == (500, 8, 8, 1)
+
+
+def test_feed_from_arrays_accepts_x_for_one_input_and_names_for_several():
+    one = ModelSignature(inputs=(TensorSpec("features", "float32", (None, 3)),), outputs=SIG.outputs)
+    feed, labels = feed_from_arrays({"x": np.ones((4, 3)), "y": np.arange(4)}, one)
+    assert feed["features"].dtype == np.float32 and labels.tolist() == [0, 1, 2, 3]
+    with pytest.raises(SignatureError, match="expected one per input"):
+        feed_from_arrays({"x": np.ones((4, 3))}, SIG)
+    with pytest.raises(SignatureError, match="4 inputs but 3 labels"):
+        feed_from_arrays({"x": np.ones((4, 3)), "y": np.arange(3)}, one)
