@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean lock bench
+.PHONY: demo test install clean lock bench protos
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -34,3 +34,7 @@ clean:
 # Measured numbers for README (training, export and verify times, artifact sizes). Not part of the tests.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/foundation.py
+
+# Recompile serve/protos/descriptors.binpb after editing a .proto file under serve/protos/.
+protos: $(STAMP)
+	$(BIN)/python -m serve.protos.build

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,14 +170,20 @@ def read_manifest(version_dir: Path) -> Manifest:
         raise ManifestError(f"{path} is not a valid manifest: {exc!r}") from None
 
 
-def checksum_problems(version_dir: Path, manifest: Manifest) -> list[str]:
-    """Compare every artifact's files with the sizes and hashes the manifest records.
+def checksum_problems(version_dir: Path, manifest: Manifest, formats: Sequence[str] | None = None) -> list[str]:
+    """Compare artifacts' files with the hashes the manifest records.
+
+    Args:
+        version_dir: the version folder.
+        manifest: its manifest.
+        formats: the formats to check (default: the source and every exported format).
 
     Returns:
         One message per artifact that is missing or changed; empty when all match.
     """
     problems = []
-    for artifact in [manifest.source, *manifest.artifacts.values()]:
+    artifacts = [manifest.source, *manifest.artifacts.values()]
+    for artifact in (a for a in artifacts if formats is None or a.format in formats):
         files = artifact_files(Path(version_dir), artifact.format)
         if not files or not all(f.exists() for f in files):
             problems.append(f"{artifact.format}: {artifact.path} is missing")

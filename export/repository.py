@@ -25,6 +25,13 @@ logger = logging.getLogger(__name__)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def version_numbers(model_dir: Path) -> list[int]:
+    """The version folders (positive integers) in a model folder, ascending; hidden folders do not count."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
 class ModelRepository:
     """A folder of models, each a folder of integer versions."""
 
@@ -42,10 +49,7 @@ class ModelRepository:
 
     def versions(self, name: str) -> list[int]:
         """Published versions of a model, ascending."""
-        folder = self.model_dir(name)
-        if not folder.is_dir():
-            return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+        return version_numbers(self.model_dir(name))
 
     def latest_version(self, name: str) -> int:
         """The highest published version.

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +57,56 @@ def exported_repo(tmp_path_factory: pytest.TempPathFactory, digits_trained, tabu
     """A repository with both recipes exported to every format (and verified)."""
     from export.exporter import ExportConfig, export_model
 
+    from tests.models import text_classifier, two_input_model
+
     repo = tmp_path_factory.mktemp("repo")
-    for name, trained in (("digits", digits_trained), ("tabular", tabular_trained)):
-        result = export_model(ExportConfig(model_path=trained.model_path, repository=repo, name=name),
-                              progress=lambda _: None)
+    models = tmp_path_factory.mktemp("models")
+    two_input_model().save(models / "two.keras")
+    text_classifier().save(models / "text.keras")
+    for name, path in (("digits", digits_trained.model_path), ("tabular", tabular_trained.model_path),
+                       ("two", models / "two.keras"), ("text", models / "text.keras")):
+        result = export_model(ExportConfig(model_path=path, repository=repo, name=name), progress=lambda _: None)
         assert result.ok, result.parity.failures if result.parity else result.failed_formats
     return repo
+
+
+@dataclass
+class ServerProcess:
+    """A `kdeploy serve` child process and its addresses."""
+
+    process: subprocess.Popen
+    grpc: str
+    rest: str | None
+    banner: str
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        finally:
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream:
+                    stream.close()
+
+
+def start_server(*args: object, env: dict[str, str] | None = None, timeout: float = 90.0) -> ServerProcess:
+    """Start `kdeploy serve ARGS --grpc-port 0 --rest-port 0` and wait for its start-up line."""
+    command = [sys.executable, "-m", "kdeploy", "serve", "--grpc-port", "0", "--rest-port", "0", *map(str, args)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    deadline = time.monotonic() + timeout
+    banner = ""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        if line.startswith("kdeploy serve:"):
+            banner = line.strip()
+            break
+    if not banner:
+        process.kill()
+        raise RuntimeError(f"server did not start: {process.stderr.read()}")
+    grpc_address = re.search(r"grpc=(\S+)", banner).group(1)
+    rest = re.search(r"rest=(\S+)", banner).group(1)
+    return ServerProcess(process, grpc_address, None if rest == "off" else rest, banner)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import queue
 from pathlib import Path
 
 import numpy as np
@@ -14,27 +14,35 @@ from export.signature import Feed, ModelSignature
 class TFLiteBackend:
     """A `.tflite` model run through its `serving_default` signature runner.
 
-    Interpreters are not thread-safe, so calls are serialised; the runner resizes its inputs to each batch.
+    Interpreters are not thread-safe: the backend keeps a pool of them and lends each to one call at a time.
+    The signature runner resizes its inputs to each request's batch.
     """
 
     format = "tflite"
 
-    def __init__(self, path: Path, signature: ModelSignature, *, num_threads: int | None = None) -> None:
-        self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self._runner = self._interpreter.get_signature_runner(signature.name)
+    def __init__(self, path: Path, signature: ModelSignature, *, num_threads: int | None = None,
+                 pool_size: int = 1) -> None:
         self._signature = signature
-        self._lock = threading.Lock()
+        self._pool: queue.Queue = queue.Queue()
+        self._interpreters = []
+        for _ in range(max(1, pool_size)):
+            interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+            self._interpreters.append(interpreter)
+            self._pool.put(interpreter.get_signature_runner(signature.name))
 
     @property
     def signature(self) -> ModelSignature:
         return self._signature
 
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
-        with self._lock:
-            outputs = self._runner(**feed)
+        runner = self._pool.get()
+        try:
+            outputs = runner(**feed)
             # The runner's arrays alias the interpreter's buffers, which the next call overwrites.
             return {name: np.array(outputs[name], copy=True) for name in self._signature.output_names}
+        finally:
+            self._pool.put(runner)
 
     def close(self) -> None:
-        self._runner = None
-        self._interpreter = None
+        self._interpreters = []
+        self._pool = queue.Queue()

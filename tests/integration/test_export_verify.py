@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from export.manifest import read_manifest
+from tests.models import text_classifier, two_input_model
 
 pytestmark = pytest.mark.slow
 
@@ -18,27 +19,6 @@ pytestmark = pytest.mark.slow
 def _save(model, path: Path) -> Path:
     model.save(path)
     return path
-
-
-def _two_input_model():
-    import keras
-
-    image = keras.Input((6,), name="pixels")
-    meta = keras.Input((3,), name="meta")
-    h = keras.layers.Concatenate()([keras.layers.Dense(8, activation="relu")(image), meta])
-    label = keras.layers.Dense(4, activation="softmax", name="label")(h)
-    score = keras.layers.Dense(1, name="score")(h)
-    return keras.Model({"pixels": image, "meta": meta}, {"label": label, "score": score})
-
-
-def _text_classifier(length: int | None = 12):
-    import keras
-
-    tokens = keras.Input((length,), dtype="int32", name="tokens")
-    h = keras.layers.Embedding(200, 16)(tokens)
-    h = keras.layers.LSTM(16)(h)
-    out = keras.layers.Dense(1, activation="sigmoid", name="positive")(h)
-    return keras.Model(tokens, out)
 
 
 @pytest.mark.parametrize("name", ["digits", "tabular"])
@@ -70,9 +50,7 @@ def test_savedmodel_signature_uses_the_models_own_names(exported_repo):
 
 
 def test_two_named_inputs_and_outputs(tmp_path, kdeploy):
-    model = _two_input_model()
-    model.predict({"pixels": np.zeros((1, 6)), "meta": np.zeros((1, 3))}, verbose=0)
-    path = _save(model, tmp_path / "two.keras")
+    path = _save(two_input_model(), tmp_path / "two.keras")
     result = kdeploy("export", path, "--repository", tmp_path / "repo", "--name", "two")
     assert result.code == 0, result.out + result.err
     manifest = read_manifest(tmp_path / "repo" / "two" / "1")
@@ -82,7 +60,7 @@ def test_two_named_inputs_and_outputs(tmp_path, kdeploy):
 
 
 def test_embedding_lstm_with_int32_tokens(tmp_path, kdeploy):
-    path = _save(_text_classifier(), tmp_path / "text.keras")
+    path = _save(text_classifier(), tmp_path / "text.keras")
     result = kdeploy("export", path, "--repository", tmp_path / "repo", "--name", "text")
     assert result.code == 0, result.out + result.err
     manifest = read_manifest(tmp_path / "repo" / "text" / "1")
@@ -93,7 +71,7 @@ def test_embedding_lstm_with_int32_tokens(tmp_path, kdeploy):
 
 def test_a_format_that_cannot_convert_is_reported_and_the_others_written(tmp_path, kdeploy):
     # TFLite cannot lower an LSTM whose sequence length is dynamic.
-    path = _save(_text_classifier(length=None), tmp_path / "dyn.keras")
+    path = _save(text_classifier(length=None), tmp_path / "dyn.keras")
     result = kdeploy("export", path, "--repository", tmp_path / "repo", "--name", "dyn", "--formats", "savedmodel,tflite")
     assert result.code == 1
     assert "tflite could not be converted" in result.out and "dynamic dimension" in result.out

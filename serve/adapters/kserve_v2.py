@@ -1,0 +1,132 @@
+"""KServe v2 / Open Inference Protocol: `inference.GRPCInferenceService`, with Triton's ModelConfig and
+ModelStatistics extensions so tritonclient and perf_analyzer work unchanged. Each RPC is decode → service → encode."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+from export.signature import SignatureError, dtype_by_name
+from serve.errors import ServeError, invalid
+from serve.models import ServedVersion, VersionState
+from serve.protos.messages import Protos
+from serve.service import InferenceService
+from serve.tensors import kserve_datatype, ndarray_from_kserve, raw_bytes
+from serve.triton_config import PLATFORMS, triton_model_config
+
+SERVER_NAME = "kdeploy"
+EXTENSIONS = ("model_configuration", "statistics")
+
+
+def _version_number(name: str, text: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit():
+        raise invalid(f"model {name!r}: version must be a positive integer, got {text!r}")
+    return int(text)
+
+
+class KServeV2Adapter:
+    """Servicer methods for `inference.GRPCInferenceService`."""
+
+    def __init__(self, service: InferenceService, protos: Protos, backend_format: str) -> None:
+        self._service = service
+        self._protos = protos
+        self._format = backend_format
+        names = ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+                 "ModelConfig", "ModelStatistics"]
+        self.request_types = {n: protos.cls(f"inference.{n}Request") for n in names}
+        self._responses = {n: protos.cls(f"inference.{n}Response") for n in names}
+        try:
+            self._version = importlib.metadata.version("kdeploy")
+        except importlib.metadata.PackageNotFoundError:
+            self._version = "0"
+
+    def _resolve(self, name: str, version: str) -> ServedVersion:
+        if not name:
+            raise invalid("model name is empty; name the model to call")
+        return self._service.models.resolve(name, _version_number(name, version))
+
+    def ServerLive(self, request: Any, context: Any) -> Any:
+        return self._responses["ServerLive"](live=True)
+
+    def ServerReady(self, request: Any, context: Any) -> Any:
+        return self._responses["ServerReady"](ready=self._service.models.is_ready())
+
+    def ModelReady(self, request: Any, context: Any) -> Any:
+        version = _version_number(request.name, request.version)
+        try:
+            statuses = self._service.models.statuses(request.name, version)
+        except ServeError:  # an unknown model or version is simply not ready, as in Triton
+            statuses = []
+        ready = any(s.state is VersionState.AVAILABLE for s in statuses)
+        return self._responses["ModelReady"](ready=ready)
+
+    def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return self._responses["ServerMetadata"](name=SERVER_NAME, version=self._version, extensions=EXTENSIONS)
+
+    def ModelMetadata(self, request: Any, context: Any) -> Any:
+        served = self._resolve(request.name, request.version)
+        available = [str(s.version) for s in self._service.models.statuses(request.name)
+                     if s.state is VersionState.AVAILABLE]
+        response = self._responses["ModelMetadata"](name=served.name, versions=available,
+                                                    platform=PLATFORMS[self._format])
+        signature = served.manifest.signature
+        for specs, target in ((signature.inputs, response.inputs), (signature.outputs, response.outputs)):
+            for spec in specs:
+                target.add(name=spec.name, datatype=dtype_by_name(spec.dtype).kserve,
+                           shape=[-1 if d is None else d for d in spec.shape])
+        return response
+
+    def ModelInfer(self, request: Any, context: Any) -> Any:
+        served = self._resolve(request.model_name, request.model_version)
+        signature = served.manifest.signature
+        raw = list(request.raw_input_contents)
+        if raw and len(raw) != len(request.inputs):
+            raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
+                          "send every input raw or none")
+        feed = {}
+        for index, tensor in enumerate(request.inputs):
+            try:
+                spec = signature.input(tensor.name)
+            except SignatureError as exc:
+                raise invalid(str(exc)) from None
+            if tensor.name in feed:
+                raise invalid(f"input {tensor.name!r} is sent twice")
+            feed[tensor.name] = ndarray_from_kserve(tensor.name, tensor.datatype, list(tensor.shape), tensor.contents,
+                                                    raw[index] if raw else None, spec)
+        result = self._service.infer(served, feed, [o.name for o in request.outputs])
+        response = self._responses["ModelInfer"](model_name=served.name, model_version=str(served.version),
+                                                 id=request.id)
+        for name, array in result.outputs.items():
+            response.outputs.add(name=name, datatype=kserve_datatype(array), shape=list(array.shape))
+            response.raw_output_contents.append(raw_bytes(array))
+        return response
+
+    def ModelConfig(self, request: Any, context: Any) -> Any:
+        served = self._resolve(request.name, request.version)
+        config = triton_model_config(self._protos, served.manifest, backend_format=self._format,
+                                     dynamic_batching=False)
+        response = self._responses["ModelConfig"]()
+        response.config.CopyFrom(config)
+        return response
+
+    def ModelStatistics(self, request: Any, context: Any) -> Any:
+        names = [request.name] if request.name else self._service.models.model_names
+        version = _version_number(request.name, request.version) if request.name else None
+        response = self._responses["ModelStatistics"]()
+        for name in names:
+            for served in self._service.models.statuses(name, version):
+                stats = self._service.statistics(name, served.version)
+                entry = response.model_stats.add(
+                    name=name, version=str(served.version), last_inference=stats.last_inference_ms,
+                    inference_count=stats.inference_count, execution_count=stats.execution_count,
+                )
+                entry.inference_stats.success.count, entry.inference_stats.success.ns = stats.success.count, stats.success.ns
+                entry.inference_stats.fail.count, entry.inference_stats.fail.ns = stats.fail.count, stats.fail.ns
+                entry.inference_stats.compute_infer.count = stats.compute_infer.count
+                entry.inference_stats.compute_infer.ns = stats.compute_infer.ns
+                for size, duration in sorted(stats.batch_sizes.items()):
+                    batch = entry.batch_stats.add(batch_size=size)
+                    batch.compute_infer.count, batch.compute_infer.ns = duration.count, duration.ns
+        return response

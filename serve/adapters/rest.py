@@ -1,0 +1,194 @@
+"""TF Serving's REST API on the standard library's threaded HTTP server.
+
+Routes: `GET /v1/models/NAME[/versions/V | /labels/L]`, the same with `/metadata`, and `POST ...:predict` in
+the row (`instances`) and columnar (`inputs`) formats. Errors are `{"error": "..."}` with the status that
+`serve.errors.HTTP_STATUS` gives for the error's kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from export.signature import ModelSignature, SignatureError, batch_size, dtype_by_name
+from serve.errors import HTTP_STATUS, INTERNAL_MESSAGE, ErrorKind, ServeError, invalid, not_found
+from serve.models import ServedVersion
+from serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name
+from serve.tensors import ndarray_from_json, tf_dtype_name
+
+logger = logging.getLogger(__name__)
+
+_ROUTE = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<tail>/metadata|:predict)?$"
+)
+
+
+class RestApi:
+    """Translates TF Serving REST requests to the inference service and back."""
+
+    def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+
+    def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
+        """Answer one request: (HTTP status, JSON body)."""
+        try:
+            return 200, self._route(method, path, body)
+        except ServeError as exc:
+            return HTTP_STATUS[exc.kind], {"error": exc.message}
+        except Exception:  # the server never dies on a request
+            logger.exception("REST %s %s failed", method, path)
+            return 500, {"error": INTERNAL_MESSAGE}
+
+    def _route(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
+        match = _ROUTE.match(path.split("?", 1)[0])
+        if not match:
+            raise not_found(f"no such endpoint {path!r}; expected /v1/models/NAME[/versions/V][/metadata|:predict]")
+        name, tail = match["name"], match["tail"]
+        version = int(match["version"]) if match["version"] else None
+        if tail == ":predict":
+            if method != "POST":
+                raise ServeError(ErrorKind.INVALID_INPUT, ":predict takes POST")
+            return self._predict(self.service.models.resolve(name, version, match["label"]), body or b"")
+        if method != "GET":
+            raise ServeError(ErrorKind.INVALID_INPUT, f"{path} takes GET")
+        if tail == "/metadata":
+            return self._metadata(self.service.models.resolve(name, version, match["label"]))
+        return self._status(name, version, match["label"])
+
+    def _status(self, name: str, version: int | None, label: str | None) -> dict[str, Any]:
+        if label:
+            versions = [self.service.models.resolve(name, label=label)]
+        else:
+            versions = self.service.models.statuses(name, version)
+        return {"model_version_status": [
+            {"version": str(v.version), "state": v.state.name,
+             "status": {"error_code": "UNAVAILABLE" if v.error else "OK", "error_message": v.error or ""}}
+            for v in versions
+        ]}
+
+    def _metadata(self, served: ServedVersion) -> dict[str, Any]:
+        signature = served.manifest.signature
+
+        def info(specs: Any, names: list[str]) -> dict[str, Any]:
+            return {spec.name: {"dtype": tf_dtype_name(dtype_by_name(spec.dtype).tf_enum), "name": tensor_name,
+                                "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""}
+                                                         for d in spec.shape], "unknown_rank": False}}
+                    for spec, tensor_name in zip(specs, names)}
+
+        signature_def = {
+            "inputs": info(signature.inputs, [f"serving_default_{s.name}:0" for s in signature.inputs]),
+            "outputs": info(signature.outputs, [f"StatefulPartitionedCall:{i}" for i in range(len(signature.outputs))]),
+            "method_name": "tensorflow/serving/predict",
+        }
+        return {"model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
+                "metadata": {"signature_def": {"signature_def": {DEFAULT_SIGNATURE: signature_def}}}}
+
+    def _predict(self, served: ServedVersion, body: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise invalid(f"the request body is not JSON: {exc}") from None
+        if not isinstance(request, dict):
+            raise invalid("the request body must be a JSON object with 'instances' or 'inputs'")
+        check_signature_name(request.get("signature_name", ""))
+        signature = served.manifest.signature
+        if ("instances" in request) == ("inputs" in request):
+            raise invalid("the request must have exactly one of 'instances' (row format) or 'inputs' (columnar)")
+        if "instances" in request:
+            feed = _feed_from_instances(request["instances"], signature)
+            outputs = self.service.infer(served, feed).outputs
+            return {"predictions": _rows(outputs)}
+        feed = _feed_from_columns(request["inputs"], signature)
+        outputs = self.service.infer(served, feed).outputs
+        if len(outputs) == 1:
+            return {"outputs": next(iter(outputs.values())).tolist()}
+        return {"outputs": {name: value.tolist() for name, value in outputs.items()}}
+
+
+def _spec(signature: ModelSignature, name: str) -> Any:
+    try:
+        return signature.input(name)
+    except SignatureError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _feed_from_instances(instances: Any, signature: ModelSignature) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list) or not instances:
+        raise invalid("'instances' must be a non-empty list of rows")
+    names = signature.input_names
+    if all(isinstance(row, dict) for row in instances):
+        keys = set(instances[0])
+        if any(set(row) != keys for row in instances):
+            raise invalid("every instance must name the same inputs")
+        return {key: ndarray_from_json(key, [row[key] for row in instances], _spec(signature, key)) for key in keys}
+    if len(names) != 1:
+        raise invalid(f"the model has inputs {names}: each instance must be an object naming them")
+    return {names[0]: ndarray_from_json(names[0], instances, signature.inputs[0])}
+
+
+def _feed_from_columns(inputs: Any, signature: ModelSignature) -> dict[str, np.ndarray]:
+    if isinstance(inputs, dict):
+        return {key: ndarray_from_json(key, value, _spec(signature, key)) for key, value in inputs.items()}
+    names = signature.input_names
+    if len(names) != 1:
+        raise invalid(f"the model has inputs {names}: 'inputs' must be an object naming them")
+    return {names[0]: ndarray_from_json(names[0], inputs, signature.inputs[0])}
+
+
+def _rows(outputs: dict[str, np.ndarray]) -> list[Any]:
+    if len(outputs) == 1:
+        return next(iter(outputs.values())).tolist()
+    rows = batch_size(outputs)
+    return [{name: value[i].tolist() for name, value in outputs.items()} for i in range(rows)]
+
+
+def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
+    """A threaded HTTP server answering TF Serving's REST API with `api`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, method: str) -> None:
+            body = None
+            if method == "POST":
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > api.max_body_bytes:
+                    self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               {"error": f"request body of {length} bytes is over the limit of {api.max_body_bytes}"},
+                               close=True)
+                    return
+                body = self.rfile.read(length)
+            status, payload = api.handle(method, self.path, body)
+            self._send(status, payload)
+
+        def _send(self, status: int, payload: dict[str, Any], close: bool = False) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._answer("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer("POST")
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+            logger.debug("rest %s " + format, self.address_string(), *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server

@@ -1,0 +1,76 @@
+"""`kdeploy serve` arguments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from serve.config import BACKENDS, ServeConfig, VersionPolicy
+
+logger = logging.getLogger(__name__)
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve", help="serve a model repository over TF Serving's gRPC/REST API and KServe v2 gRPC",
+        description="Serve the models of a repository written by `kdeploy export`, speaking TF Serving's gRPC and "
+                    "REST APIs and the KServe v2 (Open Inference) gRPC protocol on one gRPC port.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--repository", type=Path, help="model repository (REPO/NAME/VERSION)")
+    source.add_argument("--model-config-file", type=Path, help="TF Serving ModelServerConfig text file (models.config)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME",
+                        help="serve only this model (repeatable; default: every model in the repository)")
+    parser.add_argument("--backend", default="onnx", choices=BACKENDS, help="runtime (default onnx)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one)")
+    parser.add_argument("--rest-port", type=int, default=8501, help="REST port (default 8501; 0 picks a free one)")
+    parser.add_argument("--no-rest", action="store_true", help="do not serve REST")
+    parser.add_argument("--version-policy", default="latest:1", help="latest[:N], all or specific:V[,V] (default latest:1)")
+    parser.add_argument("--max-message-mb", type=int, default=64, help="largest request/response in MiB (default 64)")
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="threads per inference (default: runtime's)")
+    parser.add_argument("--providers", default="CPUExecutionProvider",
+                        help="onnxruntime execution providers, comma-separated, in order of preference")
+    parser.add_argument("--grpc-threads", type=int, default=16, help="threads answering gRPC calls (default 16)")
+    parser.add_argument("--tflite-interpreters", type=int, default=2, help="TFLite interpreters per version (default 2)")
+    parser.set_defaults(run=run_serve)
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    from serve.sources import sources_from_model_config, sources_from_repository
+
+    if args.model_config_file is not None:
+        models = sources_from_model_config(args.model_config_file)
+    else:
+        models = sources_from_repository(args.repository, args.model, VersionPolicy.parse(args.version_policy))
+    return ServeConfig(
+        models=tuple(models), backend=args.backend, host=args.host, grpc_port=args.grpc_port,
+        rest_port=None if args.no_rest else args.rest_port, max_message_mb=args.max_message_mb,
+        intra_op_threads=args.intra_op_threads,
+        providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        grpc_threads=args.grpc_threads, tflite_interpreters=args.tflite_interpreters,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from serve.server import build_server
+
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    config = config_from_args(args)
+    running = build_server(config)
+    versions = ", ".join(f"{s.name}:{s.version}({s.state.name})" for name in running.models.model_names
+                         for s in running.models.statuses(name))
+    rest = f"{config.host}:{running.rest_port}" if running.rest_port is not None else "off"
+    print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
+          f"grpc={config.host}:{running.grpc_port} rest={rest} backend={config.backend} models={versions}", flush=True)
+    stop = threading.Event()
+    try:
+        while not stop.wait(3600):
+            pass
+    except KeyboardInterrupt:
+        print("kdeploy serve: stopping", file=sys.stderr, flush=True)
+    finally:
+        running.stop()
+    return 0

@@ -1,0 +1,107 @@
+"""Typed server configuration, built once from flags (or a TF Serving models.config) at the edge."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdeploy.errors import UsageError
+
+BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model to serve, as TF Serving's ServableVersionPolicy."""
+
+    kind: str = "latest"
+    """`latest`, `all` or `specific`."""
+    num_versions: int = 1
+    """For `latest`: how many of the highest versions."""
+    versions: tuple[int, ...] = ()
+    """For `specific`: the versions."""
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """`latest`, `latest:N`, `all` or `specific:V1,V2`.
+
+        Raises:
+            UsageError: for any other text.
+        """
+        match = re.fullmatch(r"(latest)(?::(\d+))?|(all)|specific:(\d+(?:,\d+)*)", text.strip())
+        if not match:
+            raise UsageError(f"--version-policy {text!r}: expected latest[:N], all or specific:V[,V...]")
+        if match.group(1):
+            count = int(match.group(2) or 1)
+            if count < 1:
+                raise UsageError(f"--version-policy {text!r}: N must be at least 1")
+            return cls("latest", num_versions=count)
+        if match.group(3):
+            return cls("all")
+        return cls("specific", versions=tuple(sorted({int(v) for v in match.group(4).split(",")})))
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of those on disk (ascending)."""
+        if self.kind == "all":
+            return sorted(available)
+        if self.kind == "specific":
+            return [v for v in sorted(available) if v in self.versions]
+        return sorted(available)[-self.num_versions:]
+
+    def describe(self) -> str:
+        if self.kind == "latest":
+            return f"latest:{self.num_versions}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, self.versions))
+        return "all"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model to serve: a folder of integer versions, how to pick versions, and version labels."""
+
+    name: str
+    base_path: Path
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    labels: dict[str, int] = field(default_factory=dict)
+    """Version labels (`stable` -> 1), as in TF Serving's version_labels."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `kdeploy serve` needs."""
+
+    models: tuple[ModelSource, ...]
+    backend: str = "onnx"
+    """Runtime for every model: onnx (onnxruntime), savedmodel (TensorFlow) or tflite (LiteRT)."""
+    host: str = "127.0.0.1"
+    grpc_port: int = 8500
+    """0 picks a free port (printed at start-up)."""
+    rest_port: int | None = 8501
+    """TF Serving's REST API; None turns it off, 0 picks a free port."""
+    max_message_mb: int = 64
+    """Largest request or response, in MiB (gRPC answers RESOURCE_EXHAUSTED, REST 413 beyond it)."""
+    intra_op_threads: int = 0
+    """Threads per inference inside the runtime; 0 lets the runtime decide."""
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    """onnxruntime execution providers in order of preference."""
+    grpc_threads: int = 16
+    """Threads answering gRPC calls."""
+    tflite_interpreters: int = 2
+    """TFLite interpreters per version (each serves one request at a time)."""
+
+    def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if not self.models:
+            raise UsageError("no model to serve")
+        if self.max_message_mb < 1:
+            raise UsageError("--max-message-mb must be at least 1")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise UsageError(f"model names must be unique, got {names}")
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024

@@ -1,0 +1,142 @@
+"""The inference service every protocol adapter calls: resolve the version, validate the feed, run, account.
+
+Adapters only translate wire messages into a feed and back; validation, error kinds and statistics live here,
+once, for gRPC (TF Serving and KServe v2) and REST alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from export.signature import Feed, SignatureError, batch_size
+from serve.errors import ErrorKind, ServeError, invalid
+from serve.models import ModelManager, ServedVersion
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
+
+@dataclass
+class VersionStatistics:
+    """Counters per model version, as Triton's ModelStatistics reports them."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    """Rows inferred (the sum of batch sizes)."""
+    execution_count: int = 0
+    """Backend runs."""
+    last_inference_ms: int = 0
+    batch_sizes: dict[int, Duration] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    served: ServedVersion
+    outputs: dict[str, np.ndarray]
+
+
+class InferenceService:
+    """Runs requests against the models of a `ModelManager`."""
+
+    def __init__(self, models: ModelManager) -> None:
+        self.models = models
+        self._stats_lock = threading.Lock()
+        self._stats: dict[tuple[str, int], VersionStatistics] = {}
+
+    def infer(
+        self,
+        served: ServedVersion,
+        feed: Feed,
+        output_names: Sequence[str] = (),
+    ) -> InferenceResult:
+        """Validate `feed` against the version's signature, run it, and keep the asked-for outputs.
+
+        Raises:
+            ServeError: INVALID_INPUT for a feed or output name that does not fit; INTERNAL when the backend fails.
+        """
+        started = time.perf_counter_ns()
+        try:
+            result = self._infer(served, feed, output_names, started)
+        except ServeError:
+            self._account(served, fail_ns=time.perf_counter_ns() - started)
+            raise
+        return result
+
+    def _infer(self, served: ServedVersion, feed: Feed, output_names: Sequence[str], started: int) -> InferenceResult:
+        signature = served.manifest.signature
+        if not feed:
+            raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
+        try:
+            checked = signature.validate_feed(feed)
+            wanted = [signature.output(n).name for n in output_names] or signature.output_names
+        except SignatureError as exc:
+            raise invalid(str(exc)) from None
+        backend = served.backend
+        if backend is None:  # unloaded between resolve and run
+            raise ServeError(ErrorKind.UNAVAILABLE, f"model {served.name!r} version {served.version} was unloaded")
+        compute_started = time.perf_counter_ns()
+        try:
+            outputs = backend.infer(checked)
+        except Exception:
+            logger.exception("backend failed on model %s version %d", served.name, served.version)
+            raise ServeError(ErrorKind.INTERNAL,
+                             f"model {served.name!r} version {served.version} failed to run the request") from None
+        finished = time.perf_counter_ns()
+        self._account(served, ok_ns=finished - started, compute_ns=finished - compute_started, rows=batch_size(checked))
+        return InferenceResult(served, {name: outputs[name] for name in wanted})
+
+    def _account(self, served: ServedVersion, ok_ns: int = 0, fail_ns: int = 0, compute_ns: int = 0,
+                 rows: int = 0) -> None:
+        with self._stats_lock:
+            stats = self._stats.setdefault((served.name, served.version), VersionStatistics())
+            if fail_ns:
+                stats.fail.add(fail_ns)
+                return
+            stats.success.add(ok_ns)
+            stats.compute_infer.add(compute_ns)
+            stats.inference_count += rows
+            stats.execution_count += 1
+            stats.last_inference_ms = int(time.time() * 1000)
+            stats.batch_sizes.setdefault(rows, Duration()).add(compute_ns)
+
+    def statistics(self, name: str, version: int) -> VersionStatistics:
+        """A copy of one version's counters."""
+        with self._stats_lock:
+            stats = self._stats.get((name, version), VersionStatistics())
+            return VersionStatistics(
+                success=Duration(stats.success.count, stats.success.ns),
+                fail=Duration(stats.fail.count, stats.fail.ns),
+                compute_infer=Duration(stats.compute_infer.count, stats.compute_infer.ns),
+                inference_count=stats.inference_count, execution_count=stats.execution_count,
+                last_inference_ms=stats.last_inference_ms,
+                batch_sizes={k: Duration(d.count, d.ns) for k, d in stats.batch_sizes.items()},
+            )
+
+
+def check_signature_name(name: str) -> None:
+    """Only `serving_default` is exported; an empty name means it, as in TF Serving.
+
+    Raises:
+        ServeError: INVALID_INPUT for any other name.
+    """
+    if name not in ("", DEFAULT_SIGNATURE):
+        raise invalid(f"unknown signature {name!r}; this model serves {DEFAULT_SIGNATURE!r}")

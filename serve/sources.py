@@ -1,0 +1,77 @@
+"""Which models to serve: from a repository folder, or from a TF Serving model config file (models.config)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from kdeploy.errors import UsageError
+from serve.config import ModelSource, VersionPolicy
+from serve.protos.messages import load_protos
+
+
+def sources_from_repository(repository: Path, names: Sequence[str], policy: VersionPolicy) -> list[ModelSource]:
+    """Every model folder in `repository` (or those named), each with the same version policy.
+
+    Raises:
+        UsageError: when the repository is missing or a named model is not in it.
+    """
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise UsageError(f"model repository {repository} is not a directory")
+    present = sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names:
+        if name not in present:
+            raise UsageError(f"model {name!r} is not in {repository} (models there: {', '.join(present) or 'none'})")
+    chosen = list(names) or present
+    if not chosen:
+        raise UsageError(f"model repository {repository} holds no model folder")
+    return [ModelSource(name=n, base_path=repository / n, policy=policy) for n in chosen]
+
+
+def sources_from_model_config(path: Path) -> list[ModelSource]:
+    """The models of a TF Serving `ModelServerConfig` text file, so one file drives TF Serving and kdeploy.
+
+    Relative base paths are taken relative to the config file's folder.
+
+    Raises:
+        UsageError: when the file is missing or not a valid ModelServerConfig.
+    """
+    path = Path(path)
+    protos = load_protos()
+    config = protos.cls("tensorflow.serving.ModelServerConfig")()
+    try:
+        text_format.Parse(path.read_text(encoding="utf-8"), config, descriptor_pool=protos.pool)
+    except FileNotFoundError:
+        raise UsageError(f"model config file not found: {path}") from None
+    except text_format.ParseError as exc:
+        raise UsageError(f"{path} is not a valid TF Serving model config: {exc}") from None
+    sources = []
+    for model in config.model_config_list.config:
+        if not model.name or not model.base_path:
+            raise UsageError(f"{path}: every model config needs a name and a base_path")
+        if model.model_platform not in ("", "tensorflow"):
+            raise UsageError(f"{path}: model {model.name!r} has platform {model.model_platform!r}; expected tensorflow")
+        base = Path(model.base_path)
+        sources.append(ModelSource(
+            name=model.name,
+            base_path=base if base.is_absolute() else (path.parent / base),
+            policy=_policy_from_proto(model.model_version_policy),
+            labels=dict(model.version_labels),
+        ))
+    if not sources:
+        raise UsageError(f"{path} lists no model")
+    return sources
+
+
+def _policy_from_proto(policy) -> VersionPolicy:  # noqa: ANN001 - a ServableVersionPolicy message
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy("all")
+    if choice == "specific":
+        return VersionPolicy("specific", versions=tuple(sorted(policy.specific.versions)))
+    if choice == "latest":
+        return VersionPolicy("latest", num_versions=max(1, policy.latest.num_versions))
+    return VersionPolicy()

@@ -1,0 +1,144 @@
+"""Tensors on the wire and as NumPy arrays: TF Serving's TensorProto, KServe v2's tensors, TF Serving's JSON.
+
+Every decoder checks the element type and size against the signature's `TensorSpec` and raises an
+INVALID_INPUT `ServeError` naming the input, what was expected and what came. Encoders always use the compact
+form (`tensor_content`, `raw_output_contents`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from export.signature import DTYPES, DType, TensorSpec, dtype_by_name, format_shape
+from serve.errors import invalid
+
+_BY_TF_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES}
+_BY_KSERVE: dict[str, DType] = {d.kserve: d for d in DTYPES}
+_TF_ENUM_NAMES: dict[int, str] = {
+    1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_INT16", 6: "DT_INT8", 7: "DT_STRING",
+    9: "DT_INT64", 10: "DT_BOOL", 17: "DT_UINT16", 19: "DT_HALF", 22: "DT_UINT32", 23: "DT_UINT64",
+}
+
+# TensorProto's typed field for each dtype (TF stores int8/16 and uint8/16 in int_val, half as bits in half_val).
+_TF_TYPED_FIELD: dict[str, str] = {
+    "float32": "float_val", "float64": "double_val", "int32": "int_val", "int16": "int_val", "int8": "int_val",
+    "uint8": "int_val", "uint16": "int_val", "int64": "int64_val", "bool": "bool_val", "float16": "half_val",
+    "uint32": "uint32_val", "uint64": "uint64_val",
+}
+# KServe v2's typed contents field for each dtype.
+_KSERVE_TYPED_FIELD: dict[str, str] = {
+    "bool": "bool_contents", "int8": "int_contents", "int16": "int_contents", "int32": "int_contents",
+    "int64": "int64_contents", "uint8": "uint_contents", "uint16": "uint_contents", "uint32": "uint_contents",
+    "uint64": "uint64_contents", "float32": "fp32_contents", "float64": "fp64_contents",
+}
+
+
+def tf_dtype_name(enum_value: int) -> str:
+    return _TF_ENUM_NAMES.get(enum_value, f"DataType({enum_value})")
+
+
+def _elements(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def _check_shape(name: str, shape: list[int]) -> tuple[int, ...]:
+    if any(d < 0 for d in shape):
+        raise invalid(f"input {name!r}: shape {shape} has a negative dimension")
+    return tuple(int(d) for d in shape)
+
+
+def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec) -> np.ndarray:
+    """A TensorProto as an array of the spec's dtype.
+
+    Accepts `tensor_content` bytes or the typed `*_val` field. As in TensorFlow, a typed list shorter than the
+    shape repeats its last value, and an empty list means zeros.
+    """
+    want = _BY_TF_ENUM.get(proto.dtype)
+    if want is None or want.name != spec.dtype:
+        raise invalid(f"input {name!r}: expected dtype {tf_dtype_name(dtype_by_name(spec.dtype).tf_enum)} ({spec.dtype}), "
+                      f"got {tf_dtype_name(proto.dtype)}")
+    if proto.tensor_shape.unknown_rank:
+        raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got a tensor of unknown rank")
+    shape = _check_shape(name, [d.size for d in proto.tensor_shape.dim])
+    count = _elements(shape)
+    dtype = want.numpy
+    if proto.tensor_content:
+        expected = count * dtype.itemsize
+        if len(proto.tensor_content) != expected:
+            raise invalid(f"input {name!r}: tensor_content has {len(proto.tensor_content)} bytes; shape "
+                          f"{list(shape)} of {spec.dtype} needs {expected}")
+        return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).reshape(shape)
+    values = getattr(proto, _TF_TYPED_FIELD[spec.dtype])
+    given = len(values)
+    if given > count:
+        raise invalid(f"input {name!r}: {given} values in {_TF_TYPED_FIELD[spec.dtype]} for shape {list(shape)} "
+                      f"({count} elements)")
+    if spec.dtype == "float16":
+        flat = np.asarray(values, dtype=np.int32).astype(np.uint16).view(np.float16)
+    else:
+        flat = np.asarray(values, dtype=dtype)
+    if given < count:
+        fill = flat[-1] if given else np.zeros((), dtype=dtype)
+        flat = np.concatenate([flat, np.full(count - given, fill, dtype=dtype)])
+    return flat.reshape(shape)
+
+
+def fill_tensor_proto(proto: Any, array: np.ndarray) -> None:
+    """Write an array into a TensorProto as dtype, shape and `tensor_content`."""
+    array = np.ascontiguousarray(array)
+    proto.dtype = _dtype_of(array).tf_enum
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
+    proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def ndarray_from_kserve(name: str, datatype: str, shape: list[int], contents: Any, raw: bytes | None,
+                        spec: TensorSpec) -> np.ndarray:
+    """A KServe v2 input tensor (raw bytes or typed contents) as an array of the spec's dtype."""
+    want = dtype_by_name(spec.dtype)
+    if datatype != want.kserve:
+        raise invalid(f"input {name!r}: expected datatype {want.kserve}, got {datatype or 'none'}")
+    shape_t = _check_shape(name, list(shape))
+    count = _elements(shape_t)
+    if raw is not None:
+        expected = count * want.numpy.itemsize
+        if len(raw) != expected:
+            raise invalid(f"input {name!r}: raw_input_contents has {len(raw)} bytes; shape {list(shape_t)} of "
+                          f"{want.kserve} needs {expected}")
+        return np.frombuffer(raw, dtype=want.numpy.newbyteorder("<")).reshape(shape_t)
+    field_name = _KSERVE_TYPED_FIELD.get(spec.dtype)
+    if field_name is None:
+        raise invalid(f"input {name!r}: {want.kserve} tensors must be sent in raw_input_contents")
+    values = getattr(contents, field_name)
+    if len(values) != count:
+        raise invalid(f"input {name!r}: {len(values)} values in contents.{field_name}; shape {list(shape_t)} needs {count}")
+    return np.asarray(values, dtype=want.numpy).reshape(shape_t)
+
+
+def kserve_datatype(array: np.ndarray) -> str:
+    return _dtype_of(array).kserve
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """Little-endian, C-ordered bytes of an array (KServe v2's raw_output_contents)."""
+    array = np.ascontiguousarray(array)
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def ndarray_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+    """A JSON value (nested lists of numbers) as an array of the spec's dtype."""
+    try:
+        array = np.asarray(value, dtype=spec.np_dtype)
+    except (TypeError, ValueError) as exc:
+        raise invalid(f"input {name!r}: cannot read the JSON value as {spec.dtype} "
+                      f"with shape {format_shape(spec.shape)}: {exc}") from None
+    return array
+
+
+def _dtype_of(array: np.ndarray) -> DType:
+    for dtype in DTYPES:
+        if dtype.numpy == array.dtype:
+            return dtype
+    raise TypeError(f"no wire dtype for {array.dtype}")

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from export.signature import TensorSpec
+from serve.errors import ErrorKind, ServeError
+from serve.protos.messages import load_protos
+from serve.tensors import fill_tensor_proto, ndarray_from_json, ndarray_from_kserve, ndarray_from_tensor_proto
+
+PROTOS = load_protos()
+TensorProto = PROTOS.cls("tensorflow.TensorProto")
+SPEC = TensorSpec("x", "float32", (None, 3))
+
+
+def proto(dtype: int, shape: list[int], **fields) -> object:
+    message = TensorProto(dtype=dtype, **fields)
+    for size in shape:
+        message.tensor_shape.dim.add().size = size
+    return message
+
+
+def test_tensor_content_round_trip_for_every_dtype():
+    for dtype in ("float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"):
+        array = (np.arange(6) % 2).astype(dtype).reshape(2, 3)
+        message = TensorProto()
+        fill_tensor_proto(message, array)
+        back = ndarray_from_tensor_proto("x", message, TensorSpec("x", dtype, (None, 3)))
+        assert back.dtype == array.dtype and np.array_equal(back, array)
+
+
+def test_typed_values_repeat_the_last_one_and_empty_means_zeros():
+    got = ndarray_from_tensor_proto("x", proto(1, [2, 3], float_val=[1.0, 2.0]), SPEC)
+    assert got.tolist() == [[1, 2, 2], [2, 2, 2]]
+    assert ndarray_from_tensor_proto("x", proto(1, [1, 3]), SPEC).tolist() == [[0, 0, 0]]
+    half = np.array([1.5, -2.0], np.float16).view(np.uint16).astype(np.int32)
+    got = ndarray_from_tensor_proto("h", proto(19, [1, 2], half_val=half.tolist()), TensorSpec("h", "float16", (None, 2)))
+    assert got.tolist() == [[1.5, -2.0]]
+
+
+@pytest.mark.parametrize("message, words", [
+    (proto(2, [1, 3], double_val=[1, 2, 3]), "expected dtype DT_FLOAT (float32), got DT_DOUBLE"),
+    (proto(1, [1, 3], float_val=[1, 2, 3, 4]), "4 values in float_val for shape [1, 3]"),
+    (proto(1, [2, 3], tensor_content=b"\0" * 8), "tensor_content has 8 bytes; shape [2, 3] of float32 needs 24"),
+    (proto(1, [1, -3]), "negative dimension"),
+])
+def test_tensor_proto_errors_name_input_expectation_and_value(message, words):
+    with pytest.raises(ServeError) as error:
+        ndarray_from_tensor_proto("x", message, SPEC)
+    assert error.value.kind is ErrorKind.INVALID_INPUT and words in error.value.message
+
+
+def test_kserve_raw_and_typed():
+    KServeContents = PROTOS.cls("inference.InferTensorContents")
+    raw = np.arange(6, dtype=np.float32).tobytes()
+    assert ndarray_from_kserve("x", "FP32", [2, 3], None, raw, SPEC).shape == (2, 3)
+    typed = KServeContents(fp32_contents=[1, 2, 3])
+    assert ndarray_from_kserve("x", "FP32", [1, 3], typed, None, SPEC).tolist() == [[1, 2, 3]]
+    with pytest.raises(ServeError, match="2 values in contents.fp32_contents; shape \\[1, 3\\] needs 3"):
+        ndarray_from_kserve("x", "FP32", [1, 3], KServeContents(fp32_contents=[1, 2]), None, SPEC)
+    with pytest.raises(ServeError, match="expected datatype FP32, got INT64"):
+        ndarray_from_kserve("x", "INT64", [1, 3], typed, None, SPEC)
+
+
+def test_json_values_take_the_signature_dtype():
+    assert ndarray_from_json("x", [[1, 2, 3]], SPEC).dtype == np.float32
+    with pytest.raises(ServeError, match="input 'x': cannot read the JSON value as float32"):
+        ndarray_from_json("x", [[1, "a", 3]], SPEC)
