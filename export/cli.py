@@ -7,16 +7,21 @@ from pathlib import Path
 
 from export.manifest import FORMATS, TFLITE_QUANTIZATIONS
 from kdeploy.errors import UsageError
+from serve.config import PROTOCOLS
 
 
 def parse_per_format(values: list[str] | None, flag: str) -> dict[str, float]:
-    """`--atol onnx=1e-4 --atol 1e-3` as {format: value}; a bare number applies to every format."""
+    """`--atol onnx=1e-4 --atol 1e-3` as {format: value}; a bare number applies to every format.
+
+    Names are formats, or protocols for served parity (`--atol tfserving-rest=1e-4`).
+    """
+    names = FORMATS + PROTOCOLS
     result: dict[str, float] = {}
     for value in values or []:
         fmt, _, number = value.rpartition("=")
-        targets = [fmt] if fmt else list(FORMATS)
-        if fmt and fmt not in FORMATS:
-            raise UsageError(f"{flag} {value!r}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        targets = [fmt] if fmt else list(names)
+        if fmt and fmt not in names:
+            raise UsageError(f"{flag} {value!r}: unknown format {fmt!r}; choose from {', '.join(names)}")
         try:
             parsed = float(number)
         except ValueError:
@@ -98,6 +103,10 @@ def add_verify_parser(commands: argparse._SubParsersAction) -> None:
                                              "inputs and compare them within per-format tolerances.")
     parser.add_argument("model_dir", type=Path, metavar="REPO/NAME", help="model folder (or a version folder)")
     parser.add_argument("--version", type=int, help="version (default: latest)")
+    parser.add_argument("--endpoint", metavar="HOST:PORT",
+                        help="compare what a running server (kdeploy, TF Serving, Triton) returns instead of the files")
+    parser.add_argument("--protocol", default="tfserving-grpc", choices=PROTOCOLS,
+                        help="protocol of --endpoint (default tfserving-grpc; REST needs the REST port)")
     _add_verify_options(parser)
     parser.set_defaults(run=run_verify)
 
@@ -109,7 +118,20 @@ def run_verify(args: argparse.Namespace) -> int:
 
     config = _verify_config(args)
     version_dir = resolve_version_dir(args.model_dir, args.version)
-    report = verify_version(version_dir, config, progress=print)
+    candidates = None
+    if args.endpoint:
+        from dataclasses import replace
+
+        from export.manifest import read_manifest
+        from serve.clients import connect
+
+        manifest = read_manifest(version_dir)
+        client = connect(args.protocol, args.endpoint, manifest.name, manifest.version, manifest.signature)
+        candidates = {args.protocol: client}
+        if config.report_dir is None:
+            # Keep the files' own parity report; served parity goes beside it.
+            config = replace(config, report_dir=version_dir / f"served-{args.protocol}")
+    report = verify_version(version_dir, config, progress=print, candidates=candidates)
     print(to_console(report))
     print(f"kdeploy verify: report in {config.report_dir or version_dir}")
     if not report.passed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +64,21 @@ def load_inputs(
 
 
 def verify_version(
-    version_dir: Path, config: VerifyConfig = VerifyConfig(), progress: Callable[[str], None] = logger.info
+    version_dir: Path,
+    config: VerifyConfig = VerifyConfig(),
+    progress: Callable[[str], None] = logger.info,
+    candidates: Mapping[str, Backend] | None = None,
 ) -> ParityReport:
     """Run the Keras source model and every format of a version on the same inputs and compare them.
 
     Writes parity.json, parity.md and parity.png to `config.report_dir` (default: the version folder).
+
+    Args:
+        version_dir: the version folder (its manifest, source model and artifacts).
+        config: data, batch sizes, tolerances, report folder.
+        progress: sink for progress lines.
+        candidates: backends to compare instead of the version's artifacts, by name (e.g. clients of a running
+            server); they are compared at fp32 tolerance unless overridden, and closed afterwards.
 
     Returns:
         The report; falsy when a format is out of tolerance.
@@ -90,12 +100,16 @@ def verify_version(
     progress(f"verify: reference keras on {batch_size(feed)} samples ({data_source})")
     reference = _run(load_backend("keras", version_dir, manifest.signature, unsafe=unsafe), feed, schedule)
     formats = []
-    for fmt, artifact in manifest.artifacts.items():
+    if candidates is None:
+        to_compare = {fmt: (precision_of(fmt, a.options), None) for fmt, a in manifest.artifacts.items()}
+    else:
+        to_compare = {name: ("fp32", backend) for name, backend in candidates.items()}
+    for fmt, (precision, given) in to_compare.items():
         progress(f"verify: {fmt}")
-        precision = precision_of(fmt, artifact.options)
         tolerance = tolerance_for(fmt, precision, config.atol, config.rtol)
         try:
-            outputs = _run(load_backend(fmt, version_dir, manifest.signature), feed, schedule)
+            backend = given if given is not None else load_backend(fmt, version_dir, manifest.signature)
+            outputs = _run(backend, feed, schedule)
         except Exception as exc:  # a runtime that cannot load or run the artifact is a parity failure
             logger.debug("backend %s failed", fmt, exc_info=True)
             formats.append(FormatComparison(fmt, precision, tolerance, problems=[f"could not run: {exc}"]))

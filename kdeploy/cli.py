@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full command line: every stage registers its own subcommand."""
     from export.cli import add_export_parser, add_verify_parser
     from kdeploy.demo import add_demo_parser
-    from serve.cli import add_serve_parser
+    from serve.cli import add_configs_parser, add_serve_parser
     from train.cli import add_train_parser
 
     parser = OneLineParser(prog="kdeploy", description="Train, export, verify, serve and load-test Keras models.")
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(commands)
     add_verify_parser(commands)
     add_serve_parser(commands)
+    add_configs_parser(commands)
     add_demo_parser(commands)
     return parser
 

@@ -39,4 +39,47 @@ def run_demo(args: argparse.Namespace) -> int:
     if result.parity is not None:
         print(f"parity report     {result.version_dir / 'parity.md'} and parity.png: "
               f"{'PASS' if result.parity.passed else 'FAIL'}")
-    return 0 if result.ok else 1
+    if not result.ok:
+        return 1
+    print()
+    serve_and_call(out / "models", args.name, result.version_dir)
+    return 0
+
+
+def serve_and_call(repository: Path, name: str, version_dir: Path) -> None:
+    """Start the server on the repository, send one validation image through each protocol, stop the server."""
+    import time
+
+    import numpy as np
+
+    from export.manifest import read_manifest
+    from export.signature import load_data_file
+    from serve.clients import connect
+    from serve.config import PROTOCOLS, ServeConfig, VersionPolicy
+    from serve.server import build_server
+    from serve.sources import sources_from_repository
+
+    manifest = read_manifest(version_dir)
+    feed, labels = load_data_file(version_dir / manifest.validation_data, manifest.signature)
+    row = {key: value[:1] for key, value in feed.items()}
+    config = ServeConfig(models=tuple(sources_from_repository(repository, [name], VersionPolicy())),
+                         grpc_port=0, rest_port=0)
+    running = build_server(config)
+    try:
+        print(f"serving {name} on grpc 127.0.0.1:{running.grpc_port} and rest 127.0.0.1:{running.rest_port} "
+              f"(onnx backend); one held-out image (label {int(labels[0])}) through each protocol:")
+        for protocol in PROTOCOLS:
+            port = running.rest_port if protocol == "tfserving-rest" else running.grpc_port
+            client = connect(protocol, f"127.0.0.1:{port}", name, manifest.version, manifest.signature)
+            try:
+                started = time.perf_counter()
+                outputs = client.infer(row)
+                elapsed = (time.perf_counter() - started) * 1000
+            finally:
+                client.close()
+            scores = next(iter(outputs.values()))[0]
+            print(f"  {protocol:<15} predicted {int(np.argmax(scores))} (p={float(np.max(scores)):.3f}) "
+                  f"in {elapsed:.1f} ms")
+    finally:
+        running.stop()
+    print("server stopped")

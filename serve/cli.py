@@ -33,6 +33,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--intra-op-threads", type=int, default=0, help="threads per inference (default: runtime's)")
     parser.add_argument("--providers", default="CPUExecutionProvider",
                         help="onnxruntime execution providers, comma-separated, in order of preference")
+    parser.add_argument("--graph-optimization", default="all", choices=("disable", "basic", "extended", "all"),
+                        help="onnxruntime graph optimisation level (default all)")
     parser.add_argument("--grpc-threads", type=int, default=16, help="threads answering gRPC calls (default 16)")
     parser.add_argument("--tflite-interpreters", type=int, default=2, help="TFLite interpreters per version (default 2)")
     parser.set_defaults(run=run_serve)
@@ -50,7 +52,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         rest_port=None if args.no_rest else args.rest_port, max_message_mb=args.max_message_mb,
         intra_op_threads=args.intra_op_threads,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
-        grpc_threads=args.grpc_threads, tflite_interpreters=args.tflite_interpreters,
+        graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
+        tflite_interpreters=args.tflite_interpreters,
     )
 
 
@@ -73,4 +76,41 @@ def run_serve(args: argparse.Namespace) -> int:
         print("kdeploy serve: stopping", file=sys.stderr, flush=True)
     finally:
         running.stop()
+    return 0
+
+
+def add_configs_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "configs", help="write TF Serving and Triton configuration for a model repository",
+        description="Write models.config, batching_parameters.txt and monitoring.config for TF Serving, and "
+                    "config.pbtxt per model for Triton, from the repository's manifests.")
+    parser.add_argument("--repository", required=True, type=Path, help="model repository")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (tfserving/ and triton/ inside)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME", help="only this model (repeatable)")
+    parser.add_argument("--base-path", default="/models", help="repository mount point in the TF Serving container")
+    parser.add_argument("--version-policy", default="latest:1", help="latest[:N], all or specific:V[,V]")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-timeout-micros", type=int, default=1000)
+    parser.add_argument("--allowed-batch-sizes", default="1,2,4,8,16,32", help="comma-separated, ascending")
+    parser.add_argument("--triton-into-repository", action="store_true",
+                        help="also write REPO/NAME/config.pbtxt, where Triton reads it")
+    parser.set_defaults(run=run_configs)
+
+
+def run_configs(args: argparse.Namespace) -> int:
+    from kdeploy.errors import UsageError
+    from serve.configs import ConfigsConfig, write_configs
+
+    try:
+        allowed = tuple(int(v) for v in args.allowed_batch_sizes.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--allowed-batch-sizes {args.allowed_batch_sizes!r}: expected comma-separated integers") from None
+    config = ConfigsConfig(
+        repository=args.repository, out_dir=args.out, models=tuple(args.model), base_path=args.base_path,
+        policy=VersionPolicy.parse(args.version_policy), max_batch_size=args.max_batch_size,
+        batch_timeout_micros=args.batch_timeout_micros, allowed_batch_sizes=allowed,
+        triton_into_repository=args.triton_into_repository,
+    )
+    for path in write_configs(config):
+        print(f"kdeploy configs: wrote {path}")
     return 0

@@ -9,6 +9,8 @@ from pathlib import Path
 from kdeploy.errors import UsageError
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
+PROTOCOLS: tuple[str, ...] = ("tfserving-grpc", "kserve-grpc", "tfserving-rest")
+"""The client protocols kdeploy speaks (served parity, load tests)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,9 @@ class ServeConfig:
     intra_op_threads: int = 0
     """Threads per inference inside the runtime; 0 lets the runtime decide."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    """onnxruntime execution providers in order of preference."""
+    """onnxruntime execution providers in order of preference (unavailable ones are skipped with a warning)."""
+    graph_optimization: str = "all"
+    """onnxruntime graph optimisation level: disable, basic, extended or all."""
     grpc_threads: int = 16
     """Threads answering gRPC calls."""
     tflite_interpreters: int = 2

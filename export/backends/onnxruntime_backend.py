@@ -13,6 +13,13 @@ from export.signature import Feed, ModelSignature
 
 logger = logging.getLogger(__name__)
 
+GRAPH_OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
 
 class OnnxRuntimeBackend:
     """An ONNX model in an onnxruntime InferenceSession (thread-safe: one session serves all threads)."""
@@ -26,9 +33,11 @@ class OnnxRuntimeBackend:
         *,
         intra_op_threads: int = 0,
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        graph_optimization: str = "all",
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[graph_optimization]
         options.log_severity_level = 3
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available]

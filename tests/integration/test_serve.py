@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+from export.manifest import read_manifest
 from tests.clients import keras_outputs, rest, tfs_predict
 from tests.conftest import start_server
 
@@ -218,3 +219,14 @@ def test_onnx_server_has_no_tensorflow_loaded(onnx_server):
                        if line.startswith("VmRSS:")))
     print(f"onnx server RSS with 4 models loaded: {rss_kib / 1024:.0f} MiB")
     assert "backend=onnx" in onnx_server.banner
+
+
+def test_unavailable_onnxruntime_provider_falls_back_to_cpu(exported_repo, caplog):
+    from export.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    version = exported_repo / "tabular" / "1"
+    backend = OnnxRuntimeBackend(version / "model.onnx", read_manifest(version).signature,
+                                 providers=("TensorrtExecutionProvider", "CUDAExecutionProvider"),
+                                 graph_optimization="basic")
+    assert "not available" in caplog.text and "CUDAExecutionProvider" in caplog.text
+    assert backend.infer({"features": np.zeros((2, 30), np.float32)})["probability"].shape == (2, 1)

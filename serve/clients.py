@@ -1,0 +1,162 @@
+"""Clients for a running model server, with the `Backend` interface: TF Serving gRPC and REST, KServe v2 gRPC.
+
+They let served-output parity (`kdeploy verify --endpoint`) treat kdeploy's server, TF Serving or Triton like any
+other runtime. TF-free: messages come from the vendored protocol definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import grpc
+import numpy as np
+
+from export.signature import Feed, ModelSignature
+from kdeploy.errors import UsageError
+from serve.config import PROTOCOLS
+from serve.protos.messages import load_protos
+from serve.tensors import fill_tensor_proto, kserve_datatype, ndarray_from_tensor_proto, raw_bytes
+
+
+
+class ServedModelError(Exception):
+    """The server answered a request with an error."""
+
+
+class _GrpcClient:
+    def __init__(self, address: str, timeout: float) -> None:
+        self._channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 256 << 20),
+                                                                ("grpc.max_send_message_length", 256 << 20)])
+        self._timeout = timeout
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=min(timeout, 5.0))
+        except grpc.FutureTimeoutError:
+            self._channel.close()
+            raise UsageError(f"cannot reach a gRPC server at {address}") from None
+
+    def _call(self, path: str, request: Any, response_type: Any) -> Any:
+        method = self._channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
+                                           response_deserializer=response_type.FromString)
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise ServedModelError(f"{exc.code().name}: {exc.details()}") from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class TfServingGrpcClient(_GrpcClient):
+    """`tensorflow.serving.PredictionService/Predict` with `tensor_content` tensors."""
+
+    format = "tfserving-grpc"
+
+    def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
+                 timeout: float = 30.0) -> None:
+        super().__init__(address, timeout)
+        protos = load_protos()
+        self._request_type = protos.cls("tensorflow.serving.PredictRequest")
+        self._response_type = protos.cls("tensorflow.serving.PredictResponse")
+        self._model, self._version, self.signature = model, version, signature
+
+    def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        request = self._request_type()
+        request.model_spec.name = self._model
+        if self._version is not None:
+            request.model_spec.version.value = self._version
+        for name, value in feed.items():
+            fill_tensor_proto(request.inputs[name], value)
+        response = self._call("/tensorflow.serving.PredictionService/Predict", request, self._response_type)
+        return {spec.name: ndarray_from_tensor_proto(spec.name, response.outputs[spec.name], spec)
+                for spec in self.signature.outputs}
+
+
+class KServeGrpcClient(_GrpcClient):
+    """`inference.GRPCInferenceService/ModelInfer` with raw tensors."""
+
+    format = "kserve-grpc"
+
+    def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
+                 timeout: float = 30.0) -> None:
+        super().__init__(address, timeout)
+        protos = load_protos()
+        self._request_type = protos.cls("inference.ModelInferRequest")
+        self._response_type = protos.cls("inference.ModelInferResponse")
+        self._model, self._version, self.signature = model, version, signature
+
+    def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        request = self._request_type(model_name=self._model, model_version=str(self._version or ""))
+        for name, value in feed.items():
+            request.inputs.add(name=name, datatype=kserve_datatype(value), shape=list(value.shape))
+            request.raw_input_contents.append(raw_bytes(value))
+        response = self._call("/inference.GRPCInferenceService/ModelInfer", request, self._response_type)
+        outputs = {}
+        for index, tensor in enumerate(response.outputs):
+            spec = self.signature.output(tensor.name)
+            if response.raw_output_contents:
+                values = np.frombuffer(response.raw_output_contents[index], dtype=spec.np_dtype.newbyteorder("<"))
+            else:
+                values = np.asarray(_typed_contents(tensor.contents), dtype=spec.np_dtype)
+            outputs[tensor.name] = values.reshape(list(tensor.shape))
+        return outputs
+
+
+def _typed_contents(contents: Any) -> list[Any]:
+    for field in ("fp32_contents", "fp64_contents", "int_contents", "int64_contents", "uint_contents",
+                  "uint64_contents", "bool_contents"):
+        values = getattr(contents, field)
+        if len(values):
+            return list(values)
+    return []
+
+
+class TfServingRestClient:
+    """TF Serving's REST `:predict` in the columnar format (`inputs` / `outputs`)."""
+
+    format = "tfserving-rest"
+
+    def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
+                 timeout: float = 30.0) -> None:
+        path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
+        self._url = f"http://{address}{path}"
+        self._timeout, self.signature = timeout, signature
+        try:
+            with urllib.request.urlopen(self._url, timeout=min(timeout, 5.0)):
+                pass
+        except urllib.error.HTTPError:
+            pass  # the server answered: reachable (the model error shows on the first predict)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot reach a REST server at {address}: {exc}") from None
+
+    def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        body = json.dumps({"inputs": {name: value.tolist() for name, value in feed.items()}}).encode()
+        request = urllib.request.Request(self._url + ":predict", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                payload = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise ServedModelError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+        outputs = payload["outputs"]
+        if not isinstance(outputs, dict):
+            outputs = {self.signature.outputs[0].name: outputs}
+        return {spec.name: np.asarray(outputs[spec.name], dtype=spec.np_dtype) for spec in self.signature.outputs}
+
+    def close(self) -> None:
+        pass
+
+
+def connect(protocol: str, address: str, model: str, version: int | None, signature: ModelSignature) -> Any:
+    """A client for `protocol` at `address`, checked to be reachable.
+
+    Raises:
+        UsageError: for an unknown protocol or an address where nothing answers.
+    """
+    clients = {"tfserving-grpc": TfServingGrpcClient, "kserve-grpc": KServeGrpcClient,
+               "tfserving-rest": TfServingRestClient}
+    if protocol not in clients:
+        raise UsageError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    return clients[protocol](address, model, version, signature)

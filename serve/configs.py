@@ -1,0 +1,172 @@
+"""`kdeploy configs`: configuration files for TF Serving and Triton, generated from the repository's manifests.
+
+One model repository serves all three servers; these files tell TF Serving and Triton what is in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from export.manifest import Manifest, read_manifest
+from export.repository import ModelRepository
+from kdeploy.errors import UsageError
+from kdeploy.files import write_text_atomic
+from serve.config import VersionPolicy
+from serve.protos.messages import Protos, load_protos
+from serve.triton_config import triton_model_config
+
+logger = logging.getLogger(__name__)
+
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+
+
+@dataclass(frozen=True)
+class ConfigsConfig:
+    """What to generate."""
+
+    repository: Path
+    out_dir: Path
+    models: tuple[str, ...] = ()
+    """Default: every model in the repository."""
+    base_path: str = "/models"
+    """Where the repository is mounted inside the TF Serving container (models at BASE/NAME)."""
+    policy: VersionPolicy = VersionPolicy()
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 1000
+    max_enqueued_batches: int = 100
+    num_batch_threads: int = 2
+    allowed_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    triton_into_repository: bool = False
+    """Also write each config.pbtxt into REPO/NAME/, where Triton looks for it."""
+
+    def check(self) -> None:
+        if self.allowed_batch_sizes and self.allowed_batch_sizes[-1] != self.max_batch_size:
+            raise UsageError(f"the largest allowed batch size ({self.allowed_batch_sizes[-1]}) must equal "
+                             f"--max-batch-size ({self.max_batch_size}), as TF Serving requires")
+        if self.max_batch_size < 1 or self.batch_timeout_micros < 0:
+            raise UsageError("--max-batch-size must be at least 1 and --batch-timeout-micros not negative")
+
+
+def _latest_manifests(repository: Path, names: tuple[str, ...]) -> list[Manifest]:
+    repo = ModelRepository(repository)
+    if not repo.root.is_dir():
+        raise UsageError(f"model repository {repository} is not a directory")
+    present = sorted(p.name for p in repo.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    chosen = list(names) or present
+    manifests = []
+    for name in chosen:
+        if name not in present:
+            raise UsageError(f"model {name!r} is not in {repository}")
+        manifests.append(read_manifest(repo.version_dir(name, repo.latest_version(name))))
+    if not manifests:
+        raise UsageError(f"model repository {repository} holds no model")
+    return manifests
+
+
+def tfserving_model_config(protos: Protos, manifests: list[Manifest], config: ConfigsConfig) -> str:
+    """models.config (ModelServerConfig text format) listing every model's SavedModel base path and policy."""
+    message = protos.cls("tensorflow.serving.ModelServerConfig")()
+    for manifest in manifests:
+        if "savedmodel" not in manifest.artifacts:
+            logger.warning("model %s has no SavedModel: TF Serving cannot serve it", manifest.name)
+            continue
+        entry = message.model_config_list.config.add()
+        entry.name = manifest.name
+        entry.base_path = f"{config.base_path.rstrip('/')}/{manifest.name}"
+        entry.model_platform = "tensorflow"
+        policy = entry.model_version_policy
+        if config.policy.kind == "all":
+            policy.all.SetInParent()
+        elif config.policy.kind == "specific":
+            policy.specific.versions.extend(config.policy.versions)
+        else:
+            policy.latest.num_versions = config.policy.num_versions
+    return text_format.MessageToString(message)
+
+
+def batching_parameters(protos: Protos, config: ConfigsConfig) -> str:
+    """batching_parameters.txt (BatchingParameters text format), read by TF Serving and `kdeploy serve`."""
+    message = protos.cls("tensorflow.serving.BatchingParameters")()
+    message.max_batch_size.value = config.max_batch_size
+    message.batch_timeout_micros.value = config.batch_timeout_micros
+    message.max_enqueued_batches.value = config.max_enqueued_batches
+    message.num_batch_threads.value = config.num_batch_threads
+    message.allowed_batch_sizes.extend(config.allowed_batch_sizes)
+    message.pad_variable_length_inputs = False
+    return text_format.MessageToString(message)
+
+
+def monitoring_config(protos: Protos) -> str:
+    message = protos.cls("tensorflow.serving.MonitoringConfig")()
+    message.prometheus_config.enable = True
+    message.prometheus_config.path = PROMETHEUS_PATH
+    return text_format.MessageToString(message)
+
+
+def tfserving_readme(config: ConfigsConfig) -> str:
+    """How to start tensorflow_model_server on these files (flags and a docker command)."""
+    return f"""# TF Serving configuration generated by `kdeploy configs`
+
+Mount the model repository at `{config.base_path}` and this folder at `/config`, then start TF Serving with:
+
+```sh
+tensorflow_model_server \\
+  --port=8500 \\
+  --rest_api_port=8501 \\
+  --model_config_file=/config/models.config \\
+  --model_config_file_poll_wait_seconds=60 \\
+  --enable_batching=true \\
+  --batching_parameters_file=/config/batching_parameters.txt \\
+  --monitoring_config_file=/config/monitoring.config
+```
+
+With Docker:
+
+```sh
+docker run --rm -p 8500:8500 -p 8501:8501 \\
+  -v "$PWD/REPO:{config.base_path}:ro" -v "$PWD/{config.out_dir.name}/tfserving:/config:ro" \\
+  tensorflow/serving:2.20.0 \\
+  --model_config_file=/config/models.config --enable_batching=true \\
+  --batching_parameters_file=/config/batching_parameters.txt --monitoring_config_file=/config/monitoring.config
+```
+
+Prometheus metrics are then at `http://HOST:8501{PROMETHEUS_PATH}`. `kdeploy serve --model-config-file
+models.config --enable-batching --batching-parameters-file batching_parameters.txt` reads the same files (with
+base paths that point at the repository on its machine).
+"""
+
+
+def write_configs(config: ConfigsConfig) -> list[Path]:
+    """Write TF Serving's and Triton's configuration for the repository's latest versions.
+
+    Returns:
+        The files written.
+    """
+    config.check()
+    protos = load_protos()
+    manifests = _latest_manifests(config.repository, config.models)
+    tfserving = config.out_dir / "tfserving"
+    files = {
+        tfserving / "models.config": tfserving_model_config(protos, manifests, config),
+        tfserving / "batching_parameters.txt": batching_parameters(protos, config),
+        tfserving / "monitoring.config": monitoring_config(protos),
+        tfserving / "README.md": tfserving_readme(config),
+    }
+    for manifest in manifests:
+        if "onnx" not in manifest.artifacts:
+            logger.warning("model %s has no ONNX file: Triton's onnxruntime backend cannot serve it", manifest.name)
+            continue
+        message = triton_model_config(protos, manifest, backend_format="onnx", policy=config.policy,
+                                      max_batch_size=config.max_batch_size,
+                                      max_queue_delay_microseconds=config.batch_timeout_micros)
+        text = text_format.MessageToString(message)
+        files[config.out_dir / "triton" / manifest.name / "config.pbtxt"] = text
+        if config.triton_into_repository:
+            files[Path(config.repository) / manifest.name / "config.pbtxt"] = text
+    for path, text in files.items():
+        write_text_atomic(path, text)
+    return list(files)
