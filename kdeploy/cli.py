@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from kdeploy.errors import KdeployError
+from kdeploy.logs import configure_logging
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,14 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(verbose: bool) -> None:
-    """Log to standard error; quiet TensorFlow's C++ log (start-up chatter, graph warnings) unless verbose."""
+def quiet_tensorflow(verbose: bool) -> None:
+    """Quiet TensorFlow's C++ log (start-up chatter, graph warnings) unless verbose; must precede its import."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits for --help (0) and usage errors (2)
         return int(exc.code or 0)
-    configure_logging(args.verbose)
+    quiet_tensorflow(args.verbose)
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING, "text")
     # SIGTERM (a stopped container, a cancelled CI job) unwinds like Ctrl-C, so half-built versions are cleaned up.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -63,7 +63,7 @@ def serve_and_call(repository: Path, name: str, version_dir: Path) -> None:
     feed, labels = load_data_file(version_dir / manifest.validation_data, manifest.signature)
     row = {key: value[:1] for key, value in feed.items()}
     config = ServeConfig(models=tuple(sources_from_repository(repository, [name], VersionPolicy())),
-                         grpc_port=0, rest_port=0)
+                         grpc_port=0, rest_port=0, metrics_port=None, poll_seconds=0, drain_grace_seconds=0)
     running = build_server(config)
     try:
         print(f"serving {name} on grpc 127.0.0.1:{running.grpc_port} and rest 127.0.0.1:{running.rest_port} "

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
-import threading
 from pathlib import Path
 
+from kdeploy.errors import UsageError
+from serve.batching import BatchingParameters, read_batching_parameters
 from serve.config import BACKENDS, ServeConfig, VersionPolicy
 
 logger = logging.getLogger(__name__)
@@ -18,7 +21,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "serve", help="serve a model repository over TF Serving's gRPC/REST API and KServe v2 gRPC",
         description="Serve the models of a repository written by `kdeploy export`, speaking TF Serving's gRPC and "
                     "REST APIs and the KServe v2 (Open Inference) gRPC protocol on one gRPC port.")
-    source = parser.add_mutually_exclusive_group(required=True)
+    # Either source may come from the environment (KDEPLOY_REPOSITORY / KDEPLOY_MODEL_CONFIG_FILE).
+    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE"))
+    source = parser.add_mutually_exclusive_group(required=not env_source)
     source.add_argument("--repository", type=Path, help="model repository (REPO/NAME/VERSION)")
     source.add_argument("--model-config-file", type=Path, help="TF Serving ModelServerConfig text file (models.config)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
@@ -37,7 +42,47 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                         help="onnxruntime graph optimisation level (default all)")
     parser.add_argument("--grpc-threads", type=int, default=16, help="threads answering gRPC calls (default 16)")
     parser.add_argument("--tflite-interpreters", type=int, default=2, help="TFLite interpreters per version (default 2)")
+    parser.add_argument("--enable-batching", action="store_true",
+                        help="merge concurrent requests into batches (as TF Serving's --enable_batching)")
+    parser.add_argument("--batching-parameters-file", type=Path,
+                        help="TF Serving BatchingParameters text file (as `kdeploy configs` writes); a model folder's "
+                             "own batching_parameters.txt overrides it")
+    parser.add_argument("--metrics-port", type=int, default=8502,
+                        help="Prometheus GET /metrics port (default 8502; 0 picks a free one)")
+    parser.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
+    parser.add_argument("--poll-seconds", type=float, default=2.0,
+                        help="check the repository for new versions this often (default 2; 0: never)")
+    parser.add_argument("--drain-seconds", type=float, default=30.0,
+                        help="on SIGTERM, finish in-flight requests and exit within this time (default 30)")
+    parser.add_argument("--drain-grace-seconds", type=float, default=5.0,
+                        help="on SIGTERM, keep accepting requests this long after health turns NOT_SERVING (default 5)")
+    parser.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
+                        help="log lines as text or JSON (default: JSON when standard error is not a terminal)")
+    apply_env_defaults(parser)
     parser.set_defaults(run=run_serve)
+
+
+ENV_PREFIX = "KDEPLOY_"
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
+    """Let every `--some-flag` default to the environment variable `KDEPLOY_SOME_FLAG` (container settings).
+
+    Command-line flags still win. Boolean flags take 1/true/yes; repeatable ones a comma-separated list.
+    """
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public list of actions
+        long_names = [o for o in action.option_strings if o.startswith("--")]
+        if not long_names or action.dest == "help":
+            continue
+        value = os.environ.get(ENV_PREFIX + long_names[0][2:].replace("-", "_").upper())
+        if value is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+            action.default = value.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(action, argparse._AppendAction):  # noqa: SLF001
+            action.default = [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            action.default = value  # argparse converts string defaults with the action's type and choices
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -47,8 +92,17 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         models = sources_from_model_config(args.model_config_file)
     else:
         models = sources_from_repository(args.repository, args.model, VersionPolicy.parse(args.version_policy))
+    batching = None
+    if args.enable_batching:
+        batching = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
+                    else BatchingParameters())
+    elif args.batching_parameters_file:
+        raise UsageError("--batching-parameters-file needs --enable-batching")
     return ServeConfig(
         models=tuple(models), backend=args.backend, host=args.host, grpc_port=args.grpc_port,
+        batching=batching, metrics_port=None if args.no_metrics else args.metrics_port,
+        poll_seconds=args.poll_seconds, drain_seconds=args.drain_seconds,
+        drain_grace_seconds=args.drain_grace_seconds,
         rest_port=None if args.no_rest else args.rest_port, max_message_mb=args.max_message_mb,
         intra_op_threads=args.intra_op_threads,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
@@ -58,25 +112,34 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from kdeploy.logs import configure_logging
     from serve.server import build_server
 
-    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     config = config_from_args(args)
     running = build_server(config)
-    versions = ", ".join(f"{s.name}:{s.version}({s.state.name})" for name in running.models.model_names
-                         for s in running.models.statuses(name))
+    versions = ",".join(f"{s.name}:{s.version}({s.state.name})" for name in running.models.model_names
+                        for s in running.models.statuses(name))
     rest = f"{config.host}:{running.rest_port}" if running.rest_port is not None else "off"
+    metrics = f"{config.host}:{running.metrics_port}" if running.metrics_port is not None else "off"
     print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
-          f"grpc={config.host}:{running.grpc_port} rest={rest} backend={config.backend} models={versions}", flush=True)
-    stop = threading.Event()
+          f"grpc={config.host}:{running.grpc_port} rest={rest} metrics={metrics} backend={config.backend} "
+          f"models={versions}", flush=True)
     try:
-        while not stop.wait(3600):
+        while not running.stopping.wait(3600):
             pass
     except KeyboardInterrupt:
-        print("kdeploy serve: stopping", file=sys.stderr, flush=True)
-    finally:
-        running.stop()
+        logger.info("SIGTERM or SIGINT: draining for up to %.0f s", config.drain_seconds)
+    # A second signal during the drain must not cut it short (Kubernetes sends SIGKILL when it is out of patience).
+    signal.signal(signal.SIGTERM, _already_draining)
+    signal.signal(signal.SIGINT, _already_draining)
+    running.stop()
+    print("kdeploy serve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _already_draining(signum: int, frame: object) -> None:
+    logger.warning("%s while draining: still draining", signal.Signals(signum).name)
 
 
 def add_configs_parser(commands: argparse._SubParsersAction) -> None:
@@ -98,7 +161,6 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_configs(args: argparse.Namespace) -> int:
-    from kdeploy.errors import UsageError
     from serve.configs import ConfigsConfig, write_configs
 
     try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdeploy.errors import UsageError
+from serve.batching import BatchingParameters
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
 PROTOCOLS: tuple[str, ...] = ("tfserving-grpc", "kserve-grpc", "tfserving-rest")
@@ -94,6 +95,16 @@ class ServeConfig:
     """Threads answering gRPC calls."""
     tflite_interpreters: int = 2
     """TFLite interpreters per version (each serves one request at a time)."""
+    batching: BatchingParameters | None = None
+    """Dynamic batching settings (None: every request runs on its own, as without --enable-batching)."""
+    metrics_port: int | None = 8502
+    """Prometheus `GET /metrics`; None turns it off, 0 picks a free port."""
+    poll_seconds: float = 2.0
+    """How often the repository is checked for new or removed versions; 0 turns polling off."""
+    drain_seconds: float = 30.0
+    """On SIGTERM, the longest the server takes to finish in-flight requests and exit."""
+    drain_grace_seconds: float = 5.0
+    """On SIGTERM, how long new requests are still accepted (health already NOT_SERVING) so load balancers notice."""
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -102,6 +113,10 @@ class ServeConfig:
             raise UsageError("no model to serve")
         if self.max_message_mb < 1:
             raise UsageError("--max-message-mb must be at least 1")
+        if self.poll_seconds < 0 or self.drain_seconds < 0 or self.drain_grace_seconds < 0:
+            raise UsageError("--poll-seconds, --drain-seconds and --drain-grace-seconds must not be negative")
+        if self.drain_grace_seconds > self.drain_seconds:
+            raise UsageError("--drain-grace-seconds must not be longer than --drain-seconds")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise UsageError(f"model names must be unique, got {names}")

@@ -18,6 +18,7 @@ class ErrorKind(enum.Enum):
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"
+    DEADLINE = "deadline"
     UNIMPLEMENTED = "unimplemented"
     INTERNAL = "internal"
 
@@ -27,6 +28,7 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
@@ -36,9 +38,15 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.DEADLINE: 504,
     ErrorKind.UNIMPLEMENTED: 501,
     ErrorKind.INTERNAL: 500,
 }
+
+HTTP_TO_GRPC_NAME: dict[int, str] = {200: "OK"} | {
+    code: GRPC_STATUS[kind].name for kind, code in HTTP_STATUS.items()
+}
+"""REST answers counted under the gRPC status name of the same error, so one metric covers every protocol."""
 
 INTERNAL_MESSAGE = "internal error while serving the request; the server log has the details"
 

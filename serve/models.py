@@ -1,26 +1,42 @@
-"""The models a server holds: which versions are loaded, their state as TF Serving reports it, and their backends."""
+"""The models a server holds: which versions are loaded, their state as TF Serving reports it, and their runners.
+
+Lifecycle of a version (TF Serving's states): START → LOADING (manifest, checksum, runtime, warm-up) → AVAILABLE
+→ UNLOADING (no new requests; in-flight ones finish) → END. A version that fails to load goes to END with its
+error and never replaces a working one. `poll()` brings the loaded set in line with the version policy and the
+folders on disk; a new version becomes AVAILABLE before the one it replaces starts UNLOADING, so a roll-out (or
+a roll-back) fails no request.
+"""
 
 from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from export.backends.base import Backend
-from export.manifest import Manifest, checksum_problems, read_manifest
+from export.manifest import MANIFEST_FILE, Manifest, checksum_problems, read_manifest
 from export.repository import version_numbers
+from export.signature import load_data_file, slice_feed
 from kdeploy.errors import KdeployError
+from serve.batching import Batcher, BatchingParameters, read_batching_parameters
 from serve.config import ModelSource
 from serve.errors import not_found, unavailable
+from serve.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
 BackendLoader = Callable[[Path, Manifest], Backend]
 """Loads a version folder's artifact (for the server's backend) given its manifest."""
+
+BATCHING_FILE = "batching_parameters.txt"
+"""A model folder may hold its own batching parameters, overriding the server's."""
 
 
 class VersionState(enum.IntEnum):
@@ -34,7 +50,7 @@ class VersionState(enum.IntEnum):
     END = 50
 
 
-@dataclass
+@dataclass(eq=False)
 class ServedVersion:
     """One version of one model and where it is in its lifecycle."""
 
@@ -46,17 +62,67 @@ class ServedVersion:
     """Why the version failed to load (state END)."""
     manifest: Manifest | None = None
     backend: Backend | None = None
+    batcher: Batcher | None = None
     load_seconds: float = 0.0
+    fingerprint: tuple = ()
+    """What the folder looked like when it was loaded (a failed version is retried when this changes)."""
+    inflight: int = 0
+    _lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    def acquire(self) -> bool:
+        """Count a request in, if the version still takes requests."""
+        with self._lock:
+            if self.state is not VersionState.AVAILABLE:
+                return False
+            self.inflight += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.inflight -= 1
+            self._lock.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop taking requests and wait for in-flight ones to finish (True when they did)."""
+        with self._lock:
+            self.state = VersionState.UNLOADING
+            return self._lock.wait_for(lambda: self.inflight == 0, timeout)
+
+
+def folder_fingerprint(path: Path) -> tuple:
+    """Names, sizes and modification times of a version folder's files (cheap: a few files per version)."""
+    entries = []
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                stat = os.stat(os.path.join(root, name))
+            except FileNotFoundError:
+                continue
+            entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))
 
 
 class ModelManager:
-    """Loads the chosen versions of each model and answers which version serves a request."""
+    """Loads the chosen versions of each model, keeps them in line with the disk, and picks the serving one."""
 
-    def __init__(self, sources: list[ModelSource], backend_format: str, load_backend: BackendLoader) -> None:
+    def __init__(
+        self,
+        sources: list[ModelSource],
+        backend_format: str,
+        load_backend: BackendLoader,
+        *,
+        batching: BatchingParameters | None = None,
+        metrics: ServerMetrics | None = None,
+        drain_seconds: float = 30.0,
+    ) -> None:
         self._sources = {s.name: s for s in sources}
         self._format = backend_format
         self._load_backend = load_backend
+        self._batching = batching
+        self._metrics = metrics
+        self._drain_seconds = drain_seconds
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
         self._versions: dict[str, dict[int, ServedVersion]] = {s.name: {} for s in sources}
 
     @property
@@ -64,19 +130,57 @@ class ModelManager:
         return list(self._sources)
 
     def load_all(self) -> None:
-        """Load every version the policies choose; a version that fails is recorded and the others go on."""
-        for source in self._sources.values():
-            versions = version_numbers(source.base_path)
-            for version in source.policy.select(versions):
-                self._load(source, version)
-            if not versions:
-                logger.warning("model %s has no version in %s", source.name, source.base_path)
+        """The first poll: load what the policies choose."""
+        self.poll()
+
+    def poll(self) -> bool:
+        """Load new versions, retry changed failed ones, unload those the policy no longer wants.
+
+        Returns:
+            Whether anything changed.
+        """
+        with self._poll_lock:
+            changed = False
+            for source in self._sources.values():
+                changed |= self._poll_model(source)
+            return changed
+
+    def _poll_model(self, source: ModelSource) -> bool:
+        on_disk = version_numbers(source.base_path)
+        wanted = [v for v in source.policy.select(on_disk) if (source.base_path / str(v) / MANIFEST_FILE).exists()]
+        known = self._versions[source.name]
+        changed = False
+        for version in wanted:
+            served = known.get(version)
+            if served is not None and served.state in (VersionState.AVAILABLE, VersionState.LOADING):
+                continue
+            if served is not None and served.error and served.fingerprint == folder_fingerprint(served.path):
+                continue  # failed before and nothing changed since: do not retry every poll
+            self._load(source, version)
+            changed = True
+        if not wanted and not on_disk and not known:
+            logger.warning("model %s has no version in %s", source.name, source.base_path)
+        # Unload what is no longer wanted, but only once something else can serve (a roll-back keeps the old one
+        # answering until the replacement is AVAILABLE).
+        serving_wanted = any(known[v].state is VersionState.AVAILABLE for v in wanted if v in known)
+        for version, served in sorted(known.items()):
+            if version not in wanted and served.state is VersionState.AVAILABLE and (serving_wanted or not on_disk):
+                self._unload(served)
+                changed = True
+        return changed
+
+    def _set_state(self, served: ServedVersion, state: VersionState) -> None:
+        served.state = state
+        if self._metrics is not None:
+            self._metrics.version_state.labels(served.name, str(served.version)).set(int(state))
 
     def _load(self, source: ModelSource, version: int) -> None:
         served = ServedVersion(source.name, version, source.base_path / str(version))
+        served.fingerprint = folder_fingerprint(served.path)
         with self._lock:
+            previous = self._versions[source.name].get(version)
             self._versions[source.name][version] = served
-        served.state = VersionState.LOADING
+        self._set_state(served, VersionState.LOADING)
         started = time.perf_counter()
         try:
             manifest = read_manifest(served.path)
@@ -86,16 +190,63 @@ class ModelManager:
             problems = checksum_problems(served.path, manifest, formats=[self._format])
             if problems:
                 raise KdeployError("; ".join(problems))
-            served.backend = self._load_backend(served.path, manifest)
-            served.manifest = manifest
+            backend = self._load_backend(served.path, manifest)
+            batching = self._batching_for(source)
+            self._warm_up(backend, manifest, served.path, batching)
         except Exception as exc:  # any failure leaves this version unloaded and the server running
-            served.state = VersionState.END
             served.error = str(exc) or type(exc).__name__
-            logger.error("model %s version %d failed to load: %s", source.name, version, served.error)
+            self._set_state(served, VersionState.END)
+            logger.error("model %s version %d failed to load: %s", source.name, version, served.error,
+                         extra={"model": source.name, "version": version})
             return
+        served.manifest, served.backend = manifest, backend
+        if batching is not None:
+            served.batcher = Batcher(backend, batching, model=source.name, version=version, metrics=self._metrics)
         served.load_seconds = time.perf_counter() - started
-        served.state = VersionState.AVAILABLE
-        logger.info("model %s version %d loaded in %.2f s (%s)", source.name, version, served.load_seconds, self._format)
+        self._set_state(served, VersionState.AVAILABLE)
+        if previous is not None and previous.backend is not None:
+            self._close(previous)
+        logger.info("model %s version %d loaded and warmed up in %.2f s (%s%s)", source.name, version,
+                    served.load_seconds, self._format, ", batching" if batching else "",
+                    extra={"model": source.name, "version": version, "seconds": round(served.load_seconds, 3)})
+
+    def _batching_for(self, source: ModelSource) -> BatchingParameters | None:
+        if self._batching is None:
+            return None
+        override = source.base_path / BATCHING_FILE
+        return read_batching_parameters(override) if override.is_file() else self._batching
+
+    def _warm_up(self, backend: Backend, manifest: Manifest, path: Path, batching: BatchingParameters | None) -> None:
+        """Run each batch size the runtime will see once, so no user request pays for lazy initialisation."""
+        sizes = batching.warmup_sizes if batching is not None else (1,)
+        feed = None
+        if manifest.validation_data and (path / manifest.validation_data).is_file():
+            feed, _ = load_data_file(path / manifest.validation_data, manifest.signature)
+        for size in sizes:
+            if feed is not None and len(next(iter(feed.values()))) >= size:
+                rows = slice_feed(feed, 0, size)
+            else:
+                rows = manifest.signature.generate_feed(size, np.random.default_rng(0))
+            backend.infer(rows)
+
+    def _unload(self, served: ServedVersion) -> None:
+        drained = served.drain(self._drain_seconds)
+        if not drained:
+            logger.warning("model %s version %d unloaded with %d requests still in flight", served.name,
+                           served.version, served.inflight)
+        self._set_state(served, VersionState.UNLOADING)
+        self._close(served)
+        logger.info("model %s version %d unloaded", served.name, served.version,
+                    extra={"model": served.name, "version": served.version})
+
+    def _close(self, served: ServedVersion) -> None:
+        if served.batcher is not None:
+            served.batcher.close()
+            served.batcher = None
+        if served.backend is not None:
+            served.backend.close()
+            served.backend = None
+        self._set_state(served, VersionState.END)
 
     def statuses(self, name: str, version: int | None = None) -> list[ServedVersion]:
         """The versions the server knows of a model (one, when `version` is given).
@@ -137,6 +288,14 @@ class ModelManager:
             raise unavailable(f"model {name!r} has no available version ({known or 'none loaded yet'})")
         return versions[available[-1]]
 
+    def acquire(self, name: str, version: int | None = None, label: str | None = None) -> ServedVersion:
+        """`resolve`, and count the request in so the version is not unloaded under it; `release()` after."""
+        for _ in range(3):  # a roll-out may flip the version between resolve and acquire: resolve again
+            served = self.resolve(name, version, label)
+            if served.acquire():
+                return served
+        raise unavailable(f"model {name!r} is changing versions; retry")
+
     def is_ready(self, name: str | None = None) -> bool:
         """Whether a model (or every model) has an available version."""
         names = [name] if name is not None else self.model_names
@@ -154,13 +313,11 @@ class ModelManager:
             return dict(versions)
 
     def close(self) -> None:
-        """Unload every version."""
+        """Unload every version (after its in-flight requests, up to the drain time)."""
         with self._lock:
             everything = [v for versions in self._versions.values() for v in versions.values()]
         for served in everything:
-            if served.backend is not None:
-                served.state = VersionState.UNLOADING
-                served.backend.close()
-                served.backend = None
-            served.state = VersionState.END
-
+            if served.state is VersionState.AVAILABLE:
+                self._unload(served)
+            elif served.backend is not None:
+                self._close(served)

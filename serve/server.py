@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from serve.adapters.rest import RestApi, make_http_server
 from serve.adapters.tfserving import TfServingAdapter
 from serve.config import ServeConfig
 from serve.errors import GRPC_STATUS, INTERNAL_MESSAGE, ServeError
+from serve.metrics import UNKNOWN_MODEL, ServerMetrics
 from serve.models import ModelManager
 from serve.protos.messages import Protos, load_protos
 from serve.service import InferenceService
@@ -49,31 +50,83 @@ def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest], Backend]:
     return load
 
 
-def _unary(method: Callable[[Any, Any], Any], name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
-    """Wrap a servicer method: ServeError → its status; anything else → INTERNAL, logged, server alive."""
+@dataclass(frozen=True)
+class _Method:
+    """What the error/metrics wrapper needs to know of one RPC."""
+
+    service: str
+    name: str
+    protocol: str
+    """Label for metrics: tfserving-grpc or kserve-grpc."""
+    model_of: Callable[[Any], str] | None = None
+    """Reads the model name from a request (None for RPCs that are not about one model)."""
+    version_of: Callable[[Any], str] | None = None
+    """Reads the served version from a response."""
+
+
+def _unary(method: _Method, call_adapter: Callable[[Any, Any], Any], metrics: ServerMetrics,
+           known_models: frozenset[str]) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """Wrap a servicer method: ServeError → its status; anything else → INTERNAL, logged, server alive.
+
+    Counts inference RPCs in the request metrics, by model (unknown names share one label), version and status.
+    """
 
     def call(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        status, response = grpc.StatusCode.OK, None
         try:
-            return method(request, context)
+            response = call_adapter(request, context)
+            return response
         except ServeError as exc:
-            context.abort(GRPC_STATUS[exc.kind], exc.message)
+            status = GRPC_STATUS[exc.kind]
+            context.abort(status, exc.message)
         except Exception:
-            logger.exception("%s failed", name)
-            context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            status = grpc.StatusCode.INTERNAL
+            logger.exception("%s/%s failed", method.service, method.name)
+            context.abort(status, INTERNAL_MESSAGE)
+        finally:
+            if method.model_of is not None:
+                model = method.model_of(request)
+                model = model if model in known_models else UNKNOWN_MODEL
+                version = method.version_of(response) if response is not None and method.version_of else ""
+                metrics.requests.labels(model, version, method.protocol, status.name).inc()
+                metrics.latency.labels(model, method.protocol).observe(time.perf_counter() - started)
+            logger.debug("%s/%s %s %.3f ms", method.service, method.name, status.name,
+                         (time.perf_counter() - started) * 1000)
 
     return call
 
 
-def _generic_handler(service_name: str, adapter: Any, methods: list[str]) -> grpc.GenericRpcHandler:
+def _generic_handler(methods: list[_Method], adapter: Any, metrics: ServerMetrics,
+                     known_models: frozenset[str]) -> grpc.GenericRpcHandler:
     handlers = {
-        method: grpc.unary_unary_rpc_method_handler(
-            _unary(getattr(adapter, method), f"{service_name}/{method}"),
-            request_deserializer=adapter.request_types[method].FromString,
+        m.name: grpc.unary_unary_rpc_method_handler(
+            _unary(m, getattr(adapter, m.name), metrics, known_models),
+            request_deserializer=adapter.request_types[m.name].FromString,
             response_serializer=lambda message: message.SerializeToString(),
         )
-        for method in methods
+        for m in methods
     }
-    return grpc.method_handlers_generic_handler(service_name, handlers)
+    return grpc.method_handlers_generic_handler(methods[0].service, handlers)
+
+
+def _grpc_methods() -> dict[str, list[_Method]]:
+    def tfs_model(request: Any) -> str:
+        return request.model_spec.name
+
+    def tfs_version(response: Any) -> str:
+        return str(response.model_spec.version.value)
+
+    tfs, ksv2 = "tfserving-grpc", "kserve-grpc"
+    return {
+        PREDICTION_SERVICE: [_Method(PREDICTION_SERVICE, "Predict", tfs, tfs_model, tfs_version),
+                             _Method(PREDICTION_SERVICE, "GetModelMetadata", tfs)],
+        MODEL_SERVICE: [_Method(MODEL_SERVICE, "GetModelStatus", tfs)],
+        KSERVE_SERVICE: [_Method(KSERVE_SERVICE, "ModelInfer", ksv2, lambda r: r.model_name, lambda r: r.model_version)]
+        + [_Method(KSERVE_SERVICE, name, ksv2) for name in ("ServerLive", "ServerReady", "ModelReady",
+                                                           "ServerMetadata", "ModelMetadata", "ModelConfig",
+                                                           "ModelStatistics")],
+    }
 
 
 def _reflection_pool(protos: Protos) -> Any:
@@ -103,12 +156,16 @@ class RunningServer:
 
     config: ServeConfig
     models: ModelManager
+    metrics: ServerMetrics
     grpc_server: grpc.Server
     grpc_port: int
     health: health.HealthServicer
     http_server: Any | None
     rest_port: int | None
+    metrics_server: Any | None
+    metrics_port: int | None
     started_at: float
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def set_serving(self) -> None:
         """Health SERVING for the server when every model is ready, and per model when that model is."""
@@ -117,18 +174,36 @@ class RunningServer:
             self.health.set(name, status.SERVING if self.models.is_ready(name) else status.NOT_SERVING)
         self.health.set("", status.SERVING if self.models.is_ready() else status.NOT_SERVING)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop taking requests, let in-flight ones finish (up to `grace` seconds), unload the models."""
+    def poll_forever(self) -> None:
+        """Check the repository every `poll_seconds` until the server stops (run in a thread)."""
+        while not self.stopping.wait(self.config.poll_seconds):
+            try:
+                if self.models.poll():
+                    self.set_serving()
+            except Exception:  # a bad poll (a folder vanishing mid-read) must not stop the next one
+                logger.exception("repository poll failed")
+
+    def stop(self) -> None:
+        """Drain as Kubernetes expects: NOT_SERVING at once, requests still accepted for the grace period,
+        then new requests refused and in-flight ones finished, all within `drain_seconds`."""
+        deadline = time.monotonic() + self.config.drain_seconds
+        self.stopping.set()
         self.health.enter_graceful_shutdown()
+        logger.info("draining: NOT_SERVING; new requests accepted for %.1f s more", self.config.drain_grace_seconds)
+        time.sleep(self.config.drain_grace_seconds)
         if self.http_server is not None:
-            self.http_server.shutdown()
-            self.http_server.server_close()
-        self.grpc_server.stop(grace).wait()
+            self.http_server.shutdown()  # stops accepting; handlers in flight are counted by the model versions
+        self.grpc_server.stop(max(0.0, deadline - time.monotonic())).wait()
         self.models.close()
+        if self.http_server is not None:
+            self.http_server.server_close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        logger.info("stopped after draining")
 
 
 def build_server(config: ServeConfig) -> RunningServer:
-    """Load the models and start gRPC (TF Serving, KServe v2, health, reflection) and REST on their ports.
+    """Start gRPC (TF Serving, KServe v2, health, reflection), REST and metrics, then load the models.
 
     Raises:
         UsageError: for a bad configuration; OSError when a port cannot be bound.
@@ -136,9 +211,11 @@ def build_server(config: ServeConfig) -> RunningServer:
     config.check()
     started = time.perf_counter()
     protos = load_protos()
-    models = ModelManager(list(config.models), config.backend, backend_loader(config))
-    service = InferenceService(models)
-    tfserving = TfServingAdapter(service, protos)
+    metrics = ServerMetrics()
+    models = ModelManager(list(config.models), config.backend, backend_loader(config), batching=config.batching,
+                          metrics=metrics, drain_seconds=config.drain_seconds)
+    service = InferenceService(models, metrics)
+    tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes)
     kserve = KServeV2Adapter(service, protos, config.backend)
 
     options = [
@@ -148,10 +225,12 @@ def build_server(config: ServeConfig) -> RunningServer:
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
                          options=options)
+    known = frozenset(models.model_names)
+    methods = _grpc_methods()
     server.add_generic_rpc_handlers((
-        _generic_handler(PREDICTION_SERVICE, tfserving, ["Predict", "GetModelMetadata"]),
-        _generic_handler(MODEL_SERVICE, tfserving, ["GetModelStatus"]),
-        _generic_handler(KSERVE_SERVICE, kserve, list(kserve.request_types)),
+        _generic_handler(methods[PREDICTION_SERVICE], tfserving, metrics, known),
+        _generic_handler(methods[MODEL_SERVICE], tfserving, metrics, known),
+        _generic_handler(methods[KSERVE_SERVICE], kserve, metrics, known),
     ))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -165,15 +244,23 @@ def build_server(config: ServeConfig) -> RunningServer:
         raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
     http_server, rest_port = None, None
     if config.rest_port is not None:
-        http_server = make_http_server(RestApi(service, config.max_message_bytes), config.host, config.rest_port)
+        api = RestApi(service, config.max_message_bytes, metrics, known)
+        http_server = make_http_server(api, config.host, config.rest_port)
         rest_port = http_server.server_address[1]
+    metrics_server, metrics_port = None, None
+    if config.metrics_port is not None:
+        metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port)
 
-    running = RunningServer(config, models, server, grpc_port, health_servicer, http_server, rest_port, started)
+    running = RunningServer(config, models, metrics, server, grpc_port, health_servicer, http_server, rest_port,
+                            metrics_server, metrics_port, started)
     # Serve health (NOT_SERVING) and UNAVAILABLE answers while the models load, then flip to SERVING.
     server.start()
     if http_server is not None:
         threading.Thread(target=http_server.serve_forever, name="rest", daemon=True).start()
     models.load_all()
     running.set_serving()
+    if config.poll_seconds > 0:
+        threading.Thread(target=running.poll_forever, name="poll", daemon=True).start()
+    logger.info("serving in %.2f s", time.perf_counter() - started,
+                extra={"grpc_port": grpc_port, "rest_port": rest_port, "metrics_port": metrics_port})
     return running
-

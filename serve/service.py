@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from export.signature import Feed, SignatureError, batch_size
 from serve.errors import ErrorKind, ServeError, invalid
+from serve.metrics import ServerMetrics
 from serve.models import ModelManager, ServedVersion
 
 logger = logging.getLogger(__name__)
@@ -57,31 +60,60 @@ class InferenceResult:
 class InferenceService:
     """Runs requests against the models of a `ModelManager`."""
 
-    def __init__(self, models: ModelManager) -> None:
+    def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None) -> None:
         self.models = models
+        self.metrics = metrics
         self._stats_lock = threading.Lock()
         self._stats: dict[tuple[str, int], VersionStatistics] = {}
+
+    @contextmanager
+    def serving(self, name: str, version: int | None = None, label: str | None = None) -> Iterator[ServedVersion]:
+        """The version that serves a request, counted in-flight (so it is not unloaded) for the block's duration.
+
+        Raises:
+            ServeError: NOT_FOUND or UNAVAILABLE from the model manager.
+        """
+        served = self.models.acquire(name, version, label)
+        gauge = self.metrics.inflight.labels(name) if self.metrics is not None else None
+        if gauge is not None:
+            gauge.inc()
+        try:
+            yield served
+        finally:
+            served.release()
+            if gauge is not None:
+                gauge.dec()
 
     def infer(
         self,
         served: ServedVersion,
         feed: Feed,
         output_names: Sequence[str] = (),
+        deadline: float | None = None,
     ) -> InferenceResult:
         """Validate `feed` against the version's signature, run it, and keep the asked-for outputs.
 
+        Args:
+            served: the version, held with `serving()`.
+            feed: inputs by name.
+            output_names: outputs to return (default: all).
+            deadline: `time.monotonic()` time after which the caller no longer wants the answer.
+
         Raises:
-            ServeError: INVALID_INPUT for a feed or output name that does not fit; INTERNAL when the backend fails.
+            ServeError: INVALID_INPUT for a feed or output name that does not fit; DEADLINE when the deadline
+                passed before the request was computed; UNAVAILABLE when the batching queue is full; INTERNAL
+                when the backend fails.
         """
         started = time.perf_counter_ns()
         try:
-            result = self._infer(served, feed, output_names, started)
+            result = self._infer(served, feed, output_names, deadline, started)
         except ServeError:
             self._account(served, fail_ns=time.perf_counter_ns() - started)
             raise
         return result
 
-    def _infer(self, served: ServedVersion, feed: Feed, output_names: Sequence[str], started: int) -> InferenceResult:
+    def _infer(self, served: ServedVersion, feed: Feed, output_names: Sequence[str], deadline: float | None,
+               started: int) -> InferenceResult:
         signature = served.manifest.signature
         if not feed:
             raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
@@ -90,19 +122,30 @@ class InferenceService:
             wanted = [signature.output(n).name for n in output_names] or signature.output_names
         except SignatureError as exc:
             raise invalid(str(exc)) from None
-        backend = served.backend
-        if backend is None:  # unloaded between resolve and run
-            raise ServeError(ErrorKind.UNAVAILABLE, f"model {served.name!r} version {served.version} was unloaded")
         compute_started = time.perf_counter_ns()
-        try:
-            outputs = backend.infer(checked)
-        except Exception:
-            logger.exception("backend failed on model %s version %d", served.name, served.version)
-            raise ServeError(ErrorKind.INTERNAL,
-                             f"model {served.name!r} version {served.version} failed to run the request") from None
+        if served.batcher is not None:
+            outputs = served.batcher.infer(checked, deadline)
+        else:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded before model {served.name!r} ran")
+            outputs = self._run_direct(served, checked)
         finished = time.perf_counter_ns()
         self._account(served, ok_ns=finished - started, compute_ns=finished - compute_started, rows=batch_size(checked))
         return InferenceResult(served, {name: outputs[name] for name in wanted})
+
+    def _run_direct(self, served: ServedVersion, feed: Feed) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            outputs = served.backend.infer(feed)
+        except Exception:
+            logger.exception("backend failed on model %s version %d", served.name, served.version,
+                             extra={"model": served.name, "version": served.version})
+            raise ServeError(ErrorKind.INTERNAL,
+                             f"model {served.name!r} version {served.version} failed to run the request") from None
+        if self.metrics is not None:
+            self.metrics.inference_time.labels(served.name, str(served.version)).observe(time.perf_counter() - started)
+            self.metrics.batch_size.labels(served.name).observe(batch_size(feed))
+        return outputs
 
     def _account(self, served: ServedVersion, ok_ns: int = 0, fail_ns: int = 0, compute_ns: int = 0,
                  rows: int = 0) -> None:
@@ -130,6 +173,12 @@ class InferenceService:
                 last_inference_ms=stats.last_inference_ms,
                 batch_sizes={k: Duration(d.count, d.ns) for k, d in stats.batch_sizes.items()},
             )
+
+
+def deadline_of(context: Any) -> float | None:
+    """A gRPC call's deadline as a `time.monotonic()` time (None when the client set none)."""
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def check_signature_name(name: str) -> None:

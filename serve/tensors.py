@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from export.signature import DTYPES, DType, TensorSpec, dtype_by_name, format_shape
-from serve.errors import invalid
+from serve.errors import ErrorKind, ServeError, invalid
 
 _BY_TF_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES}
 _BY_KSERVE: dict[str, DType] = {d.kserve: d for d in DTYPES}
@@ -49,11 +49,18 @@ def _check_shape(name: str, shape: list[int]) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec) -> np.ndarray:
+def _check_against_spec(name: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
+    """Rank and fixed dimensions, checked before any values are decoded or expanded."""
+    if len(shape) != len(spec.shape) or any(w is not None and g != w for w, g in zip(spec.shape, shape)):
+        raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got {list(shape)}")
+
+
+def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes: int | None = None) -> np.ndarray:
     """A TensorProto as an array of the spec's dtype.
 
     Accepts `tensor_content` bytes or the typed `*_val` field. As in TensorFlow, a typed list shorter than the
-    shape repeats its last value, and an empty list means zeros.
+    shape repeats its last value, and an empty list means zeros; `max_bytes` caps what that expansion may
+    allocate (a tiny message can describe a huge tensor).
     """
     want = _BY_TF_ENUM.get(proto.dtype)
     if want is None or want.name != spec.dtype:
@@ -62,8 +69,12 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec) -> np.nda
     if proto.tensor_shape.unknown_rank:
         raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got a tensor of unknown rank")
     shape = _check_shape(name, [d.size for d in proto.tensor_shape.dim])
+    _check_against_spec(name, shape, spec)
     count = _elements(shape)
     dtype = want.numpy
+    if max_bytes is not None and count * dtype.itemsize > max_bytes:
+        raise ServeError(ErrorKind.TOO_LARGE, f"input {name!r}: shape {list(shape)} of {spec.dtype} is "
+                                              f"{count * dtype.itemsize} bytes, over this server's limit of {max_bytes}")
     if proto.tensor_content:
         expected = count * dtype.itemsize
         if len(proto.tensor_content) != expected:

@@ -78,6 +78,7 @@ class ServerProcess:
     grpc: str
     rest: str | None
     banner: str
+    metrics: str | None = None
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -91,8 +92,9 @@ class ServerProcess:
 
 
 def start_server(*args: object, env: dict[str, str] | None = None, timeout: float = 90.0) -> ServerProcess:
-    """Start `kdeploy serve ARGS --grpc-port 0 --rest-port 0` and wait for its start-up line."""
-    command = [sys.executable, "-m", "kdeploy", "serve", "--grpc-port", "0", "--rest-port", "0", *map(str, args)]
+    """Start `kdeploy serve ARGS` on free ports (no drain grace unless ARGS say) and wait for its start-up line."""
+    command = [sys.executable, "-m", "kdeploy", "serve", "--grpc-port", "0", "--rest-port", "0", "--metrics-port", "0",
+               "--drain-grace-seconds", "0", *map(str, args)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
     deadline = time.monotonic() + timeout
@@ -109,4 +111,6 @@ def start_server(*args: object, env: dict[str, str] | None = None, timeout: floa
         raise RuntimeError(f"server did not start: {process.stderr.read()}")
     grpc_address = re.search(r"grpc=(\S+)", banner).group(1)
     rest = re.search(r"rest=(\S+)", banner).group(1)
-    return ServerProcess(process, grpc_address, None if rest == "off" else rest, banner)
+    metrics = re.search(r"metrics=(\S+)", banner).group(1)
+    return ServerProcess(process, grpc_address, None if rest == "off" else rest, banner,
+                         None if metrics == "off" else metrics)

@@ -10,7 +10,7 @@ from export.signature import SignatureError, dtype_by_name
 from serve.errors import ServeError, invalid
 from serve.models import ServedVersion, VersionState
 from serve.protos.messages import Protos
-from serve.service import InferenceService
+from serve.service import InferenceService, deadline_of
 from serve.tensors import kserve_datatype, ndarray_from_kserve, raw_bytes
 from serve.triton_config import PLATFORMS, triton_model_config
 
@@ -47,6 +47,11 @@ class KServeV2Adapter:
             raise invalid("model name is empty; name the model to call")
         return self._service.models.resolve(name, _version_number(name, version))
 
+    def _serving(self, name: str, version: str) -> Any:
+        if not name:
+            raise invalid("model name is empty; name the model to call")
+        return self._service.serving(name, _version_number(name, version))
+
     def ServerLive(self, request: Any, context: Any) -> Any:
         return self._responses["ServerLive"](live=True)
 
@@ -79,23 +84,23 @@ class KServeV2Adapter:
         return response
 
     def ModelInfer(self, request: Any, context: Any) -> Any:
-        served = self._resolve(request.model_name, request.model_version)
-        signature = served.manifest.signature
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
             raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
                           "send every input raw or none")
-        feed = {}
-        for index, tensor in enumerate(request.inputs):
-            try:
-                spec = signature.input(tensor.name)
-            except SignatureError as exc:
-                raise invalid(str(exc)) from None
-            if tensor.name in feed:
-                raise invalid(f"input {tensor.name!r} is sent twice")
-            feed[tensor.name] = ndarray_from_kserve(tensor.name, tensor.datatype, list(tensor.shape), tensor.contents,
-                                                    raw[index] if raw else None, spec)
-        result = self._service.infer(served, feed, [o.name for o in request.outputs])
+        with self._serving(request.model_name, request.model_version) as served:
+            signature = served.manifest.signature
+            feed = {}
+            for index, tensor in enumerate(request.inputs):
+                try:
+                    spec = signature.input(tensor.name)
+                except SignatureError as exc:
+                    raise invalid(str(exc)) from None
+                if tensor.name in feed:
+                    raise invalid(f"input {tensor.name!r} is sent twice")
+                feed[tensor.name] = ndarray_from_kserve(tensor.name, tensor.datatype, list(tensor.shape),
+                                                        tensor.contents, raw[index] if raw else None, spec)
+            result = self._service.infer(served, feed, [o.name for o in request.outputs], deadline_of(context))
         response = self._responses["ModelInfer"](model_name=served.name, model_version=str(served.version),
                                                  id=request.id)
         for name, array in result.outputs.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from export.signature import ModelSignature, SignatureError, batch_size, dtype_by_name
-from serve.errors import HTTP_STATUS, INTERNAL_MESSAGE, ErrorKind, ServeError, invalid, not_found
+from serve.errors import HTTP_STATUS, HTTP_TO_GRPC_NAME, INTERNAL_MESSAGE, ErrorKind, ServeError, invalid, not_found
+from serve.metrics import UNKNOWN_MODEL, ServerMetrics
 from serve.models import ServedVersion
 from serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name
 from serve.tensors import ndarray_from_json, tf_dtype_name
@@ -33,19 +35,34 @@ _ROUTE = re.compile(
 class RestApi:
     """Translates TF Serving REST requests to the inference service and back."""
 
-    def __init__(self, service: InferenceService, max_body_bytes: int) -> None:
+    def __init__(self, service: InferenceService, max_body_bytes: int, metrics: ServerMetrics | None = None,
+                 known_models: frozenset[str] = frozenset()) -> None:
         self.service = service
         self.max_body_bytes = max_body_bytes
+        self._metrics = metrics
+        self._known = known_models
 
     def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
         """Answer one request: (HTTP status, JSON body)."""
+        started = time.perf_counter()
         try:
-            return 200, self._route(method, path, body)
+            status, payload = 200, self._route(method, path, body)
         except ServeError as exc:
-            return HTTP_STATUS[exc.kind], {"error": exc.message}
+            status, payload = HTTP_STATUS[exc.kind], {"error": exc.message}
         except Exception:  # the server never dies on a request
             logger.exception("REST %s %s failed", method, path)
-            return 500, {"error": INTERNAL_MESSAGE}
+            status, payload = 500, {"error": INTERNAL_MESSAGE}
+        self._count(path, status, started)
+        return status, payload
+
+    def _count(self, path: str, status: int, started: float) -> None:
+        match = _ROUTE.match(path.split("?", 1)[0])
+        if self._metrics is None or not match or match["tail"] != ":predict":
+            return
+        model = match["name"] if match["name"] in self._known else UNKNOWN_MODEL
+        code = HTTP_TO_GRPC_NAME.get(status, "UNKNOWN")
+        self._metrics.requests.labels(model, match["version"] or "", "tfserving-rest", code).inc()
+        self._metrics.latency.labels(model, "tfserving-rest").observe(time.perf_counter() - started)
 
     def _route(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
         match = _ROUTE.match(path.split("?", 1)[0])
@@ -56,7 +73,8 @@ class RestApi:
         if tail == ":predict":
             if method != "POST":
                 raise ServeError(ErrorKind.INVALID_INPUT, ":predict takes POST")
-            return self._predict(self.service.models.resolve(name, version, match["label"]), body or b"")
+            with self.service.serving(name, version, match["label"]) as served:
+                return self._predict(served, body or b"")
         if method != "GET":
             raise ServeError(ErrorKind.INVALID_INPUT, f"{path} takes GET")
         if tail == "/metadata":

@@ -9,7 +9,7 @@ from export.signature import DTYPES, ModelSignature, SignatureError, TensorSpec
 from serve.errors import invalid
 from serve.models import ServedVersion, VersionState
 from serve.protos.messages import Protos
-from serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name
+from serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name, deadline_of
 from serve.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -19,8 +19,9 @@ _TF_ENUM = {d.name: d.tf_enum for d in DTYPES}
 class TfServingAdapter:
     """Servicer methods for TF Serving's PredictionService and ModelService."""
 
-    def __init__(self, service: InferenceService, protos: Protos) -> None:
+    def __init__(self, service: InferenceService, protos: Protos, max_tensor_bytes: int) -> None:
         self._service = service
+        self._max_bytes = max_tensor_bytes
         self._protos = protos
         self._PredictResponse = protos.cls("tensorflow.serving.PredictResponse")
         self._MetadataResponse = protos.cls("tensorflow.serving.GetModelMetadataResponse")
@@ -32,13 +33,16 @@ class TfServingAdapter:
             "GetModelStatus": protos.cls("tensorflow.serving.GetModelStatusRequest"),
         }
 
-    def _resolve(self, spec: Any) -> ServedVersion:
+    def _spec(self, spec: Any) -> tuple[str, int | None, str | None]:
         if not spec.name:
             raise invalid("model_spec.name is empty; name the model to call")
         choice = spec.WhichOneof("version_choice")
         version = spec.version.value if choice == "version" else None
         label = spec.version_label if choice == "version_label" else None
-        return self._service.models.resolve(spec.name, version, label)
+        return spec.name, version, label
+
+    def _resolve(self, spec: Any) -> ServedVersion:
+        return self._service.models.resolve(*self._spec(spec))
 
     def _fill_model_spec(self, target: Any, served: ServedVersion, signature_name: str | None) -> None:
         target.name = served.name
@@ -48,12 +52,11 @@ class TfServingAdapter:
 
     def Predict(self, request: Any, context: Any) -> Any:
         check_signature_name(request.model_spec.signature_name)
-        served = self._resolve(request.model_spec)
-        signature = served.manifest.signature
-        feed = {}
-        for name, proto in request.inputs.items():
-            feed[name] = ndarray_from_tensor_proto(name, proto, _input_spec(signature, name))
-        result = self._service.infer(served, feed, list(request.output_filter))
+        with self._service.serving(*self._spec(request.model_spec)) as served:
+            signature = served.manifest.signature
+            feed = {name: ndarray_from_tensor_proto(name, proto, _input_spec(signature, name), self._max_bytes)
+                    for name, proto in request.inputs.items()}
+            result = self._service.infer(served, feed, list(request.output_filter), deadline_of(context))
         response = self._PredictResponse()
         for name, array in result.outputs.items():
             fill_tensor_proto(response.outputs[name], array)

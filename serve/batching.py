@@ -1,0 +1,259 @@
+"""Dynamic batching: concurrent requests for one model version merged into one runtime call, then split back.
+
+As TF Serving's `--enable_batching` and Triton's `dynamic_batching`: requests wait at most `batch_timeout_micros`
+for others with the same non-batch shapes, up to `max_batch_size` rows; the merged batch is padded up to the next
+of `allowed_batch_sizes` so the runtime sees few shapes. The queue is bounded (`max_enqueued_batches` batches'
+worth of rows): when it is full a request is refused at once with UNAVAILABLE instead of waiting, so latency stays
+bounded under overload. A request whose deadline passes while it waits is dropped and never computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+
+from export.backends.base import Backend
+from export.signature import Feed, batch_size
+from kdeploy.errors import UsageError
+from serve.errors import ErrorKind, ServeError
+from serve.metrics import ServerMetrics
+from serve.protos.messages import load_protos
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingParameters:
+    """TF Serving's BatchingParameters (the fields kdeploy uses)."""
+
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 1000
+    max_enqueued_batches: int = 100
+    num_batch_threads: int = 2
+    allowed_batch_sizes: tuple[int, ...] = ()
+
+    def check(self, source: str = "batching parameters") -> None:
+        if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1:
+            raise UsageError(f"{source}: max_batch_size, num_batch_threads and max_enqueued_batches must be >= 1")
+        if self.batch_timeout_micros < 0:
+            raise UsageError(f"{source}: batch_timeout_micros must not be negative")
+        sizes = self.allowed_batch_sizes
+        if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != self.max_batch_size or sizes[0] < 1):
+            raise UsageError(f"{source}: allowed_batch_sizes must ascend and end at max_batch_size "
+                             f"({self.max_batch_size}), got {list(sizes)}")
+
+    @property
+    def warmup_sizes(self) -> tuple[int, ...]:
+        """The batch sizes a runtime sees: the allowed sizes, or 1 and the maximum."""
+        return self.allowed_batch_sizes or tuple(sorted({1, self.max_batch_size}))
+
+    def padded_size(self, rows: int) -> int:
+        """The smallest allowed size that holds `rows` (rows itself when no sizes are given)."""
+        return next((size for size in self.allowed_batch_sizes if size >= rows), rows)
+
+
+def read_batching_parameters(path: Path) -> BatchingParameters:
+    """Parse a batching_parameters.txt (TF Serving's text format, as `kdeploy configs` writes it).
+
+    Raises:
+        UsageError: when the file is missing or not valid.
+    """
+    protos = load_protos()
+    message = protos.cls("tensorflow.serving.BatchingParameters")()
+    try:
+        text_format.Parse(Path(path).read_text(encoding="utf-8"), message, descriptor_pool=protos.pool)
+    except FileNotFoundError:
+        raise UsageError(f"batching parameters file not found: {path}") from None
+    except text_format.ParseError as exc:
+        raise UsageError(f"{path} is not a valid BatchingParameters text file: {exc}") from None
+    defaults = BatchingParameters()
+    params = BatchingParameters(
+        max_batch_size=message.max_batch_size.value if message.HasField("max_batch_size") else defaults.max_batch_size,
+        batch_timeout_micros=(message.batch_timeout_micros.value if message.HasField("batch_timeout_micros")
+                              else defaults.batch_timeout_micros),
+        max_enqueued_batches=(message.max_enqueued_batches.value if message.HasField("max_enqueued_batches")
+                              else defaults.max_enqueued_batches),
+        num_batch_threads=(message.num_batch_threads.value if message.HasField("num_batch_threads")
+                           else defaults.num_batch_threads),
+        allowed_batch_sizes=tuple(message.allowed_batch_sizes),
+    )
+    params.check(str(path))
+    return params
+
+
+@dataclass(eq=False)
+class _Task:
+    feed: Feed
+    rows: int
+    key: tuple
+    enqueued: float
+    deadline: float | None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, np.ndarray] | None = None
+    error: ServeError | None = None
+    abandoned: bool = False
+    """The caller stopped waiting (deadline passed): compute nothing for it."""
+
+
+def _shape_key(feed: Feed) -> tuple:
+    return tuple((name, value.dtype.str, value.shape[1:]) for name, value in sorted(feed.items()))
+
+
+class Batcher:
+    """Merges concurrent requests for one model version into batches run by `num_batch_threads` threads."""
+
+    def __init__(self, backend: Backend, params: BatchingParameters, *, model: str, version: int,
+                 metrics: ServerMetrics | None = None) -> None:
+        self._backend = backend
+        self._params = params
+        self._model, self._version = model, version
+        self._metrics = metrics
+        self._capacity = params.max_batch_size * params.max_enqueued_batches
+        self._cond = threading.Condition()
+        self._queue: deque[_Task] = deque()
+        self._queued_rows = 0
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"batch-{model}-{version}-{i}", daemon=True)
+                         for i in range(params.num_batch_threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def infer(self, feed: Feed, deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Run `feed` as part of a batch; blocks until its rows are computed.
+
+        Args:
+            feed: a validated feed.
+            deadline: `time.monotonic()` time after which the caller no longer wants the answer.
+
+        Raises:
+            ServeError: UNAVAILABLE when the queue is full or the batcher closed; DEADLINE_EXCEEDED when the
+                deadline passed first; INTERNAL when the runtime failed.
+        """
+        rows = batch_size(feed)
+        if rows >= self._params.max_batch_size:
+            return self._run_alone(feed)  # big enough on its own: never queued, never dropped
+        task = _Task(feed, rows, _shape_key(feed), time.monotonic(), deadline)
+        with self._cond:
+            if self._closed:
+                raise ServeError(ErrorKind.UNAVAILABLE, f"model {self._model!r} version {self._version} is unloading")
+            if self._queued_rows + rows > self._capacity:
+                raise ServeError(ErrorKind.UNAVAILABLE,
+                                 f"queue full for model {self._model!r} ({self._queued_rows} rows waiting, "
+                                 f"limit {self._capacity}); retry later")
+            self._queue.append(task)
+            self._queued_rows += rows
+            self._gauge(+1)
+            self._cond.notify()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not task.done.wait(timeout):
+            task.abandoned = True
+            raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}")
+        if task.error is not None:
+            raise task.error
+        return task.result
+
+    def _gauge(self, delta: int) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(self._model).inc(delta)
+
+    def _run_alone(self, feed: Feed) -> dict[str, np.ndarray]:
+        try:
+            return self._execute(feed, batch_size(feed))
+        except Exception:
+            logger.exception("runtime failed on model %s version %d", self._model, self._version)
+            raise ServeError(ErrorKind.INTERNAL,
+                             f"model {self._model!r} version {self._version} failed to run the request") from None
+
+    def _execute(self, feed: Feed, rows: int) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        outputs = self._backend.infer(feed)
+        if self._metrics is not None:
+            self._metrics.inference_time.labels(self._model, str(self._version)).observe(time.perf_counter() - started)
+            self._metrics.batch_size.labels(self._model).observe(rows)
+        return outputs
+
+    def _next_batch(self) -> list[_Task] | None:
+        """Wait for work, then take the oldest request and those that fit with it (same shapes, row budget)."""
+        timeout = self._params.batch_timeout_micros / 1e6
+        with self._cond:
+            while True:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return None  # closed and drained
+                first = self._queue[0]
+                fill_by = first.enqueued + timeout
+                rows = sum(t.rows for t in self._queue if t.key == first.key)
+                if rows >= self._params.max_batch_size or time.monotonic() >= fill_by or self._closed:
+                    break
+                self._cond.wait(fill_by - time.monotonic())
+            batch, kept, total, now = [], deque(), 0, time.monotonic()
+            for task in self._queue:
+                expired = task.abandoned or (task.deadline is not None and task.deadline <= now)
+                if expired:
+                    task.error = ServeError(ErrorKind.DEADLINE, "deadline exceeded while queued")
+                    task.done.set()
+                elif task.key == first.key and total + task.rows <= self._params.max_batch_size:
+                    batch.append(task)
+                    total += task.rows
+                else:
+                    kept.append(task)
+                    continue
+                self._queued_rows -= task.rows
+                self._gauge(-1)
+            self._queue = kept
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Task]) -> None:
+        now = time.monotonic()
+        if self._metrics is not None:
+            for task in batch:
+                self._metrics.queue_time.labels(self._model).observe(now - task.enqueued)
+        rows = sum(t.rows for t in batch)
+        padded = self._params.padded_size(rows)
+        names = list(batch[0].feed)
+        merged = {}
+        for name in names:
+            parts = [t.feed[name] for t in batch]
+            if padded > rows:  # repeat the last row: real values, so no runtime sees odd zeros or NaN
+                parts.append(np.repeat(parts[-1][-1:], padded - rows, axis=0))
+            merged[name] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        try:
+            outputs = self._execute(merged, rows)
+        except Exception:
+            logger.exception("runtime failed on a batch of %d rows for model %s version %d",
+                             rows, self._model, self._version)
+            error = ServeError(ErrorKind.INTERNAL,
+                               f"model {self._model!r} version {self._version} failed to run the request")
+            for task in batch:
+                task.error = error
+                task.done.set()
+            return
+        offset = 0
+        for task in batch:
+            task.result = {name: value[offset:offset + task.rows] for name, value in outputs.items()}
+            offset += task.rows
+            task.done.set()
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)

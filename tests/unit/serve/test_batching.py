@@ -1,0 +1,131 @@
+"""The batcher against a small NumPy runtime that records the batches it is given."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from kdeploy.errors import UsageError
+from serve.batching import Batcher, BatchingParameters, read_batching_parameters
+from serve.errors import ErrorKind, ServeError
+
+
+class RecordingBackend:
+    """y = 2x + row sum; remembers each batch's shape; can be slowed down."""
+
+    format = "test"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[tuple[int, ...]] = []
+        self.delay = delay
+        self._lock = threading.Lock()
+
+    def infer(self, feed):
+        x = feed["x"]
+        with self._lock:
+            self.batches.append(x.shape)
+        time.sleep(self.delay)
+        return {"y": 2 * x + x.sum(axis=tuple(range(1, x.ndim)), keepdims=True)}
+
+    def close(self):
+        pass
+
+
+def run_concurrently(batcher, feeds, deadline=None):
+    results, errors = [None] * len(feeds), [None] * len(feeds)
+
+    def call(i):
+        try:
+            results[i] = batcher.infer(feeds[i], deadline)
+        except ServeError as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(feeds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results, errors
+
+
+def test_concurrent_requests_are_merged_and_each_gets_its_own_rows():
+    backend = RecordingBackend(delay=0.005)
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=20_000, num_batch_threads=1,
+                                allowed_batch_sizes=(2, 4, 8))
+    batcher = Batcher(backend, params, model="m", version=1)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((1 + i % 3, 4)).astype(np.float32)} for i in range(24)]
+    results, errors = run_concurrently(batcher, feeds)
+    batcher.close()
+    assert errors == [None] * 24
+    for feed, result in zip(feeds, results):
+        expected = 2 * feed["x"] + feed["x"].sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(result["y"], expected, rtol=1e-6)
+    assert len(backend.batches) < 24  # merged
+    assert all(shape[0] in (2, 4, 8) for shape in backend.batches)  # padded to an allowed size
+
+
+def test_different_non_batch_shapes_are_never_merged():
+    backend = RecordingBackend(delay=0.002)
+    batcher = Batcher(backend, BatchingParameters(max_batch_size=16, batch_timeout_micros=20_000,
+                                                  num_batch_threads=1), model="m", version=1)
+    feeds = [{"x": np.ones((1, 3 + i % 2), np.float32) * i} for i in range(10)]
+    results, errors = run_concurrently(batcher, feeds)
+    batcher.close()
+    assert errors == [None] * 10
+    assert all(shape[1] in (3, 4) for shape in backend.batches)
+    for i, result in enumerate(results):
+        assert result["y"].shape == (1, 3 + i % 2)
+
+
+def test_a_request_bigger_than_the_maximum_runs_alone():
+    backend = RecordingBackend()
+    batcher = Batcher(backend, BatchingParameters(max_batch_size=4), model="m", version=1)
+    result = batcher.infer({"x": np.ones((10, 2), np.float32)})
+    batcher.close()
+    assert result["y"].shape == (10, 2) and backend.batches == [(10, 2)]
+
+
+def test_a_full_queue_refuses_at_once_with_unavailable():
+    backend = RecordingBackend(delay=0.2)
+    params = BatchingParameters(max_batch_size=2, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1)
+    batcher = Batcher(backend, params, model="m", version=1)
+    started = time.monotonic()
+    _, errors = run_concurrently(batcher, [{"x": np.ones((1, 2), np.float32)} for _ in range(12)])
+    batcher.close()
+    refused = [e for e in errors if e is not None]
+    assert refused and all(e.kind is ErrorKind.UNAVAILABLE and "queue full" in e.message for e in refused)
+    assert sum(e is None for e in errors) >= 2
+    assert time.monotonic() - started < 10
+
+
+def test_a_request_past_its_deadline_is_not_computed():
+    backend = RecordingBackend(delay=0.3)
+    params = BatchingParameters(max_batch_size=1 << 10, batch_timeout_micros=0, num_batch_threads=1)
+    batcher = Batcher(backend, params, model="m", version=1)
+    blocker = threading.Thread(target=batcher.infer, args=({"x": np.zeros((1, 2), np.float32)},))
+    blocker.start()
+    time.sleep(0.05)  # the worker is now busy for 0.3 s
+    with pytest.raises(ServeError) as error:
+        batcher.infer({"x": np.full((1, 2), 7, np.float32)}, deadline=time.monotonic() + 0.05)
+    assert error.value.kind is ErrorKind.DEADLINE
+    blocker.join()
+    time.sleep(0.1)
+    batcher.close()
+    assert all(shape == (1, 2) for shape in backend.batches) and len(backend.batches) == 1
+
+
+def test_batching_parameters_file(tmp_path):
+    path = tmp_path / "batching_parameters.txt"
+    path.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 500 }\n"
+                    "allowed_batch_sizes: 4\nallowed_batch_sizes: 16\n")
+    params = read_batching_parameters(path)
+    assert (params.max_batch_size, params.batch_timeout_micros, params.allowed_batch_sizes) == (16, 500, (4, 16))
+    assert params.padded_size(5) == 16 and params.warmup_sizes == (4, 16)
+    path.write_text("max_batch_size { value: 16 }\nallowed_batch_sizes: 8\n")
+    with pytest.raises(UsageError, match="end at max_batch_size"):
+        read_batching_parameters(path)
+    path.write_text("max_batch_sise { value: 1 }")
+    with pytest.raises(UsageError, match="not a valid BatchingParameters"):
+        read_batching_parameters(path)
