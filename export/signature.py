@@ -142,6 +142,14 @@ class TensorSpec:
             raise SignatureError(
                 f"input {self.name!r}: expected shape {format_shape(self.shape)}, got {list(array.shape)}"
             )
+        if self.value_range is not None and array.dtype.kind in "iu" and array.size:
+            # Token ids beyond an Embedding's vocabulary are a client error, not a runtime failure.
+            low, high = array.min(), array.max()
+            if low < self.value_range[0] or high > self.value_range[1]:
+                raise SignatureError(
+                    f"input {self.name!r}: expected values in [{self.value_range[0]:g}, {self.value_range[1]:g}], "
+                    f"got values from {low} to {high}"
+                )
         return array
 
 

@@ -7,6 +7,7 @@ form (`tensor_content`, `raw_output_contents`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ def tf_dtype_name(enum_value: int) -> str:
 
 
 def _elements(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(shape)  # Python integers: absurd dimensions must not overflow into a small number
 
 
 def _check_shape(name: str, shape: list[int]) -> tuple[int, ...]:

@@ -7,8 +7,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -79,16 +80,26 @@ class ServerProcess:
     rest: str | None
     banner: str
     metrics: str | None = None
+    _log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Keep reading the server's log: a full pipe would block the server on its next log line.
+        self._reader = threading.Thread(target=lambda: self._log.extend(self.process.stderr), daemon=True)
+        self._reader.start()
+
+    def log(self) -> str:
+        """Everything the server wrote to standard error so far (all of it once it has exited)."""
+        if self.process.poll() is not None:
+            self._reader.join(10)
+        return "".join(self._log)
 
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        finally:
-            for stream in (self.process.stdout, self.process.stderr):
-                if stream:
-                    stream.close()
+        code = self.process.wait(timeout=30)
+        self._reader.join(10)
+        self.process.stdout.close()
+        return code
 
 
 def start_server(*args: object, env: dict[str, str] | None = None, timeout: float = 90.0) -> ServerProcess:
@@ -108,7 +119,7 @@ def start_server(*args: object, env: dict[str, str] | None = None, timeout: floa
             break
     if not banner:
         process.kill()
-        raise RuntimeError(f"server did not start: {process.stderr.read()}")
+        raise RuntimeError(f"server did not start: {process.communicate(timeout=10)[1]}")
     grpc_address = re.search(r"grpc=(\S+)", banner).group(1)
     rest = re.search(r"rest=(\S+)", banner).group(1)
     metrics = re.search(r"metrics=(\S+)", banner).group(1)

@@ -3,6 +3,7 @@ input, what was expected and what came, and a server that keeps serving afterwar
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import grpc
@@ -112,12 +113,31 @@ def test_oversized_messages_are_resource_exhausted(onnx_server):
     assert status == 413 and "over the limit" in body["error"]
 
 
-def test_backend_failure_is_internal_and_the_server_lives_on(onnx_server):
+def test_token_ids_outside_the_vocabulary_are_invalid_argument(onnx_server):
     tokens = np.full((2, 12), 10_000, np.int32)  # beyond the Embedding's 200-word vocabulary
     error = grpc_error(lambda: tfs_predict(onnx_server.grpc, "text", {"tokens": tokens}))
-    assert error.code() == grpc.StatusCode.INTERNAL
-    assert "'text' version 1 failed" in error.details() and "Gather" not in error.details()
-    assert tfs_predict(onnx_server.grpc, "text", {"tokens": np.ones((2, 12), np.int32)})["positive"].shape == (2, 1)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'tokens': expected values in [0, 199], got values from 10000 to 10000" in error.details()
+
+
+def test_backend_failure_is_internal_and_the_server_lives_on(exported_repo, tmp_path):
+    # Without the manifest's value range the ids reach onnxruntime, whose Gather fails: a runtime error.
+    shutil.copytree(exported_repo / "text", tmp_path / "text")
+    manifest_path = tmp_path / "text" / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["signature"]["inputs"][0]["range"]
+    manifest_path.write_text(json.dumps(manifest))
+    proc = start_server("--repository", tmp_path, "--no-rest")
+    try:
+        tokens = np.full((2, 12), 10_000, np.int32)
+        error = grpc_error(lambda: tfs_predict(proc.grpc, "text", {"tokens": tokens}))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert "'text' version 1 failed" in error.details() and "Gather" not in error.details()
+        assert tfs_predict(proc.grpc, "text", {"tokens": np.ones((2, 12), np.int32)})["positive"].shape == (2, 1)
+        assert proc.process.poll() is None
+    finally:
+        assert proc.stop() == 0
+    assert "Gather" in proc.log()  # the log has the runtime's reason
 
 
 def test_rest_errors(onnx_server):

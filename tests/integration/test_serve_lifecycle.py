@@ -279,7 +279,7 @@ def test_sigterm_drains_without_failing_accepted_requests(exported_repo):
     assert during_grace and all(isinstance(v, int) for _, v in during_grace)  # still served in the grace period
     late = [v for t, v in load.answers if t > signalled + grace + 0.3]
     assert late and all(v == "UNAVAILABLE" for v in late)  # refused after the grace period
-    logs = [json.loads(line) for line in proc.process.stderr.read().splitlines() if line.startswith("{")]
+    logs = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
     messages = [entry["message"] for entry in logs]
     assert any("loaded and warmed up" in m for m in messages) and any("stopped after draining" in m for m in messages)
     loaded = next(entry for entry in logs if "loaded and warmed up" in entry["message"])
