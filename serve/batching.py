@@ -100,6 +100,7 @@ class _Task:
     error: ServeError | None = None
     abandoned: bool = False
     """The caller stopped waiting (deadline passed): compute nothing for it."""
+    queued_seconds: float = 0.0
 
 
 def _shape_key(feed: Feed) -> tuple:
@@ -125,8 +126,11 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def infer(self, feed: Feed, deadline: float | None = None) -> dict[str, np.ndarray]:
+    def infer(self, feed: Feed, deadline: float | None = None) -> tuple[dict[str, np.ndarray], float]:
         """Run `feed` as part of a batch; blocks until its rows are computed.
+
+        Returns:
+            The outputs for the feed's rows, and the seconds the request waited in the queue.
 
         Args:
             feed: a validated feed.
@@ -138,7 +142,7 @@ class Batcher:
         """
         rows = batch_size(feed)
         if rows >= self._params.max_batch_size:
-            return self._run_alone(feed)  # big enough on its own: never queued, never dropped
+            return self._run_alone(feed), 0.0  # big enough on its own: never queued, never dropped
         task = _Task(feed, rows, _shape_key(feed), time.monotonic(), deadline)
         with self._cond:
             if self._closed:
@@ -157,7 +161,7 @@ class Batcher:
             raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}")
         if task.error is not None:
             raise task.error
-        return task.result
+        return task.result, task.queued_seconds
 
     def _gauge(self, delta: int) -> None:
         if self._metrics is not None:
@@ -221,9 +225,10 @@ class Batcher:
 
     def _run_batch(self, batch: list[_Task]) -> None:
         now = time.monotonic()
-        if self._metrics is not None:
-            for task in batch:
-                self._metrics.queue_time.labels(self._model).observe(now - task.enqueued)
+        for task in batch:
+            task.queued_seconds = now - task.enqueued
+            if self._metrics is not None:
+                self._metrics.queue_time.labels(self._model).observe(task.queued_seconds)
         rows = sum(t.rows for t in batch)
         padded = self._params.padded_size(rows)
         names = list(batch[0].feed)

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from export.backends.base import Backend, load_backend
 from export.manifest import Manifest
+from kdeploy.errors import UsageError
 from serve.adapters.kserve_v2 import KServeV2Adapter
 from serve.adapters.rest import RestApi, make_http_server
 from serve.adapters.tfserving import TfServingAdapter
@@ -206,7 +207,7 @@ def build_server(config: ServeConfig) -> RunningServer:
     """Start gRPC (TF Serving, KServe v2, health, reflection), REST and metrics, then load the models.
 
     Raises:
-        UsageError: for a bad configuration; OSError when a port cannot be bound.
+        UsageError: for a bad configuration or a port that cannot be bound.
     """
     config.check()
     started = time.perf_counter()
@@ -239,17 +240,25 @@ def build_server(config: ServeConfig) -> RunningServer:
         (PREDICTION_SERVICE, MODEL_SERVICE, KSERVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
         server, pool=_reflection_pool(protos),
     )
-    grpc_port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+    try:
+        grpc_port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+    except RuntimeError:
+        grpc_port = 0
     if grpc_port == 0:
-        raise OSError(f"cannot bind gRPC to {config.host}:{config.grpc_port}")
+        raise UsageError(f"cannot listen for gRPC on {config.host}:{config.grpc_port} (port in use?)")
     http_server, rest_port = None, None
-    if config.rest_port is not None:
-        api = RestApi(service, config.max_message_bytes, metrics, known)
-        http_server = make_http_server(api, config.host, config.rest_port)
-        rest_port = http_server.server_address[1]
     metrics_server, metrics_port = None, None
-    if config.metrics_port is not None:
-        metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port)
+    try:
+        if config.rest_port is not None:
+            api = RestApi(service, config.max_message_bytes, metrics, known)
+            http_server = make_http_server(api, config.host, config.rest_port)
+            rest_port = http_server.server_address[1]
+        if config.metrics_port is not None:
+            metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port)
+    except OSError as exc:
+        if http_server is not None:
+            http_server.server_close()
+        raise UsageError(f"cannot listen for REST or metrics on {config.host}: {exc.strerror or exc}") from None
 
     running = RunningServer(config, models, metrics, server, grpc_port, health_servicer, http_server, rest_port,
                             metrics_server, metrics_port, started)

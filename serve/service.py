@@ -42,7 +42,14 @@ class VersionStatistics:
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    """Waiting in the batching queue (zero without batching); perf_analyzer finds the version by this count."""
+    compute_input: Duration = field(default_factory=Duration)
+    """Validation of the decoded request."""
     compute_infer: Duration = field(default_factory=Duration)
+    """The runtime (with batching: the merged batch, after the queue)."""
+    compute_output: Duration = field(default_factory=Duration)
+    """Selecting the asked-for outputs."""
     inference_count: int = 0
     """Rows inferred (the sum of batch sizes)."""
     execution_count: int = 0
@@ -123,15 +130,21 @@ class InferenceService:
         except SignatureError as exc:
             raise invalid(str(exc)) from None
         compute_started = time.perf_counter_ns()
+        queue_ns = 0
         if served.batcher is not None:
-            outputs = served.batcher.infer(checked, deadline)
+            outputs, queued = served.batcher.infer(checked, deadline)
+            queue_ns = int(queued * 1e9)
         else:
             if deadline is not None and time.monotonic() >= deadline:
                 raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded before model {served.name!r} ran")
             outputs = self._run_direct(served, checked)
+        computed = time.perf_counter_ns()
+        result = InferenceResult(served, {name: outputs[name] for name in wanted})
         finished = time.perf_counter_ns()
-        self._account(served, ok_ns=finished - started, compute_ns=finished - compute_started, rows=batch_size(checked))
-        return InferenceResult(served, {name: outputs[name] for name in wanted})
+        self._account(served, ok_ns=finished - started, input_ns=compute_started - started, queue_ns=queue_ns,
+                      compute_ns=computed - compute_started - queue_ns, output_ns=finished - computed,
+                      rows=batch_size(checked))
+        return result
 
     def _run_direct(self, served: ServedVersion, feed: Feed) -> dict[str, np.ndarray]:
         started = time.perf_counter()
@@ -147,15 +160,18 @@ class InferenceService:
             self.metrics.batch_size.labels(served.name).observe(batch_size(feed))
         return outputs
 
-    def _account(self, served: ServedVersion, ok_ns: int = 0, fail_ns: int = 0, compute_ns: int = 0,
-                 rows: int = 0) -> None:
+    def _account(self, served: ServedVersion, ok_ns: int = 0, fail_ns: int = 0, input_ns: int = 0,
+                 queue_ns: int = 0, compute_ns: int = 0, output_ns: int = 0, rows: int = 0) -> None:
         with self._stats_lock:
             stats = self._stats.setdefault((served.name, served.version), VersionStatistics())
             if fail_ns:
                 stats.fail.add(fail_ns)
                 return
             stats.success.add(ok_ns)
+            stats.queue.add(queue_ns)
+            stats.compute_input.add(input_ns)
             stats.compute_infer.add(compute_ns)
+            stats.compute_output.add(output_ns)
             stats.inference_count += rows
             stats.execution_count += 1
             stats.last_inference_ms = int(time.time() * 1000)
@@ -168,7 +184,10 @@ class InferenceService:
             return VersionStatistics(
                 success=Duration(stats.success.count, stats.success.ns),
                 fail=Duration(stats.fail.count, stats.fail.ns),
+                queue=Duration(stats.queue.count, stats.queue.ns),
+                compute_input=Duration(stats.compute_input.count, stats.compute_input.ns),
                 compute_infer=Duration(stats.compute_infer.count, stats.compute_infer.ns),
+                compute_output=Duration(stats.compute_output.count, stats.compute_output.ns),
                 inference_count=stats.inference_count, execution_count=stats.execution_count,
                 last_inference_ms=stats.last_inference_ms,
                 batch_sizes={k: Duration(d.count, d.ns) for k, d in stats.batch_sizes.items()},

@@ -37,6 +37,7 @@ class KServeV2Adapter:
                  "ModelConfig", "ModelStatistics"]
         self.request_types = {n: protos.cls(f"inference.{n}Request") for n in names}
         self._responses = {n: protos.cls(f"inference.{n}Response") for n in names}
+        self._Duration = protos.cls("inference.StatisticDuration")
         try:
             self._version = importlib.metadata.version("kdeploy")
         except importlib.metadata.PackageNotFoundError:
@@ -127,11 +128,13 @@ class KServeV2Adapter:
                     name=name, version=str(served.version), last_inference=stats.last_inference_ms,
                     inference_count=stats.inference_count, execution_count=stats.execution_count,
                 )
-                entry.inference_stats.success.count, entry.inference_stats.success.ns = stats.success.count, stats.success.ns
-                entry.inference_stats.fail.count, entry.inference_stats.fail.ns = stats.fail.count, stats.fail.ns
-                entry.inference_stats.compute_infer.count = stats.compute_infer.count
-                entry.inference_stats.compute_infer.ns = stats.compute_infer.ns
+                for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+                    duration = getattr(stats, key)
+                    getattr(entry.inference_stats, key).MergeFrom(self._Duration(count=duration.count, ns=duration.ns))
                 for size, duration in sorted(stats.batch_sizes.items()):
                     batch = entry.batch_stats.add(batch_size=size)
-                    batch.compute_infer.count, batch.compute_infer.ns = duration.count, duration.ns
+                    # perf_analyzer requires the three compute counts to agree; input/output time is in the totals.
+                    for key in ("compute_input", "compute_infer", "compute_output"):
+                        getattr(batch, key).count = duration.count
+                    batch.compute_infer.ns = duration.ns
         return response

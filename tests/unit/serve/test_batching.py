@@ -37,7 +37,7 @@ def run_concurrently(batcher, feeds, deadline=None):
 
     def call(i):
         try:
-            results[i] = batcher.infer(feeds[i], deadline)
+            results[i], _ = batcher.infer(feeds[i], deadline)
         except ServeError as exc:
             errors[i] = exc
 
@@ -82,9 +82,9 @@ def test_different_non_batch_shapes_are_never_merged():
 def test_a_request_bigger_than_the_maximum_runs_alone():
     backend = RecordingBackend()
     batcher = Batcher(backend, BatchingParameters(max_batch_size=4), model="m", version=1)
-    result = batcher.infer({"x": np.ones((10, 2), np.float32)})
+    result, queued = batcher.infer({"x": np.ones((10, 2), np.float32)})
     batcher.close()
-    assert result["y"].shape == (10, 2) and backend.batches == [(10, 2)]
+    assert result["y"].shape == (10, 2) and backend.batches == [(10, 2)] and queued == 0.0
 
 
 def test_a_full_queue_refuses_at_once_with_unavailable():
