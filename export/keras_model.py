@@ -65,11 +65,17 @@ def signature_from_keras(model: keras.Model, name: str = "serving_default") -> M
         TensorSpec(t.name, np.dtype(t.dtype).name, tuple(t.shape), ranges.get(t.name)) for t in model.inputs
     )
     outputs = tuple(
-        TensorSpec(n, np.dtype(t.dtype).name, tuple(t.shape)) for n, t in zip(model.output_names, _flat_outputs(model))
+        TensorSpec(n, np.dtype(t.dtype).name, tuple(t.shape)) for n, t in zip(output_names_of(model), _flat_outputs(model))
     )
     if len({t.name for t in outputs}) != len(outputs):
         raise SignatureError(f"the model's outputs do not have distinct names: {[t.name for t in outputs]}")
     return ModelSignature(inputs=inputs, outputs=outputs, name=name)
+
+
+def output_names_of(model: keras.Model) -> list[str]:
+    """The model's output names; a Sequential has none of its own, so its last layer names its one output."""
+    names = getattr(model, "output_names", None)
+    return list(names) if names else [model.layers[-1].name]
 
 
 def _flat_outputs(model: keras.Model) -> list[Any]:
@@ -98,7 +104,7 @@ def outputs_as_dict(model: keras.Model, result: Any) -> dict[str, Any]:
         return dict(result)
     if not isinstance(result, (list, tuple)):
         result = [result]
-    return dict(zip(model.output_names, result))
+    return dict(zip(output_names_of(model), result))
 
 
 def model_input(model: keras.Model, feed: Mapping[str, Any]) -> Any:

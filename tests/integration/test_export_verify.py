@@ -59,6 +59,18 @@ def test_two_named_inputs_and_outputs(tmp_path, kdeploy):
     assert "generated inputs" in json.loads((tmp_path / "repo" / "two" / "1" / "parity.json").read_text())["data_source"]
 
 
+def test_sequential_model(tmp_path, kdeploy):
+    import keras
+
+    model = keras.Sequential([keras.Input((5,), name="features"), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax", name="probabilities")])
+    path = _save(model, tmp_path / "seq.keras")
+    result = kdeploy("export", path, "--repository", tmp_path / "repo", "--name", "seq", "--formats", "savedmodel,onnx")
+    assert result.code == 0, result.out + result.err
+    signature = read_manifest(tmp_path / "repo" / "seq" / "1").signature
+    assert signature.input_names == ["features"] and signature.output_names == ["probabilities"]
+
+
 def test_embedding_lstm_with_int32_tokens(tmp_path, kdeploy):
     path = _save(text_classifier(), tmp_path / "text.keras")
     result = kdeploy("export", path, "--repository", tmp_path / "repo", "--name", "text")
