@@ -155,7 +155,8 @@ class Batcher:
             self._queued_rows += rows
             self._gauge(+1)
             self._cond.notify()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        # Waits are capped at a day: a far-off deadline must not overflow the platform's timeout.
+        timeout = None if deadline is None else min(max(0.0, deadline - time.monotonic()), 86_400.0)
         if not task.done.wait(timeout):
             task.abandoned = True
             raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}")

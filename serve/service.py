@@ -24,6 +24,7 @@ from serve.models import ModelManager, ServedVersion
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
+NO_DEADLINE_SECONDS = 86_400.0
 
 
 @dataclass
@@ -195,9 +196,13 @@ class InferenceService:
 
 
 def deadline_of(context: Any) -> float | None:
-    """A gRPC call's deadline as a `time.monotonic()` time (None when the client set none)."""
+    """A gRPC call's deadline as a `time.monotonic()` time (None when the client set none).
+
+    gRPC reports "no deadline" as an enormous remaining time (perf_analyzer sends such calls); treat anything
+    beyond a day as none, so no wait is asked to last longer than the platform's clock can count.
+    """
     remaining = context.time_remaining() if context is not None else None
-    return None if remaining is None else time.monotonic() + remaining
+    return None if remaining is None or remaining > NO_DEADLINE_SECONDS else time.monotonic() + remaining
 
 
 def check_signature_name(name: str) -> None:

@@ -129,3 +129,11 @@ def test_batching_parameters_file(tmp_path):
     path.write_text("max_batch_sise { value: 1 }")
     with pytest.raises(UsageError, match="not a valid BatchingParameters"):
         read_batching_parameters(path)
+
+
+def test_a_far_off_deadline_is_fine():
+    batcher = Batcher(RecordingBackend(), BatchingParameters(max_batch_size=4, batch_timeout_micros=0),
+                      model="m", version=1)
+    result, _ = batcher.infer({"x": np.ones((1, 2), np.float32)}, deadline=time.monotonic() + 1e12)
+    batcher.close()
+    assert result["y"].shape == (1, 2)
