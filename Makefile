@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean lock bench protos
+.PHONY: demo test install clean lock bench protos bench-serve perf-analyzer
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -38,3 +38,11 @@ bench: $(STAMP)
 # Recompile serve/protos/descriptors.binpb after editing a .proto file under serve/protos/.
 protos: $(STAMP)
 	$(BIN)/python -m serve.protos.build
+
+# Triton's perf_analyzer in its own venv (build/perf-venv), for the serving benchmark.
+perf-analyzer:
+	bash benchmarks/setup_perf_analyzer.sh
+
+# Serving benchmark (several minutes): kdeploy vs in-process onnxruntime, a null and a plain server.
+bench-serve: $(STAMP) perf-analyzer
+	$(BIN)/python benchmarks/serving.py

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kdeploy.errors import UsageError
+from kdeploy.files import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class ModelRepository:
         model_dir = self.model_dir(name)
         model_dir.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+        # mkdtemp creates 0700; a published version must be readable by servers running as other users.
+        os.chmod(stage, 0o777 & ~current_umask())
         try:
             yield stage
         finally:

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The full command line: every stage registers its own subcommand."""
     from export.cli import add_export_parser, add_verify_parser
     from kdeploy.demo import add_demo_parser
+    from kdeploy.k8s_render import add_k8s_parser
+    from loadtest.cli import add_loadtest_parser
     from serve.cli import add_configs_parser, add_serve_parser
     from train.cli import add_train_parser
 
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands)
     add_configs_parser(commands)
     add_demo_parser(commands)
+    add_loadtest_parser(commands)
+    add_k8s_parser(commands)
     return parser
 
 

@@ -10,6 +10,8 @@ def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="train the digits model, export it to every format and verify parity")
     parser.add_argument("--out", type=Path, default=Path("build/demo"), help="work directory (default build/demo)")
     parser.add_argument("--name", default="digits", help="model name in the repository (default digits)")
+    parser.add_argument("--load-seconds", type=float, default=20.0,
+                        help="length of the load test per gRPC protocol (default 20; 0 skips it)")
     parser.set_defaults(run=run_demo)
 
 
@@ -42,12 +44,12 @@ def run_demo(args: argparse.Namespace) -> int:
     if not result.ok:
         return 1
     print()
-    serve_and_call(out / "models", args.name, result.version_dir)
+    serve_and_call(out / "models", args.name, result.version_dir, out / "loadtest", args.load_seconds)
     return 0
 
 
-def serve_and_call(repository: Path, name: str, version_dir: Path) -> None:
-    """Start the server on the repository, send one validation image through each protocol, stop the server."""
+def serve_and_call(repository: Path, name: str, version_dir: Path, report_dir: Path, load_seconds: float) -> None:
+    """Start the server, send one validation image through each protocol, load-test both gRPC protocols, stop."""
     import time
 
     import numpy as np
@@ -80,6 +82,25 @@ def serve_and_call(repository: Path, name: str, version_dir: Path) -> None:
             scores = next(iter(outputs.values()))[0]
             print(f"  {protocol:<15} predicted {int(np.argmax(scores))} (p={float(np.max(scores)):.3f}) "
                   f"in {elapsed:.1f} ms")
+        if load_seconds > 0:
+            print(f"\nload test: {load_seconds:.0f} s per gRPC protocol, 10 users, batch 1, validation images")
+            load_test(f"127.0.0.1:{running.grpc_port}", name, repository, report_dir, load_seconds)
     finally:
         running.stop()
     print("server stopped")
+
+
+def load_test(address: str, name: str, repository: Path, report_dir: Path, seconds: float) -> None:
+    """Locust against both gRPC protocols of the running server; one table and one plot side by side."""
+    from loadtest.config import LoadTestConfig, WorkloadSettings, parse_target
+    from loadtest.runner import run_compare
+
+    configs = [
+        LoadTestConfig(target=parse_target(f"{protocol}://{address}"),
+                       workload=WorkloadSettings(model=name, protocol=protocol, repository=repository),
+                       out_dir=report_dir, users=10, duration_s=seconds)
+        for protocol in ("tfserving-grpc", "kserve-grpc")
+    ]
+    run_compare(configs, report_dir)
+    print(f"load-test reports  {report_dir}/<protocol>/summary.json, latency.png, locust.html; "
+          f"side by side: {report_dir}/comparison.md and comparison.png")

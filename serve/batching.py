@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests for one model version merged into one runtime call, then split back.
 
 As TF Serving's `--enable_batching` and Triton's `dynamic_batching`: requests wait at most `batch_timeout_micros`
-for others with the same non-batch shapes, up to `max_batch_size` rows; the merged batch is padded up to the next
+for others with the same non-batch shapes, up to `max_batch_size` rows (and only while another batch is running:
+with the runtime idle a request goes at once, so batching costs no latency at low load); the merged batch is padded up to the next
 of `allowed_batch_sizes` so the runtime sees few shapes. The queue is bounded (`max_enqueued_batches` batches'
 worth of rows): when it is full a request is refused at once with UNAVAILABLE instead of waiting, so latency stays
 bounded under overload. A request whose deadline passes while it waits is dropped and never computed.
@@ -22,41 +23,12 @@ from google.protobuf import text_format
 from export.backends.base import Backend
 from export.signature import Feed, batch_size
 from kdeploy.errors import UsageError
+from serve.config import BatchingParameters
 from serve.errors import ErrorKind, ServeError
 from serve.metrics import ServerMetrics
 from serve.protos.messages import load_protos
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchingParameters:
-    """TF Serving's BatchingParameters (the fields kdeploy uses)."""
-
-    max_batch_size: int = 32
-    batch_timeout_micros: int = 1000
-    max_enqueued_batches: int = 100
-    num_batch_threads: int = 2
-    allowed_batch_sizes: tuple[int, ...] = ()
-
-    def check(self, source: str = "batching parameters") -> None:
-        if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1:
-            raise UsageError(f"{source}: max_batch_size, num_batch_threads and max_enqueued_batches must be >= 1")
-        if self.batch_timeout_micros < 0:
-            raise UsageError(f"{source}: batch_timeout_micros must not be negative")
-        sizes = self.allowed_batch_sizes
-        if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != self.max_batch_size or sizes[0] < 1):
-            raise UsageError(f"{source}: allowed_batch_sizes must ascend and end at max_batch_size "
-                             f"({self.max_batch_size}), got {list(sizes)}")
-
-    @property
-    def warmup_sizes(self) -> tuple[int, ...]:
-        """The batch sizes a runtime sees: the allowed sizes, or 1 and the maximum."""
-        return self.allowed_batch_sizes or tuple(sorted({1, self.max_batch_size}))
-
-    def padded_size(self, rows: int) -> int:
-        """The smallest allowed size that holds `rows` (rows itself when no sizes are given)."""
-        return next((size for size in self.allowed_batch_sizes if size >= rows), rows)
 
 
 def read_batching_parameters(path: Path) -> BatchingParameters:
@@ -120,6 +92,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: deque[_Task] = deque()
         self._queued_rows = 0
+        self._executing = 0
+        """Batches being run right now."""
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"batch-{model}-{version}-{i}", daemon=True)
                          for i in range(params.num_batch_threads)]
@@ -196,7 +170,10 @@ class Batcher:
                 first = self._queue[0]
                 fill_by = first.enqueued + timeout
                 rows = sum(t.rows for t in self._queue if t.key == first.key)
-                if rows >= self._params.max_batch_size or time.monotonic() >= fill_by or self._closed:
+                # Waiting only pays while another batch runs: requests pile up behind it. With the runtime idle,
+                # the next arrival may be a reply away (a closed loop), so a lone request goes at once.
+                if (rows >= self._params.max_batch_size or time.monotonic() >= fill_by or self._closed
+                        or self._executing == 0):
                     break
                 self._cond.wait(fill_by - time.monotonic())
             batch, kept, total, now = [], deque(), 0, time.monotonic()
@@ -214,6 +191,8 @@ class Batcher:
                 self._queued_rows -= task.rows
                 self._gauge(-1)
             self._queue = kept
+            if batch:
+                self._executing += 1
             return batch
 
     def _work(self) -> None:
@@ -222,7 +201,12 @@ class Batcher:
             if batch is None:
                 return
             if batch:
-                self._run_batch(batch)
+                try:
+                    self._run_batch(batch)
+                finally:
+                    with self._cond:
+                        self._executing -= 1
+                        self._cond.notify_all()  # a waiting thread may now dispatch what piled up
 
     def _run_batch(self, batch: list[_Task]) -> None:
         now = time.monotonic()

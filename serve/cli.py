@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from kdeploy.errors import UsageError
-from serve.batching import BatchingParameters, read_batching_parameters
-from serve.config import BACKENDS, ServeConfig, VersionPolicy
+from serve.config import BACKENDS, BatchingParameters, ServeConfig, VersionPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +85,7 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    from serve.batching import read_batching_parameters
     from serve.sources import sources_from_model_config, sources_from_repository
 
     if args.model_config_file is not None:

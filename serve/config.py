@@ -7,11 +7,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdeploy.errors import UsageError
-from serve.batching import BatchingParameters
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
 PROTOCOLS: tuple[str, ...] = ("tfserving-grpc", "kserve-grpc", "tfserving-rest")
 """The client protocols kdeploy speaks (served parity, load tests)."""
+
+
+@dataclass(frozen=True)
+class BatchingParameters:
+    """TF Serving's BatchingParameters (the fields kdeploy uses)."""
+
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 1000
+    max_enqueued_batches: int = 100
+    num_batch_threads: int = 2
+    allowed_batch_sizes: tuple[int, ...] = ()
+
+    def check(self, source: str = "batching parameters") -> None:
+        if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1:
+            raise UsageError(f"{source}: max_batch_size, num_batch_threads and max_enqueued_batches must be >= 1")
+        if self.batch_timeout_micros < 0:
+            raise UsageError(f"{source}: batch_timeout_micros must not be negative")
+        sizes = self.allowed_batch_sizes
+        if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != self.max_batch_size or sizes[0] < 1):
+            raise UsageError(f"{source}: allowed_batch_sizes must ascend and end at max_batch_size "
+                             f"({self.max_batch_size}), got {list(sizes)}")
+
+    @property
+    def warmup_sizes(self) -> tuple[int, ...]:
+        """The batch sizes a runtime sees: the allowed sizes, or 1 and the maximum."""
+        return self.allowed_batch_sizes or tuple(sorted({1, self.max_batch_size}))
+
+    def padded_size(self, rows: int) -> int:
+        """The smallest allowed size that holds `rows` (rows itself when no sizes are given)."""
+        return next((size for size in self.allowed_batch_sizes if size >= rows), rows)
 
 
 @dataclass(frozen=True)

@@ -87,10 +87,14 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
     if given > count:
         raise invalid(f"input {name!r}: {given} values in {_TF_TYPED_FIELD[spec.dtype]} for shape {list(shape)} "
                       f"({count} elements)")
-    if spec.dtype == "float16":
-        flat = np.asarray(values, dtype=np.int32).astype(np.uint16).view(np.float16)
-    else:
-        flat = np.asarray(values, dtype=dtype)
+    # fromiter with a count is about twice as fast as asarray on protobuf's repeated containers.
+    try:
+        if spec.dtype == "float16":
+            flat = np.fromiter(values, dtype=np.int32, count=given).astype(np.uint16).view(np.float16)
+        else:
+            flat = np.fromiter(values, dtype=dtype, count=given)
+    except (OverflowError, ValueError):
+        raise invalid(f"input {name!r}: a value in {_TF_TYPED_FIELD[spec.dtype]} does not fit {spec.dtype}") from None
     if given < count:
         fill = flat[-1] if given else np.zeros((), dtype=dtype)
         flat = np.concatenate([flat, np.full(count - given, fill, dtype=dtype)])

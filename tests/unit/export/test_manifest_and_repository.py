@@ -101,3 +101,21 @@ def test_resolve_version_dir(tmp_path):
         resolve_version_dir(tmp_path / "m", 7)
     with pytest.raises(UsageError, match="does not exist"):
         resolve_version_dir(tmp_path / "missing")
+
+
+def test_published_versions_and_atomic_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from kdeploy.files import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        repo = ModelRepository(tmp_path)
+        with repo.staging("m", 1) as stage:
+            write_text_atomic(stage / "manifest.json", "{}")
+            published = repo.publish(stage, "m", 1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(published.stat().st_mode) == 0o755
+    assert stat.S_IMODE((published / "manifest.json").stat().st_mode) == 0o644

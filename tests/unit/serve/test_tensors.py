@@ -64,3 +64,9 @@ def test_json_values_take_the_signature_dtype():
     assert ndarray_from_json("x", [[1, 2, 3]], SPEC).dtype == np.float32
     with pytest.raises(ServeError, match="input 'x': cannot read the JSON value as float32"):
         ndarray_from_json("x", [[1, "a", 3]], SPEC)
+
+
+def test_typed_values_that_do_not_fit_the_dtype():
+    spec = TensorSpec("b", "int8", (None, 2))
+    with pytest.raises(ServeError, match="a value in int_val does not fit int8"):
+        ndarray_from_tensor_proto("b", proto(6, [1, 2], int_val=[1, 300]), spec)

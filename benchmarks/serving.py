@@ -1,0 +1,248 @@
+"""Serving benchmark: kdeploy's server against in-process onnxruntime, a null server and a plain Python server.
+
+Measures, in one run and on one machine, with Triton's perf_analyzer (C++) as the load generator:
+- in-process onnxruntime latency and throughput at batch 1, 8 and 32;
+- the null server (returns a cached tensor) and the plain server (inline onnxruntime), KServe v2 gRPC;
+- kdeploy's server over KServe v2 and TF Serving gRPC, with and without dynamic batching;
+at concurrency 1, 8 and 32, plus kdeploy's RSS and start-to-SERVING time, on four models: the tabular MLP, the
+digits CNN, a wide MLP (512 -> 2048 -> 2048 -> 10) and MobileNetV2 (random weights, 224x224x3).
+
+Run `make bench-serve` (it installs perf_analyzer in build/perf-venv first). Results: build/bench-serve/results.json
+and Markdown tables on standard output. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "build" / "bench-serve"
+PERF_VENV = ROOT / "build" / "perf-venv"
+PERF = PERF_VENV / "bin" / "perf_analyzer"
+CONCURRENCY = (1, 8, 32)
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def perf_env() -> dict[str, str]:
+    cudart = next(PERF_VENV.glob("lib/python*/site-packages/nvidia/cuda_runtime/lib"))
+    return {**os.environ, "LD_LIBRARY_PATH": f"{cudart}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+def prepare_models() -> dict[str, Path]:
+    """Train the two recipes, build the wide MLP and MobileNetV2, export each to ONNX; version folders by name."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    from export.exporter import ExportConfig, export_model
+    from export.verify import VerifyConfig
+    from train.trainer import TrainConfig, train
+
+    repo = OUT / "repo"
+    sources: dict[str, Path] = {}
+    for recipe, name in (("tabular-mlp", "tabular"), ("digits-cnn", "digits")):
+        sources[name] = train(TrainConfig(recipe=recipe, out_dir=OUT / name), write=lambda _: None).model_path
+    keras.utils.set_random_seed(0)
+    wide = keras.Sequential([keras.Input((512,), name="features"), keras.layers.Dense(2048, activation="relu"),
+                             keras.layers.Dense(2048, activation="relu"),
+                             keras.layers.Dense(10, activation="softmax", name="probabilities")])
+    wide.save(OUT / "wide.keras")
+    sources["wide"] = OUT / "wide.keras"
+    mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), classes=1000)
+    mobilenet.save(OUT / "mobilenet.keras")
+    sources["mobilenet"] = OUT / "mobilenet.keras"
+    versions = {}
+    for name, path in sources.items():
+        print(f"export {name}", flush=True)
+        result = export_model(ExportConfig(model_path=path, repository=repo, name=name, version=1, force=True,
+                                           formats=("onnx",), verify_config=VerifyConfig(samples=16, max_batch=8)),
+                              progress=lambda _: None)
+        assert result.ok, (name, result.failed_formats, result.parity and result.parity.failures)
+        versions[name] = result.version_dir
+    return versions
+
+
+def in_process(version_dir: Path) -> dict[str, dict[str, float]]:
+    """onnxruntime in this process: p50 latency and inferences/s per batch size."""
+    from export.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from export.manifest import read_manifest
+
+    signature = read_manifest(version_dir).signature
+    backend = OnnxRuntimeBackend(version_dir / "model.onnx", signature)
+    results = {}
+    for batch in (1, 8, 32):
+        feed = signature.generate_feed(batch, np.random.default_rng(0))
+        for _ in range(5):
+            backend.infer(feed)
+        times = []
+        deadline = time.perf_counter() + 1.5
+        while time.perf_counter() < deadline or len(times) < 20:
+            started = time.perf_counter()
+            backend.infer(feed)
+            times.append(time.perf_counter() - started)
+        results[str(batch)] = {"p50_us": float(np.median(times) * 1e6), "infer_per_s": batch / float(np.mean(times))}
+    return results
+
+
+def wait_ready(process: subprocess.Popen, marker: str, timeout: float = 120) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        if marker in line:
+            return time.monotonic() - started
+    raise RuntimeError("server did not become ready")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False, shapes: str = "") -> dict:
+    """One perf_analyzer measurement; also how much CPU perf_analyzer itself used (is it the bottleneck?)."""
+    csv_path = OUT / f"pa-{model}-{port}-{concurrency}-{'tfs' if tfserving else 'kv2'}.csv"
+    command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
+               "--concurrency-range", f"{concurrency}:{concurrency}", "-p", "2000", "-s", "50", "-r", "8",
+               "-f", str(csv_path)]
+    if tfserving:
+        command += ["--service-kind=tfserving", *(["--shape", shapes] if shapes else [])]
+    else:
+        command += ["-x", "1"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0 or not csv_path.exists():
+        return {"error": (proc.stdout + proc.stderr).strip().splitlines()[-1:]}
+    with open(csv_path) as handle:
+        row = next(csv.DictReader(handle))
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"infer_per_s": float(row["Inferences/Second"]), "p50_us": float(row["p50 latency"]),
+            "p99_us": float(row["p99 latency"]), "pa_cpu_cores": cpu / wall}
+
+
+def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
+    from export.manifest import read_manifest
+
+    signature = read_manifest(version_dir).signature
+    shapes = " ".join(f"{s.name}:1,{','.join(str(d) for d in s.shape[1:])}" for s in signature.inputs)
+    repo = version_dir.parent.parent
+    results: dict = {}
+    variants = [
+        ("null", [PY, str(ROOT / "benchmarks" / "reference_servers.py"), "null", str(version_dir)], False),
+        ("plain", [PY, str(ROOT / "benchmarks" / "reference_servers.py"), "plain", str(version_dir)], False),
+        ("kdeploy", None, False),
+        ("kdeploy+batching", None, True),
+    ]
+    for label, base, batching in variants:
+        port = free_port()
+        if base is None:
+            command = [PY, "-m", "kdeploy", "serve", "--repository", str(repo), "--model", name, "--grpc-port",
+                       str(port), "--no-rest", "--no-metrics", "--poll-seconds", "0", "--drain-grace-seconds", "0",
+                       "--log-format", "text"]
+            if batching:
+                command += ["--enable-batching", "--batching-parameters-file", str(batching_file)]
+            marker = "kdeploy serve: SERVING"
+        else:
+            command, marker = base + [str(port)], "ready on"
+        # The server's log goes to a file: an unread pipe would block the server once it filled.
+        log = open(OUT / f"server-{name}-{label}.log", "w")  # noqa: SIM115 - closed with the process below
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            start_seconds = wait_ready(process, marker)
+            entry: dict = {"start_s": start_seconds, "rss_mib": rss_mib(process.pid)}
+            for concurrency in CONCURRENCY:
+                print(f"  {name} {label} kserve c{concurrency}", flush=True)
+                entry[f"kserve_c{concurrency}"] = run_perf(name, port, concurrency)
+                if base is None:
+                    print(f"  {name} {label} tfserving c{concurrency}", flush=True)
+                    entry[f"tfserving_c{concurrency}"] = run_perf(name, port, concurrency, tfserving=True, shapes=shapes)
+            entry["rss_after_mib"] = rss_mib(process.pid)
+            results[label] = entry
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+    return results
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    return f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+def main() -> int:
+    if not PERF.exists():
+        print("perf_analyzer is missing: run `make perf-analyzer` (or benchmarks/setup_perf_analyzer.sh)", file=sys.stderr)
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    batching_file = OUT / "batching_parameters.txt"
+    batching_file.write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
+                             "max_enqueued_batches { value: 64 }\nnum_batch_threads { value: 2 }\n"
+                             "allowed_batch_sizes: 1\nallowed_batch_sizes: 2\nallowed_batch_sizes: 4\n"
+                             "allowed_batch_sizes: 8\nallowed_batch_sizes: 16\nallowed_batch_sizes: 32\n")
+    versions = prepare_models()
+    results = {"machine": machine(), "models": {}}
+    for name, version_dir in versions.items():
+        print(f"model {name}", flush=True)
+        results["models"][name] = {"in_process": in_process(version_dir), "servers": server_runs(name, version_dir,
+                                                                                                 batching_file)}
+        (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    print(render(results))
+    return 0
+
+
+def render(results: dict) -> str:
+    """Markdown tables for README."""
+    lines = [f"Machine: {results['machine']}.", ""]
+    lines += ["| model | in-process p50 batch 1 | in-process inf/s batch 1 / 8 / 32 |", "|---|---|---|"]
+    for name, data in results["models"].items():
+        ip = data["in_process"]
+        lines.append(f"| {name} | {ip['1']['p50_us']:.0f} µs | {ip['1']['infer_per_s']:.0f} / "
+                     f"{ip['8']['infer_per_s']:.0f} / {ip['32']['infer_per_s']:.0f} |")
+    lines += ["", "| model | server | protocol | c1 p50 µs | c1 inf/s | c8 inf/s | c32 inf/s | c32 p99 µs | RSS MiB | start s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, data in results["models"].items():
+        for label, entry in data["servers"].items():
+            for protocol in ("kserve", "tfserving"):
+                if f"{protocol}_c1" not in entry:
+                    continue
+                cells = [entry.get(f"{protocol}_c{c}", {}) for c in CONCURRENCY]
+                if any("error" in c for c in cells):
+                    lines.append(f"| {name} | {label} | {protocol} | error: {cells} |")
+                    continue
+                lines.append(
+                    f"| {name} | {label} | {protocol} | {cells[0]['p50_us']:.0f} | {cells[0]['infer_per_s']:.0f} | "
+                    f"{cells[1]['infer_per_s']:.0f} | {cells[2]['infer_per_s']:.0f} | {cells[2]['p99_us']:.0f} | "
+                    f"{entry['rss_mib']:.0f} | {entry['start_s']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
