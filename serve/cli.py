@@ -55,6 +55,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                         help="on SIGTERM, finish in-flight requests and exit within this time (default 30)")
     parser.add_argument("--drain-grace-seconds", type=float, default=5.0,
                         help="on SIGTERM, keep accepting requests this long after health turns NOT_SERVING (default 5)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the ports with SO_REUSEPORT, each loading the models (default 1)")
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                         help="log lines as text or JSON (default: JSON when standard error is not a terminal)")
     apply_env_defaults(parser)
@@ -102,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         models=tuple(models), backend=args.backend, host=args.host, grpc_port=args.grpc_port,
         batching=batching, metrics_port=None if args.no_metrics else args.metrics_port,
         poll_seconds=args.poll_seconds, drain_seconds=args.drain_seconds,
-        drain_grace_seconds=args.drain_grace_seconds,
+        drain_grace_seconds=args.drain_grace_seconds, workers=args.workers,
         rest_port=None if args.no_rest else args.rest_port, max_message_mb=args.max_message_mb,
         intra_op_threads=args.intra_op_threads,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
@@ -115,8 +117,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from kdeploy.logs import configure_logging
     from serve.server import build_server
 
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    configure_logging(level, args.log_format)
     config = config_from_args(args)
+    config.check()
+    if config.workers > 1:
+        return run_workers(config, level, args.log_format)
     running = build_server(config)
     versions = ",".join(f"{s.name}:{s.version}({s.state.name})" for name in running.models.model_names
                         for s in running.models.statuses(name))
@@ -136,6 +142,31 @@ def run_serve(args: argparse.Namespace) -> int:
     running.stop()
     print("kdeploy serve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def run_workers(config: ServeConfig, level: int, log_format: str) -> int:
+    """`--workers N`: start N server processes on the same ports, report, and drain them all on SIGTERM."""
+    from serve.workers import WorkerPool
+
+    pool = WorkerPool(config, level, log_format)
+    pool.start()
+    rest = f"{config.host}:{pool.config.rest_port}" if pool.config.rest_port is not None else "off"
+    metrics = f"{config.host}:{pool.metrics_port}" if pool.metrics_port is not None else "off"
+    models = ",".join(m.name for m in config.models)
+    print(f"kdeploy serve: {'SERVING' if pool.all_ready else 'NOT_SERVING'} grpc={config.host}:{pool.config.grpc_port} "
+          f"rest={rest} metrics={metrics} backend={config.backend} workers={config.workers} models={models}",
+          flush=True)
+    died = None
+    try:
+        died = pool.wait()
+        logger.error("a worker exited with status %s; stopping the others", died)
+    except KeyboardInterrupt:
+        logger.info("SIGTERM or SIGINT: draining %d workers for up to %.0f s", config.workers, config.drain_seconds)
+    signal.signal(signal.SIGTERM, _already_draining)
+    signal.signal(signal.SIGINT, _already_draining)
+    code = pool.stop()
+    print("kdeploy serve: stopped", file=sys.stderr, flush=True)
+    return 1 if died is not None else code
 
 
 def _already_draining(signum: int, frame: object) -> None:

@@ -134,6 +134,10 @@ class ServeConfig:
     """On SIGTERM, the longest the server takes to finish in-flight requests and exit."""
     drain_grace_seconds: float = 5.0
     """On SIGTERM, how long new requests are still accepted (health already NOT_SERVING) so load balancers notice."""
+    workers: int = 1
+    """Server processes sharing the ports (SO_REUSEPORT), each with its own copy of the models."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT (set for each worker process of `workers` > 1)."""
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -144,6 +148,8 @@ class ServeConfig:
             raise UsageError("--max-message-mb must be at least 1")
         if self.poll_seconds < 0 or self.drain_seconds < 0 or self.drain_grace_seconds < 0:
             raise UsageError("--poll-seconds, --drain-seconds and --drain-grace-seconds must not be negative")
+        if self.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {self.workers}")
         if self.drain_grace_seconds > self.drain_seconds:
             raise UsageError("--drain-grace-seconds must not be longer than --drain-seconds")
         names = [m.name for m in self.models]

@@ -39,14 +39,25 @@ class ServerMetrics:
                                         ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("kdeploy_batch_size", "Rows per executed batch.", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
+        # multiprocess_mode only matters with --workers (PROMETHEUS_MULTIPROC_DIR set): how workers' values add up.
         self.inflight = Gauge("kdeploy_inflight_requests", "Requests being queued or computed.", ["model"],
-                              registry=r)
+                              registry=r, multiprocess_mode="livesum")
         self.queue_depth = Gauge("kdeploy_queue_depth", "Requests waiting in the batching queue.", ["model"],
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
         self.version_state = Gauge("kdeploy_model_version_state", "Model version state (TF Serving's numbers).",
-                                   ["model", "version"], registry=r)
+                                   ["model", "version"], registry=r, multiprocess_mode="livemax")
 
     def serve(self, host: str, port: int) -> tuple[object, int]:
         """Expose `GET /metrics` on host:port (0 picks a free port); returns the HTTP server and its port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server, server.server_address[1]
+
+
+def serve_multiprocess(directory: str, host: str, port: int) -> tuple[object, int]:
+    """Expose the metrics that worker processes write under `directory` (PROMETHEUS_MULTIPROC_DIR), summed."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, server.server_address[1]

@@ -222,7 +222,7 @@ def build_server(config: ServeConfig) -> RunningServer:
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
                          options=options)
@@ -251,7 +251,7 @@ def build_server(config: ServeConfig) -> RunningServer:
     try:
         if config.rest_port is not None:
             api = RestApi(service, config.max_message_bytes, metrics, known)
-            http_server = make_http_server(api, config.host, config.rest_port)
+            http_server = make_http_server(api, config.host, config.rest_port, reuse_port=config.reuse_port)
             rest_port = http_server.server_address[1]
         if config.metrics_port is not None:
             metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port)

@@ -168,7 +168,7 @@ def _rows(outputs: dict[str, np.ndarray]) -> list[Any]:
     return [{name: value[i].tolist() for name, value in outputs.items()} for i in range(rows)]
 
 
-def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
+def make_http_server(api: RestApi, host: str, port: int, reuse_port: bool = False) -> ThreadingHTTPServer:
     """A threaded HTTP server answering TF Serving's REST API with `api`."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -212,6 +212,7 @@ def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        allow_reuse_port = reuse_port  # several worker processes share the port
         request_queue_size = 128  # the default listen backlog of 5 drops connections when clients arrive together
 
     return Server((host, port), Handler)
