@@ -81,7 +81,7 @@ def run_export(args: argparse.Namespace) -> int:
         onnx_opset=args.onnx_opset, force=args.force, allow_partial=args.allow_partial, verify=not args.no_verify,
         verify_config=_verify_config(args), unsafe=args.unsafe,
     )
-    result = export_model(config, progress=print)
+    result = export_model(config, progress=print, cancel=getattr(args, "interrupted", None))
     if result.parity is not None:
         print(to_console(result.parity))
     for fmt, reason in result.failed_formats.items():

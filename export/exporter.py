@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ONNX_OPSET = 17
 _TOOLS = ("kdeploy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    """Stop between steps once cancelled: a converter may have swallowed the KeyboardInterrupt itself."""
+    if cancel is not None and cancel.is_set():
+        raise KeyboardInterrupt("export cancelled")
 
 
 class ExportFailedError(CheckFailedError):
@@ -106,15 +113,25 @@ class ExportResult:
         return self.published and not self.failed_formats and (self.parity is None or self.parity.passed)
 
 
-def export_model(config: ExportConfig, progress: Callable[[str], None] = logger.info) -> ExportResult:
+def export_model(
+    config: ExportConfig,
+    progress: Callable[[str], None] = logger.info,
+    cancel: threading.Event | None = None,
+) -> ExportResult:
     """Export a Keras model into `REPO/NAME/VERSION/` with the asked formats, a manifest and a parity report.
 
     The version is built in a hidden staging folder and renamed into place only when complete. A format that
     does not convert is recorded with the converter's reason and the others are still written. When parity
     fails, the version is not published but kept in a hidden `.failed-*` folder for inspection.
 
+    Args:
+        config: what to export and how.
+        progress: sink for progress lines.
+        cancel: once set (SIGTERM), the export stops at the next step and leaves no version behind.
+
     Raises:
         UsageError: for bad input (missing or foreign model file, existing version without `force`).
+        KeyboardInterrupt: when cancelled.
     """
     config.check()
     repo = ModelRepository(config.repository)
@@ -166,6 +183,7 @@ def export_model(config: ExportConfig, progress: Callable[[str], None] = logger.
             steps.append(("onnx", lambda: onnx_from_savedmodel(savedmodel_dir, stage / ARTIFACT_PATHS["onnx"],
                                                               config.onnx_opset, signature.name)))
         for index, (fmt, step) in enumerate(steps, start=1):
+            _check_cancel(cancel)
             progress(f"export [{index}/{len(steps)}] {fmt} ...")
             started = time.perf_counter()
             try:
@@ -206,6 +224,7 @@ def export_model(config: ExportConfig, progress: Callable[[str], None] = logger.
             tool_versions=library_versions(_TOOLS),
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
+        _check_cancel(cancel)
         write_manifest(stage, manifest)
         parity = None
         if config.verify:
@@ -213,6 +232,7 @@ def export_model(config: ExportConfig, progress: Callable[[str], None] = logger.
             started = time.perf_counter()
             parity = verify_version(stage, config.verify_config, progress)
             seconds["verify"] = time.perf_counter() - started
+        _check_cancel(cancel)
         if parity is not None and not parity.passed:
             kept = repo.set_aside(stage, config.name, version)
             return ExportResult(kept, manifest, failed, parity, published=False, seconds=seconds)

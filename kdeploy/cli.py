@@ -7,10 +7,12 @@ convert); 2 bad usage or bad input, reported as one line without a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -63,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow(args.verbose)
     configure_logging(logging.DEBUG if args.verbose else logging.WARNING, "text")
     # SIGTERM (a stopped container, a cancelled CI job) unwinds like Ctrl-C, so half-built versions are cleaned up.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # The event remembers it: library code that swallows the KeyboardInterrupt still sees it at its next step.
+    args.interrupted = threading.Event()
+    signal.signal(signal.SIGTERM, functools.partial(_interrupt, args.interrupted))
     try:
         return int(args.run(args))
     except KdeployError as exc:
@@ -74,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(interrupted: threading.Event, signum: int, frame: object) -> None:
+    interrupted.set()
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
