@@ -22,7 +22,6 @@ class TfServingAdapter:
     def __init__(self, service: InferenceService, protos: Protos, max_tensor_bytes: int) -> None:
         self._service = service
         self._max_bytes = max_tensor_bytes
-        self._protos = protos
         self._PredictResponse = protos.cls("tensorflow.serving.PredictResponse")
         self._MetadataResponse = protos.cls("tensorflow.serving.GetModelMetadataResponse")
         self._SignatureDefMap = protos.cls("tensorflow.serving.SignatureDefMap")
