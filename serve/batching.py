@@ -154,8 +154,7 @@ class Batcher:
         started = time.perf_counter()
         outputs = self._backend.infer(feed)
         if self._metrics is not None:
-            self._metrics.inference_time.labels(self._model, str(self._version)).observe(time.perf_counter() - started)
-            self._metrics.batch_size.labels(self._model).observe(rows)
+            self._metrics.observe_execution(self._model, self._version, time.perf_counter() - started, rows)
         return outputs
 
     def _next_batch(self) -> list[_Task] | None:

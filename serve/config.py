@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kdeploy.errors import UsageError
 
@@ -80,6 +81,15 @@ class VersionPolicy:
         if self.kind == "specific":
             return [v for v in sorted(available) if v in self.versions]
         return sorted(available)[-self.num_versions:]
+
+    def fill_proto(self, message: Any) -> None:
+        """Write the policy into TF Serving's ServableVersionPolicy or Triton's ModelVersionPolicy (same fields)."""
+        if self.kind == "all":
+            message.all.SetInParent()
+        elif self.kind == "specific":
+            message.specific.versions.extend(self.versions)
+        else:
+            message.latest.num_versions = self.num_versions
 
     def describe(self) -> str:
         if self.kind == "latest":

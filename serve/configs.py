@@ -17,6 +17,7 @@ from kdeploy.errors import UsageError
 from kdeploy.files import write_text_atomic
 from serve.config import VersionPolicy
 from serve.protos.messages import Protos, load_protos
+from serve.sources import sources_from_repository
 from serve.triton_config import triton_model_config
 
 logger = logging.getLogger(__name__)
@@ -52,19 +53,10 @@ class ConfigsConfig:
 
 
 def _latest_manifests(repository: Path, names: tuple[str, ...]) -> list[Manifest]:
+    """The manifest of each model's highest version (every model in the repository, or those named)."""
     repo = ModelRepository(repository)
-    if not repo.root.is_dir():
-        raise UsageError(f"model repository {repository} is not a directory")
-    present = sorted(p.name for p in repo.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    chosen = list(names) or present
-    manifests = []
-    for name in chosen:
-        if name not in present:
-            raise UsageError(f"model {name!r} is not in {repository}")
-        manifests.append(read_manifest(repo.version_dir(name, repo.latest_version(name))))
-    if not manifests:
-        raise UsageError(f"model repository {repository} holds no model")
-    return manifests
+    sources = sources_from_repository(repository, names, VersionPolicy())
+    return [read_manifest(repo.version_dir(s.name, repo.latest_version(s.name))) for s in sources]
 
 
 def tfserving_model_config(protos: Protos, manifests: list[Manifest], config: ConfigsConfig) -> str:
@@ -78,13 +70,7 @@ def tfserving_model_config(protos: Protos, manifests: list[Manifest], config: Co
         entry.name = manifest.name
         entry.base_path = f"{config.base_path.rstrip('/')}/{manifest.name}"
         entry.model_platform = "tensorflow"
-        policy = entry.model_version_policy
-        if config.policy.kind == "all":
-            policy.all.SetInParent()
-        elif config.policy.kind == "specific":
-            policy.specific.versions.extend(config.policy.versions)
-        else:
-            policy.latest.num_versions = config.policy.num_versions
+        config.policy.fill_proto(entry.model_version_policy)
     return text_format.MessageToString(message)
 
 

@@ -47,6 +47,11 @@ class ServerMetrics:
         self.version_state = Gauge("kdeploy_model_version_state", "Model version state (TF Serving's numbers).",
                                    ["model", "version"], registry=r, multiprocess_mode="livemax")
 
+    def observe_execution(self, model: str, version: int, seconds: float, rows: int) -> None:
+        """One runtime call: its duration and how many rows it computed."""
+        self.inference_time.labels(model, str(version)).observe(seconds)
+        self.batch_size.labels(model).observe(rows)
+
     def serve(self, host: str, port: int) -> tuple[object, int]:
         """Expose `GET /metrics` on host:port (0 picks a free port); returns the HTTP server and its port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

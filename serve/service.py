@@ -157,8 +157,7 @@ class InferenceService:
             raise ServeError(ErrorKind.INTERNAL,
                              f"model {served.name!r} version {served.version} failed to run the request") from None
         if self.metrics is not None:
-            self.metrics.inference_time.labels(served.name, str(served.version)).observe(time.perf_counter() - started)
-            self.metrics.batch_size.labels(served.name).observe(batch_size(feed))
+            self.metrics.observe_execution(served.name, served.version, time.perf_counter() - started, batch_size(feed))
         return outputs
 
     def _account(self, served: ServedVersion, ok_ns: int = 0, fail_ns: int = 0, input_ns: int = 0,

@@ -44,12 +44,7 @@ def triton_model_config(
     for spec in manifest.signature.outputs:
         _fill(config.output.add(), spec, batched, protos)
     if policy is not None:
-        if policy.kind == "all":
-            config.version_policy.all.SetInParent()
-        elif policy.kind == "specific":
-            config.version_policy.specific.versions.extend(policy.versions)
-        else:
-            config.version_policy.latest.num_versions = policy.num_versions
+        policy.fill_proto(config.version_policy)
     if batched and dynamic_batching:
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_microseconds
     group = config.instance_group.add()

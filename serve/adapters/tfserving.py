@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from export.signature import DTYPES, ModelSignature, SignatureError, TensorSpec
+from export.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name
 from serve.errors import invalid
 from serve.models import ServedVersion, VersionState
 from serve.protos.messages import Protos
@@ -13,7 +13,6 @@ from serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_n
 from serve.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 
 PREDICT_METHOD = "tensorflow/serving/predict"
-_TF_ENUM = {d.name: d.tf_enum for d in DTYPES}
 
 
 class TfServingAdapter:
@@ -115,6 +114,6 @@ def _fill_signature_def(target: Any, signature: ModelSignature) -> None:
 
 def _fill_tensor_info(info: Any, tensor_name: str, spec: TensorSpec) -> None:
     info.name = tensor_name
-    info.dtype = _TF_ENUM[spec.dtype]
+    info.dtype = dtype_by_name(spec.dtype).tf_enum
     for dim in spec.shape:
         info.tensor_shape.dim.add().size = -1 if dim is None else dim
