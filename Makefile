@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean lock bench protos bench-serve perf-analyzer
+.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -20,6 +20,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# ruff, then import-linter and mypy on the package as a wheel installs it (build/lint-tree): the stages' folders
+# map to kdeploy.<stage> only through setuptools' package-dir, which neither tool reads from the source tree.
+LINT_TREE := build/lint-tree
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	rm -rf $(LINT_TREE)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target $(LINT_TREE) .
+	cd $(LINT_TREE) && PYTHONPATH=. ../../$(BIN)/lint-imports --config ../../pyproject.toml --no-cache
+	cd $(LINT_TREE) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p kdeploy
 
 # Re-resolve the pins after changing dependencies in pyproject.toml (needs the package index).
 lock:
@@ -37,7 +47,7 @@ bench: $(STAMP)
 
 # Recompile serve/protos/descriptors.binpb after editing a .proto file under serve/protos/.
 protos: $(STAMP)
-	$(BIN)/python -m serve.protos.build
+	$(BIN)/python -m kdeploy.wire.protos.build
 
 # Triton's perf_analyzer in its own venv (build/perf-venv), for the serving benchmark.
 perf-analyzer:

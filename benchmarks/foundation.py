@@ -14,9 +14,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from export.exporter import ExportConfig, export_model  # noqa: E402
-from kdeploy.files import write_json_atomic  # noqa: E402
-from train.trainer import TrainConfig, train  # noqa: E402
+from kdeploy.common.files import write_json_atomic  # noqa: E402
+from kdeploy.export.exporter import ExportConfig, export_model  # noqa: E402
+from kdeploy.train.trainer import TrainConfig, train  # noqa: E402
 
 
 def machine() -> str:

@@ -18,10 +18,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from export.manifest import read_manifest
-from export.signature import dtype_by_name
-from serve.protos.messages import load_protos
-from serve.triton_config import triton_model_config
+from kdeploy.contract.manifest import read_manifest
+from kdeploy.contract.signature import dtype_by_name
+from kdeploy.serve.triton_config import triton_model_config
+from kdeploy.wire.protos.messages import load_protos
 
 
 def main(kind: str, version_dir: Path, port: int) -> None:

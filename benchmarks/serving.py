@@ -50,9 +50,9 @@ def prepare_models() -> dict[str, Path]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from export.exporter import ExportConfig, export_model
-    from export.verify import VerifyConfig
-    from train.trainer import TrainConfig, train
+    from kdeploy.export.exporter import ExportConfig, export_model
+    from kdeploy.export.verify import VerifyConfig
+    from kdeploy.train.trainer import TrainConfig, train
 
     repo = OUT / "repo"
     sources: dict[str, Path] = {}
@@ -80,8 +80,8 @@ def prepare_models() -> dict[str, Path]:
 
 def in_process(version_dir: Path) -> dict[str, dict[str, float]]:
     """onnxruntime in this process: p50 latency and inferences/s per batch size."""
-    from export.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from export.manifest import read_manifest
+    from kdeploy.contract.manifest import read_manifest
+    from kdeploy.runtimes.onnxruntime_backend import OnnxRuntimeBackend
 
     signature = read_manifest(version_dir).signature
     backend = OnnxRuntimeBackend(version_dir / "model.onnx", signature)
@@ -143,7 +143,7 @@ def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False
 
 
 def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
-    from export.manifest import read_manifest
+    from kdeploy.contract.manifest import read_manifest
 
     signature = read_manifest(version_dir).signature
     shapes = " ".join(f"{s.name}:1,{','.join(str(d) for d in s.shape[1:])}" for s in signature.inputs)

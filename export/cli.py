@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from export.manifest import FORMATS, TFLITE_QUANTIZATIONS
-from kdeploy.errors import UsageError
-from serve.config import PROTOCOLS
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.manifest import FORMATS, TFLITE_QUANTIZATIONS
+from kdeploy.wire.protocols import PROTOCOLS
 
 
 def parse_per_format(values: list[str] | None, flag: str) -> dict[str, float]:
@@ -44,7 +44,7 @@ def _add_verify_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _verify_config(args: argparse.Namespace):  # noqa: ANN202 - VerifyConfig, imported lazily
-    from export.verify import VerifyConfig
+    from kdeploy.export.verify import VerifyConfig
 
     return VerifyConfig(data=args.data, samples=args.samples, max_batch=args.max_batch, report_dir=args.report,
                         atol=parse_per_format(args.atol, "--atol"), rtol=parse_per_format(args.rtol, "--rtol"))
@@ -71,8 +71,8 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from export.exporter import ExportConfig, export_model
-    from export.parity_report import to_console
+    from kdeploy.export.exporter import ExportConfig, export_model
+    from kdeploy.export.parity_report import to_console
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     config = ExportConfig(
@@ -112,9 +112,9 @@ def add_verify_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from export.parity_report import to_console
-    from export.repository import resolve_version_dir
-    from export.verify import verify_version
+    from kdeploy.contract.repository import resolve_version_dir
+    from kdeploy.export.parity_report import to_console
+    from kdeploy.export.verify import verify_version
 
     config = _verify_config(args)
     version_dir = resolve_version_dir(args.model_dir, args.version)
@@ -122,8 +122,8 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.endpoint:
         from dataclasses import replace
 
-        from export.manifest import read_manifest
-        from serve.clients import connect
+        from kdeploy.contract.manifest import read_manifest
+        from kdeploy.wire.clients import connect
 
         manifest = read_manifest(version_dir)
         client = connect(args.protocol, args.endpoint, manifest.name, manifest.version, manifest.signature)

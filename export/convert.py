@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export.keras_model import has_recurrent_layers, serving_function, unrolled_clone
-from export.manifest import TFLITE_QUANTIZATIONS
-from export.signature import ModelSignature, slice_feed
+from kdeploy.contract.manifest import TFLITE_QUANTIZATIONS
+from kdeploy.contract.signature import ModelSignature, slice_feed
+from kdeploy.export.keras_model import has_recurrent_layers, serving_function, unrolled_clone
 
 logger = logging.getLogger(__name__)
 

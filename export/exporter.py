@@ -12,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from export.manifest import (
+from kdeploy.common.errors import CheckFailedError, UsageError
+from kdeploy.common.files import sha256_file, size_of_path
+from kdeploy.common.versions import library_versions
+from kdeploy.contract.manifest import (
     ARTIFACT_PATHS,
     FORMATS,
     SOURCE_FORMAT,
@@ -23,13 +25,10 @@ from export.manifest import (
     describe_artifact,
     write_manifest,
 )
-from export.parity import ParityReport
-from export.repository import ModelRepository
-from export.signature import load_data_file
-from export.verify import VerifyConfig, verify_version
-from kdeploy.errors import CheckFailedError, UsageError
-from kdeploy.files import sha256_file, size_of_path
-from kdeploy.versions import library_versions
+from kdeploy.contract.repository import ModelRepository
+from kdeploy.contract.signature import load_data_file
+from kdeploy.export.parity import ParityReport
+from kdeploy.export.verify import VerifyConfig, verify_version
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +140,14 @@ def export_model(
         raise UsageError(f"version {version} of {config.name!r} already exists in {repo.root}; pass --force to replace it")
 
     # Heavy imports only once the arguments are known to be good.
-    from export.convert import (
+    from kdeploy.export.convert import (
         ConversionError,
         onnx_from_savedmodel,
         savedmodel_from_keras,
         tflite_from_keras,
     )
-    from export.keras_model import ensure_built, load_keras_model, signature_from_keras
+    from kdeploy.export.keras_model import ensure_built, signature_from_keras
+    from kdeploy.runtimes.keras_model import load_keras_model
 
     model = load_keras_model(config.model_path, unsafe=config.unsafe)
     ensure_built(model)

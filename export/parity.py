@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from export.backends.base import Backend
-from export.signature import Feed, ModelSignature, batch_size, slice_feed
+from kdeploy.contract.signature import Feed, ModelSignature, batch_size, slice_feed
+from kdeploy.runtimes.base import Backend
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.parity import ParityReport
-from kdeploy.files import atomic_path, write_json_atomic, write_text_atomic
+from kdeploy.common.files import atomic_path, write_json_atomic, write_text_atomic
+from kdeploy.export.parity import ParityReport
 
 REPORT_JSON = "parity.json"
 REPORT_MD = "parity.md"

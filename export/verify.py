@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.backends.base import Backend, load_backend
-from export.manifest import Manifest, checksum_problems, read_manifest
-from export.parity import (
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.manifest import Manifest, checksum_problems, read_manifest
+from kdeploy.contract.signature import batch_size, load_data_file, slice_feed
+from kdeploy.export.parity import (
     FormatComparison,
     ParityReport,
     batch_schedule,
@@ -21,9 +22,8 @@ from export.parity import (
     run_backend,
     tolerance_for,
 )
-from export.parity_report import write_reports
-from export.signature import batch_size, load_data_file, slice_feed
-from kdeploy.errors import UsageError
+from kdeploy.export.parity_report import write_reports
+from kdeploy.runtimes.base import Backend, load_backend
 
 logger = logging.getLogger(__name__)
 

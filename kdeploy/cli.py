@@ -16,8 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
-from kdeploy.errors import KdeployError
-from kdeploy.logs import configure_logging
+from kdeploy.common.errors import KdeployError
+from kdeploy.common.logs import configure_logging
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -29,12 +29,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full command line: every stage registers its own subcommand."""
-    from export.cli import add_export_parser, add_verify_parser
     from kdeploy.demo import add_demo_parser
+    from kdeploy.export.cli import add_export_parser, add_verify_parser
     from kdeploy.k8s_render import add_k8s_parser
-    from loadtest.cli import add_loadtest_parser
-    from serve.cli import add_configs_parser, add_serve_parser
-    from train.cli import add_train_parser
+    from kdeploy.loadtest.cli import add_loadtest_parser
+    from kdeploy.serve.cli import add_configs_parser, add_serve_parser
+    from kdeploy.train.cli import add_train_parser
 
     parser = OneLineParser(prog="kdeploy", description="Train, export, verify, serve and load-test Keras models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

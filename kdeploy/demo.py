@@ -16,9 +16,9 @@ def add_demo_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from export.exporter import ExportConfig, export_model
-    from export.parity_report import to_console
-    from train.trainer import TrainConfig, train
+    from kdeploy.export.exporter import ExportConfig, export_model
+    from kdeploy.export.parity_report import to_console
+    from kdeploy.train.trainer import TrainConfig, train
 
     out: Path = args.out
     trained = train(TrainConfig(recipe="digits-cnn", out_dir=out / "train"))
@@ -54,12 +54,13 @@ def serve_and_call(repository: Path, name: str, version_dir: Path, report_dir: P
 
     import numpy as np
 
-    from export.manifest import read_manifest
-    from export.signature import load_data_file
-    from serve.clients import connect
-    from serve.config import PROTOCOLS, ServeConfig, VersionPolicy
-    from serve.server import build_server
-    from serve.sources import sources_from_repository
+    from kdeploy.contract.manifest import read_manifest
+    from kdeploy.contract.signature import load_data_file
+    from kdeploy.serve.config import ServeConfig, VersionPolicy
+    from kdeploy.serve.server import build_server
+    from kdeploy.serve.sources import sources_from_repository
+    from kdeploy.wire.clients import connect
+    from kdeploy.wire.protocols import PROTOCOLS
 
     manifest = read_manifest(version_dir)
     feed, labels = load_data_file(version_dir / manifest.validation_data, manifest.signature)
@@ -92,8 +93,8 @@ def serve_and_call(repository: Path, name: str, version_dir: Path, report_dir: P
 
 def load_test(address: str, name: str, repository: Path, report_dir: Path, seconds: float) -> None:
     """Locust against both gRPC protocols of the running server; one table and one plot side by side."""
-    from loadtest.config import LoadTestConfig, WorkloadSettings, parse_target
-    from loadtest.runner import run_compare
+    from kdeploy.loadtest.config import LoadTestConfig, WorkloadSettings, parse_target
+    from kdeploy.loadtest.runner import run_compare
 
     configs = [
         LoadTestConfig(target=parse_target(f"{protocol}://{address}"),

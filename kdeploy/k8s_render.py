@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdeploy.errors import UsageError
+from kdeploy.common.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

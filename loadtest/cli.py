@@ -10,9 +10,17 @@ import argparse
 import logging
 from pathlib import Path
 
-from kdeploy.errors import UsageError
-from loadtest.config import (PROTOCOLS, SHAPES, LoadTestConfig, Target, WorkloadSettings, parse_duration, parse_rate,
-                             parse_target)
+from kdeploy.common.errors import UsageError
+from kdeploy.loadtest.config import (
+    PROTOCOLS,
+    SHAPES,
+    LoadTestConfig,
+    Target,
+    WorkloadSettings,
+    parse_duration,
+    parse_rate,
+    parse_target,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +100,7 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 
 def run_loadtest_command(args: argparse.Namespace) -> int:
-    from loadtest.runner import run_loadtest
+    from kdeploy.loadtest.runner import run_loadtest
 
     if not args.target:
         raise UsageError("--target HOST:PORT is required")
@@ -101,7 +109,7 @@ def run_loadtest_command(args: argparse.Namespace) -> int:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
-    from loadtest.runner import run_compare
+    from kdeploy.loadtest.runner import run_compare
 
     if len(args.target) < 2:
         raise UsageError("compare needs at least two --target")

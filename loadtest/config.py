@@ -3,7 +3,7 @@
 `LoadTestConfig` is what `kdeploy loadtest` (or Python) hands to the runner. `WorkloadSettings` is the part the
 Locust process needs; it travels to Locust as custom command-line arguments (`to_locust_args`), which Locust
 also accepts as `KDEPLOY_LOADTEST_*` env vars and forwards from a master to its workers. Standard library only
-(and serve.config, which is too).
+(and `kdeploy.wire.protocols`, which is too).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdeploy.errors import UsageError
-from serve.config import PROTOCOLS
+from kdeploy.common.errors import UsageError
+from kdeploy.wire.protocols import PROTOCOLS
 
 SHAPES: tuple[str, ...] = ("constant", "step", "ramp")
 ENV_PREFIX = "KDEPLOY_LOADTEST_"

@@ -24,19 +24,26 @@ from locust.env import Environment
 from locust.runners import MasterRunner, Runner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-from kdeploy.errors import KdeployError
-from kdeploy.files import atomic_path
-from loadtest.config import WorkloadSettings, add_locust_arguments
-from loadtest.pacing import OpenLoopSchedule
-from loadtest.payloads import build_payloads
-from loadtest.recorder import REPORT_KEY, LatencyRecorder
-from loadtest.shapes import ShapePlan, plan_for
-from loadtest.users import (KServeGrpcUser, TfServingGrpcUser, TfServingRestUser, Workload, find_workload,
-                            host_address, set_workload)
+from kdeploy.common.errors import KdeployError
+from kdeploy.common.files import atomic_path
+from kdeploy.loadtest.config import WorkloadSettings, add_locust_arguments
+from kdeploy.loadtest.pacing import OpenLoopSchedule
+from kdeploy.loadtest.payloads import build_payloads
+from kdeploy.loadtest.recorder import REPORT_KEY, LatencyRecorder
+from kdeploy.loadtest.shapes import ShapePlan, plan_for
+from kdeploy.loadtest.users import (
+    KServeGrpcUser,
+    TfServingGrpcUser,
+    TfServingRestUser,
+    Workload,
+    find_workload,
+    host_address,
+    set_workload,
+)
 
 __all__ = ["KServeGrpcUser", "KdeployShape", "TfServingGrpcUser", "TfServingRestUser"]
 
-logger = logging.getLogger("loadtest.locustfile")
+logger = logging.getLogger("kdeploy.loadtest.locustfile")
 
 DRAIN_S = 0.25
 """Users send nothing new in the run's last quarter second, so no request is in flight when Locust stops.

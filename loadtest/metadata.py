@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from export.signature import DTYPES, ModelSignature, SignatureError, TensorSpec
-from kdeploy.errors import UsageError
-from serve.protos.messages import Protos, load_protos
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.signature import DTYPES, ModelSignature, SignatureError, TensorSpec
+from kdeploy.wire.protos.messages import Protos, load_protos
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def fetch_signature(protocol: str, address: str, model: str, version: int | None
     """Ask the server for the model's signature over `protocol`.
 
     Args:
-        protocol: one of `loadtest.config.PROTOCOLS`.
+        protocol: one of `kdeploy.loadtest.config.PROTOCOLS`.
         address: `HOST:PORT`.
         model: model name.
         version: a version number, or `None` for the server's choice.

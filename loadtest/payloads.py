@@ -15,22 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from export.manifest import read_manifest
-from export.repository import resolve_version_dir
-from export.signature import Feed, ModelSignature, batch_size, load_data_file
-from kdeploy.errors import UsageError
-from loadtest.config import WorkloadSettings
-from serve.protos.messages import Protos, load_protos
-from serve.tensors import fill_tensor_proto, kserve_datatype, raw_bytes
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.manifest import read_manifest
+from kdeploy.contract.repository import resolve_version_dir
+from kdeploy.contract.signature import Feed, ModelSignature, batch_size, load_data_file
+from kdeploy.loadtest.config import WorkloadSettings
+from kdeploy.wire.protocols import GRPC_METHODS
+from kdeploy.wire.protos.messages import Protos, load_protos
+from kdeploy.wire.tensors import fill_tensor_proto, kserve_datatype, raw_bytes
 
 logger = logging.getLogger(__name__)
 
 POOL_SIZE = 16
 """Distinct request bodies per run: enough that the server does not see one input only, small to build."""
-GRPC_METHODS: dict[str, str] = {
-    "tfserving-grpc": "/tensorflow.serving.PredictionService/Predict",
-    "kserve-grpc": "/inference.GRPCInferenceService/ModelInfer",
-}
 
 
 @dataclass(frozen=True)
@@ -143,7 +140,7 @@ def signature_and_rows(settings: WorkloadSettings, address: str,
     """The signature (from the repository or the server) and the input rows to send, if any."""
     version_dir: Path | None = None
     if settings.signature_from_server:
-        from loadtest.metadata import fetch_signature
+        from kdeploy.loadtest.metadata import fetch_signature
 
         signature = fetch_signature(settings.protocol, address, settings.model, settings.model_version, timeout_s)
     else:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.files import atomic_path
+from kdeploy.common.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

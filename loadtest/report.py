@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.files import atomic_path, write_json_atomic, write_text_atomic
-from loadtest.recorder import Records
-from loadtest.slo import slo_verdict
-from loadtest.stats import per_second
+from kdeploy.common.files import atomic_path, write_json_atomic, write_text_atomic
+from kdeploy.loadtest.recorder import Records
+from kdeploy.loadtest.slo import slo_verdict
+from kdeploy.loadtest.stats import per_second
 
 logger = logging.getLogger(__name__)
 

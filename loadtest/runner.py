@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdeploy.errors import KdeployError, UsageError
-from loadtest.config import ENV_PREFIX, PREFLIGHT_TIMEOUT_S, LoadTestConfig
-from loadtest.shapes import ShapePlan, plan_for
-from loadtest.slo import Slo, parse_slo, percentile_of, slo_verdict
+from kdeploy.common.errors import KdeployError, UsageError
+from kdeploy.loadtest.config import ENV_PREFIX, PREFLIGHT_TIMEOUT_S, LoadTestConfig
+from kdeploy.loadtest.shapes import ShapePlan, plan_for
+from kdeploy.loadtest.slo import Slo, parse_slo, percentile_of, slo_verdict
 
 if TYPE_CHECKING:
-    from loadtest.recorder import Records
+    from kdeploy.loadtest.recorder import Records
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def prepare(config: LoadTestConfig, echo: Callable[[str], None] = print) -> Prep
         UsageError: for a bad SLO or shape, an unreachable target (within a few seconds), a model the target
             does not serve, or a payload that cannot be built.
     """
-    from loadtest.metadata import fetch_signature
-    from loadtest.payloads import encode_payloads, request_feeds, signature_and_rows
+    from kdeploy.loadtest.metadata import fetch_signature
+    from kdeploy.loadtest.payloads import encode_payloads, request_feeds, signature_and_rows
 
     slo = parse_slo(config.slo) if config.slo else None
     plan = plan_for(config.workload.shape, config.user_count, config.spawn_per_second,
@@ -151,8 +151,8 @@ def _publish(staging: Path, out_dir: Path) -> None:
 
 def execute(run: PreparedRun, echo: Callable[[str], None] = print) -> LoadTestResult:
     """Run Locust for a prepared run and write `summary.json`, `latency.png` and Locust's reports."""
-    from loadtest.recorder import load_records
-    from loadtest.report import details, format_table, plot_latency, table_rows, write_summary
+    from kdeploy.loadtest.recorder import load_records
+    from kdeploy.loadtest.report import details, format_table, plot_latency, table_rows, write_summary
 
     config = run.config
     config.out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +182,7 @@ def execute(run: PreparedRun, echo: Callable[[str], None] = print) -> LoadTestRe
 
 def summary_document(run: PreparedRun, records: Records, started: datetime.datetime) -> dict[str, Any]:
     """`summary.json`: the run's settings, exact statistics, the SLO verdict and, for steps, the capacity."""
-    from loadtest.stats import PERCENTILES, capacity, stage_results, summarize
+    from kdeploy.loadtest.stats import PERCENTILES, capacity, stage_results, summarize
 
     config = run.config
     wanted = list(PERCENTILES) + [p for t in (run.slo.terms if run.slo else ()) if (p := percentile_of(t.metric))]
@@ -236,7 +236,7 @@ def run_compare(configs: Sequence[LoadTestConfig], out_dir: Path,
 
     Every target is checked before the first run starts. Each run's own reports go to `out_dir/LABEL/`.
     """
-    from loadtest.report import write_comparison
+    from kdeploy.loadtest.report import write_comparison
 
     labels = [c.target.name(c.protocol) for c in configs]
     if len(set(labels)) != len(labels):

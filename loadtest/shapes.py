@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kdeploy.errors import UsageError
+from kdeploy.common.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.recorder import Records
-from loadtest.shapes import ShapePlan
-from loadtest.slo import Slo
+from kdeploy.loadtest.recorder import Records
+from kdeploy.loadtest.shapes import ShapePlan
+from kdeploy.loadtest.slo import Slo
 
 PERCENTILES: tuple[float, ...] = (0.50, 0.90, 0.95, 0.99)
 SETTLE_S = 1.0

@@ -4,7 +4,7 @@ Every call fires Locust's `request` event (request type, name, float millisecond
 so Locust's statistics, CSV and HTML reports, web UI and distributed mode work as for HTTP. The gRPC users
 are gevent-friendly: the locustfile calls `grpc.experimental.gevent.init_gevent()` before any channel exists,
 and each user owns one channel on its own connection. Request bodies are serialized once per process
-(`loadtest.payloads`); responses are not decoded, so the generator's CPU goes to sending.
+(`kdeploy.loadtest.payloads`); responses are not decoded, so the generator's CPU goes to sending.
 
 Importing this module imports Locust, which monkey-patches the process with gevent: only a locustfile should.
 """
@@ -22,14 +22,14 @@ from typing import Any, ClassVar
 
 import grpc
 from locust import FastHttpUser, User, task
-from locust.exception import StopUser
 from locust.env import Environment
+from locust.exception import StopUser
 
-from loadtest.config import PREFLIGHT_TIMEOUT_S, WorkloadSettings
-from loadtest.metadata import GRPC_CHANNEL_OPTIONS
-from loadtest.pacing import OpenLoopSchedule
-from loadtest.payloads import Payloads
-from loadtest.recorder import RequestError
+from kdeploy.loadtest.config import PREFLIGHT_TIMEOUT_S, WorkloadSettings
+from kdeploy.loadtest.metadata import GRPC_CHANNEL_OPTIONS
+from kdeploy.loadtest.pacing import OpenLoopSchedule
+from kdeploy.loadtest.payloads import Payloads
+from kdeploy.loadtest.recorder import RequestError
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from export.backends.base import Backend
-from export.signature import Feed, batch_size
-from kdeploy.errors import UsageError
-from serve.config import BatchingParameters
-from serve.errors import ErrorKind, ServeError
-from serve.metrics import ServerMetrics
-from serve.protos.messages import load_protos
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.signature import Feed, batch_size
+from kdeploy.runtimes.base import Backend
+from kdeploy.serve.config import BatchingParameters
+from kdeploy.serve.metrics import ServerMetrics
+from kdeploy.wire.errors import ErrorKind, ServeError
+from kdeploy.wire.protos.messages import load_protos
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from kdeploy.errors import UsageError
-from serve.config import BACKENDS, BatchingParameters, ServeConfig, VersionPolicy
+from kdeploy.common.errors import UsageError
+from kdeploy.serve.config import BACKENDS, BatchingParameters, ServeConfig, VersionPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
-    from serve.batching import read_batching_parameters
-    from serve.sources import sources_from_model_config, sources_from_repository
+    from kdeploy.serve.batching import read_batching_parameters
+    from kdeploy.serve.sources import sources_from_model_config, sources_from_repository
 
     if args.model_config_file is not None:
         models = sources_from_model_config(args.model_config_file)
@@ -114,8 +114,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from kdeploy.logs import configure_logging
-    from serve.server import build_server
+    from kdeploy.common.logs import configure_logging
+    from kdeploy.serve.server import build_server
 
     level = logging.DEBUG if args.verbose else logging.INFO
     configure_logging(level, args.log_format)
@@ -146,7 +146,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_workers(config: ServeConfig, level: int, log_format: str) -> int:
     """`--workers N`: start N server processes on the same ports, report, and drain them all on SIGTERM."""
-    from serve.workers import WorkerPool
+    from kdeploy.serve.workers import WorkerPool
 
     pool = WorkerPool(config, level, log_format)
     pool.start()
@@ -192,7 +192,7 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_configs(args: argparse.Namespace) -> int:
-    from serve.configs import ConfigsConfig, write_configs
+    from kdeploy.serve.configs import ConfigsConfig, write_configs
 
     try:
         allowed = tuple(int(v) for v in args.allowed_batch_sizes.split(",") if v.strip())

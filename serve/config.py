@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdeploy.errors import UsageError
+from kdeploy.common.errors import UsageError
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
-PROTOCOLS: tuple[str, ...] = ("tfserving-grpc", "kserve-grpc", "tfserving-rest")
-"""The client protocols kdeploy speaks (served parity, load tests)."""
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from export.manifest import Manifest, read_manifest
-from export.repository import ModelRepository
-from kdeploy.errors import UsageError
-from kdeploy.files import write_text_atomic
-from serve.config import VersionPolicy
-from serve.protos.messages import Protos, load_protos
-from serve.sources import sources_from_repository
-from serve.triton_config import triton_model_config
+from kdeploy.common.errors import UsageError
+from kdeploy.common.files import write_text_atomic
+from kdeploy.contract.manifest import Manifest, read_manifest
+from kdeploy.contract.repository import ModelRepository
+from kdeploy.serve.config import VersionPolicy
+from kdeploy.serve.sources import sources_from_repository
+from kdeploy.serve.triton_config import triton_model_config
+from kdeploy.wire.protos.messages import Protos, load_protos
 
 logger = logging.getLogger(__name__)
 

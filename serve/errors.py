@@ -1,27 +1,14 @@
-"""Serving errors and the one table that maps them to gRPC status codes and HTTP statuses.
+"""The one table that maps an error's kind to its gRPC status code and HTTP status.
 
-Code below the adapters raises `ServeError(kind, message)`; the adapters never pick a status themselves.
+Code below the adapters raises `ServeError(kind, message)` (`kdeploy.wire.errors`); the adapters never pick a
+status themselves.
 """
 
 from __future__ import annotations
 
-import enum
-import logging
-
 import grpc
 
-logger = logging.getLogger(__name__)
-
-
-class ErrorKind(enum.Enum):
-    INVALID_INPUT = "invalid_input"
-    NOT_FOUND = "not_found"
-    TOO_LARGE = "too_large"
-    UNAVAILABLE = "unavailable"
-    DEADLINE = "deadline"
-    UNIMPLEMENTED = "unimplemented"
-    INTERNAL = "internal"
-
+from kdeploy.wire.errors import ErrorKind
 
 GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -49,24 +36,3 @@ HTTP_TO_GRPC_NAME: dict[int, str] = {200: "OK"} | {
 """REST answers counted under the gRPC status name of the same error, so one metric covers every protocol."""
 
 INTERNAL_MESSAGE = "internal error while serving the request; the server log has the details"
-
-
-class ServeError(Exception):
-    """An error to report to the client, with the kind that picks its status."""
-
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-def invalid(message: str) -> ServeError:
-    return ServeError(ErrorKind.INVALID_INPUT, message)
-
-
-def not_found(message: str) -> ServeError:
-    return ServeError(ErrorKind.NOT_FOUND, message)
-
-
-def unavailable(message: str) -> ServeError:
-    return ServeError(ErrorKind.UNAVAILABLE, message)

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from export.backends.base import Backend
-from export.manifest import MANIFEST_FILE, Manifest, checksum_problems, read_manifest
-from export.repository import version_numbers
-from export.signature import load_data_file, slice_feed
-from kdeploy.errors import KdeployError
-from serve.batching import Batcher, BatchingParameters, read_batching_parameters
-from serve.config import ModelSource
-from serve.errors import not_found, unavailable
-from serve.metrics import ServerMetrics
+from kdeploy.common.errors import KdeployError
+from kdeploy.contract.manifest import MANIFEST_FILE, Manifest, checksum_problems, read_manifest
+from kdeploy.contract.repository import version_numbers
+from kdeploy.contract.signature import load_data_file, slice_feed
+from kdeploy.runtimes.base import Backend
+from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
+from kdeploy.serve.config import ModelSource
+from kdeploy.serve.metrics import ServerMetrics
+from kdeploy.wire.errors import not_found, unavailable
 
 logger = logging.getLogger(__name__)
 

@@ -16,18 +16,19 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from export.backends.base import Backend, load_backend
-from export.manifest import Manifest
-from kdeploy.errors import UsageError
-from serve.adapters.kserve_v2 import KServeV2Adapter
-from serve.adapters.rest import RestApi, make_http_server
-from serve.adapters.tfserving import TfServingAdapter
-from serve.config import ServeConfig
-from serve.errors import GRPC_STATUS, INTERNAL_MESSAGE, ServeError
-from serve.metrics import UNKNOWN_MODEL, ServerMetrics
-from serve.models import ModelManager
-from serve.protos.messages import Protos, load_protos
-from serve.service import InferenceService
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.manifest import Manifest
+from kdeploy.runtimes.base import Backend, load_backend
+from kdeploy.serve.adapters.kserve_v2 import KServeV2Adapter
+from kdeploy.serve.adapters.rest import RestApi, make_http_server
+from kdeploy.serve.adapters.tfserving import TfServingAdapter
+from kdeploy.serve.config import ServeConfig
+from kdeploy.serve.errors import GRPC_STATUS, INTERNAL_MESSAGE
+from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
+from kdeploy.serve.models import ModelManager
+from kdeploy.serve.service import InferenceService
+from kdeploy.wire.errors import ServeError
+from kdeploy.wire.protos.messages import Protos, load_protos
 
 logger = logging.getLogger(__name__)
 

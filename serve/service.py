@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from export.signature import Feed, SignatureError, batch_size
-from serve.errors import ErrorKind, ServeError, invalid
-from serve.metrics import ServerMetrics
-from serve.models import ModelManager, ServedVersion
+from kdeploy.contract.signature import Feed, SignatureError, batch_size
+from kdeploy.serve.metrics import ServerMetrics
+from kdeploy.serve.models import ModelManager, ServedVersion
+from kdeploy.wire.errors import ErrorKind, ServeError, invalid
 
 logger = logging.getLogger(__name__)
 

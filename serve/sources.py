@@ -7,9 +7,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from kdeploy.errors import UsageError
-from serve.config import ModelSource, VersionPolicy
-from serve.protos.messages import load_protos
+from kdeploy.common.errors import UsageError
+from kdeploy.serve.config import ModelSource, VersionPolicy
+from kdeploy.wire.protos.messages import load_protos
 
 
 def sources_from_repository(repository: Path, names: Sequence[str], policy: VersionPolicy) -> list[ModelSource]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from export.manifest import Manifest
-from export.signature import TensorSpec, dtype_by_name
-from serve.config import VersionPolicy
-from serve.protos.messages import Protos
+from kdeploy.contract.manifest import Manifest
+from kdeploy.contract.signature import TensorSpec, dtype_by_name
+from kdeploy.serve.config import VersionPolicy
+from kdeploy.wire.protos.messages import Protos
 
 PLATFORMS: dict[str, str] = {
     "onnx": "onnxruntime_onnx",

@@ -20,8 +20,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from kdeploy.errors import KdeployError, UsageError
-from serve.config import ServeConfig
+from kdeploy.common.errors import KdeployError, UsageError
+from kdeploy.serve.config import ServeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def _free_port(host: str) -> int:
 
 def _worker(config: ServeConfig, log_level: int, log_format: str, ready: Any, index: int) -> None:
     """One worker process: serve until SIGTERM, then drain (runs in a fresh interpreter: spawn)."""
-    from kdeploy.logs import configure_logging
-    from serve.server import build_server
+    from kdeploy.common.logs import configure_logging
+    from kdeploy.serve.server import build_server
 
     configure_logging(log_level, log_format)
     stop = threading.Event()
@@ -94,7 +94,7 @@ class WorkerPool:
                     raise KdeployError(f"workers did not start within {READY_TIMEOUT_SECONDS:.0f} s") from None
         self.all_ready = all(flag for _, _, flag in ready)
         if self.config.metrics_port is not None:
-            from serve.metrics import serve_multiprocess
+            from kdeploy.serve.metrics import serve_multiprocess
 
             self._metrics_server, self.metrics_port = serve_multiprocess(self._metrics_dir, self.config.host,
                                                                          self.config.metrics_port)

@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from export.backends.base import load_backend
-from export.manifest import read_manifest
+from kdeploy.contract.manifest import read_manifest
+from kdeploy.runtimes.base import load_backend
 
 
 def keras_outputs(repo: Path, name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ def kdeploy(capsys: pytest.CaptureFixture[str]):
 @pytest.fixture(scope="session")
 def digits_trained(tmp_path_factory: pytest.TempPathFactory):
     """The digits recipe trained with its default settings."""
-    from train.trainer import TrainConfig, train
+    from kdeploy.train.trainer import TrainConfig, train
 
     return train(TrainConfig(recipe="digits-cnn", out_dir=tmp_path_factory.mktemp("digits")), write=lambda _: None)
 
@@ -48,7 +48,7 @@ def digits_trained(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tabular_trained(tmp_path_factory: pytest.TempPathFactory):
     """The tabular recipe trained with its default settings."""
-    from train.trainer import TrainConfig, train
+    from kdeploy.train.trainer import TrainConfig, train
 
     return train(TrainConfig(recipe="tabular-mlp", out_dir=tmp_path_factory.mktemp("tabular")), write=lambda _: None)
 
@@ -56,8 +56,7 @@ def tabular_trained(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def exported_repo(tmp_path_factory: pytest.TempPathFactory, digits_trained, tabular_trained) -> Path:
     """A repository with both recipes exported to every format (and verified)."""
-    from export.exporter import ExportConfig, export_model
-
+    from kdeploy.export.exporter import ExportConfig, export_model
     from tests.models import text_classifier, two_input_model
 
     repo = tmp_path_factory.mktemp("repo")

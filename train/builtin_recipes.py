@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdeploy.errors import UsageError
-from train.recipes import Dataset, Recipe
+from kdeploy.common.errors import UsageError
+from kdeploy.train.recipes import Dataset, Recipe
 
 
 def load_digits() -> Dataset:

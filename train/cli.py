@@ -20,7 +20,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from train.trainer import TrainConfig, train
+    from kdeploy.train.trainer import TrainConfig, train
 
     config = TrainConfig(recipe=args.recipe, out_dir=args.out, epochs=args.epochs, batch_size=args.batch_size,
                          seed=args.seed, val_split=args.val_split, data=args.data)

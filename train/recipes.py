@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdeploy.errors import UsageError
+from kdeploy.common.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RecipeRegistry:
 
 def default_registry() -> RecipeRegistry:
     """The built-in recipes plus any published under the `kdeploy.recipes` entry-point group."""
-    from train.builtin_recipes import BUILTIN_RECIPES
+    from kdeploy.train.builtin_recipes import BUILTIN_RECIPES
 
     registry = RecipeRegistry(BUILTIN_RECIPES)
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):

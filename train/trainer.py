@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.errors import UsageError
-from kdeploy.files import atomic_path, write_json_atomic
-from kdeploy.versions import library_versions
-from train.recipes import Dataset, Recipe, RecipeRegistry, default_registry
+from kdeploy.common.errors import UsageError
+from kdeploy.common.files import atomic_path, write_json_atomic
+from kdeploy.common.versions import library_versions
+from kdeploy.train.recipes import Dataset, Recipe, RecipeRegistry, default_registry
 
 logger = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from export.signature import SignatureError, dtype_by_name
-from serve.errors import ServeError, invalid
-from serve.models import ServedVersion, VersionState
-from serve.protos.messages import Protos
-from serve.service import InferenceService, deadline_of
-from serve.tensors import kserve_datatype, ndarray_from_kserve, raw_bytes
-from serve.triton_config import PLATFORMS, triton_model_config
+from kdeploy.contract.signature import SignatureError, dtype_by_name
+from kdeploy.serve.models import ServedVersion, VersionState
+from kdeploy.serve.service import InferenceService, deadline_of
+from kdeploy.serve.triton_config import PLATFORMS, triton_model_config
+from kdeploy.wire.errors import ServeError, invalid
+from kdeploy.wire.protos.messages import Protos
+from kdeploy.wire.tensors import kserve_datatype, ndarray_from_kserve, raw_bytes
 
 SERVER_NAME = "kdeploy"
 EXTENSIONS = ("model_configuration", "statistics")

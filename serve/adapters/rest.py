@@ -2,7 +2,7 @@
 
 Routes: `GET /v1/models/NAME[/versions/V | /labels/L]`, the same with `/metadata`, and `POST ...:predict` in
 the row (`instances`) and columnar (`inputs`) formats. Errors are `{"error": "..."}` with the status that
-`serve.errors.HTTP_STATUS` gives for the error's kind.
+`kdeploy.serve.errors.HTTP_STATUS` gives for the error's kind.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from export.signature import ModelSignature, SignatureError, batch_size, dtype_by_name
-from serve.errors import HTTP_STATUS, HTTP_TO_GRPC_NAME, INTERNAL_MESSAGE, ErrorKind, ServeError, invalid, not_found
-from serve.metrics import UNKNOWN_MODEL, ServerMetrics
-from serve.models import ServedVersion
-from serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name
-from serve.tensors import ndarray_from_json, tf_dtype_name
+from kdeploy.contract.signature import ModelSignature, SignatureError, batch_size, dtype_by_name
+from kdeploy.serve.errors import HTTP_STATUS, HTTP_TO_GRPC_NAME, INTERNAL_MESSAGE
+from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
+from kdeploy.serve.models import ServedVersion
+from kdeploy.serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name
+from kdeploy.wire.errors import ErrorKind, ServeError, invalid, not_found
+from kdeploy.wire.tensors import ndarray_from_json, tf_dtype_name
 
 logger = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from export.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name
-from serve.errors import invalid
-from serve.models import ServedVersion, VersionState
-from serve.protos.messages import Protos
-from serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name, deadline_of
-from serve.tensors import fill_tensor_proto, ndarray_from_tensor_proto
+from kdeploy.contract.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name
+from kdeploy.serve.models import ServedVersion, VersionState
+from kdeploy.serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name, deadline_of
+from kdeploy.wire.errors import invalid
+from kdeploy.wire.protos.messages import Protos
+from kdeploy.wire.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 

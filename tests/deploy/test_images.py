@@ -127,9 +127,9 @@ def onnx_repository(tmp_path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    from export.manifest import Artifact, Manifest, write_manifest
-    from export.signature import ModelSignature
-    from kdeploy.files import sha256_path
+    from kdeploy.common.files import sha256_path
+    from kdeploy.contract.manifest import Artifact, Manifest, write_manifest
+    from kdeploy.contract.signature import ModelSignature
 
     version_dir = tmp_path / "models" / "relu" / "1"
     version_dir.mkdir(parents=True)
@@ -175,7 +175,7 @@ def test_server_image_contents_serve_and_drain(onnx_repository):
 
 
 def test_loadtest_image_contents_load_the_cli_runner_and_locustfile():
-    imports = ["loadtest.runner", "loadtest.report", "loadtest.payloads", "loadtest.locustfile", "matplotlib.figure"]
+    imports = ["kdeploy.loadtest.runner", "kdeploy.loadtest.report", "kdeploy.loadtest.payloads", "kdeploy.loadtest.locustfile", "matplotlib.figure"]
     proc = run_guarded("loadtest.txt", imports, ["loadtest", "--help"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

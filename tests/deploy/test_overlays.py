@@ -42,7 +42,7 @@ def test_tfserving_models_config_parses_with_the_official_message(rendered):
 
 
 def test_tfserving_batching_and_monitoring_files_parse_and_match_the_scrape_path(rendered):
-    from serve.protos.messages import load_protos
+    from kdeploy.wire.protos.messages import load_protos
 
     docs, container, files = _tfserving(rendered)
     flags = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
@@ -61,8 +61,8 @@ def test_tfserving_batching_and_monitoring_files_parse_and_match_the_scrape_path
 def test_tfserving_configs_are_what_kdeploy_configs_writes(tmp_path, kdeploy):
     # The committed config/ must not drift from the generator: regenerate it for a repository holding the same
     # model (a manifest is all `kdeploy configs` reads) and compare byte for byte.
-    from export.manifest import Artifact, Manifest, write_manifest
-    from export.signature import ModelSignature
+    from kdeploy.contract.manifest import Artifact, Manifest, write_manifest
+    from kdeploy.contract.signature import ModelSignature
 
     committed = K8S / "overlays" / "tfserving" / "config"
     signature = ModelSignature.from_json({
@@ -101,9 +101,9 @@ def _job(docs: list[dict]) -> tuple[dict, dict, dict[str, str]]:
 
 def test_loadtest_job_runs_kdeploy_loadtest_with_an_slo_and_fails_when_missed(rendered, kdeploy):
     from kdeploy.cli import build_parser
-    from loadtest.cli import config_from_args
-    from loadtest.config import parse_target
-    from loadtest.slo import parse_slo
+    from kdeploy.loadtest.cli import config_from_args
+    from kdeploy.loadtest.config import parse_target
+    from kdeploy.loadtest.slo import parse_slo
 
     job, container, env = _job(documents(rendered["loadtest"]))
     spec = job["spec"]
@@ -149,7 +149,7 @@ def test_locustfile_reads_the_workload_from_the_config_map(rendered):
     _, _, env = _job(documents(rendered["loadtest"]))
     code = ("import json\n"
             "from locust.argument_parser import LocustArgumentParser\n"
-            "from loadtest.config import WorkloadSettings, add_locust_arguments\n"
+            "from kdeploy.loadtest.config import WorkloadSettings, add_locust_arguments\n"
             "parser = LocustArgumentParser()\n"
             "add_locust_arguments(parser)\n"
             "s = WorkloadSettings.from_options(parser.parse_args([]))\n"

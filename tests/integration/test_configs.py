@@ -2,7 +2,7 @@
 
 from google.protobuf import text_format
 
-from serve.protos.messages import load_protos
+from kdeploy.wire.protos.messages import load_protos
 
 
 def test_tfserving_and_triton_configs(exported_repo, tmp_path, kdeploy):
@@ -38,7 +38,7 @@ def test_tfserving_and_triton_configs(exported_repo, tmp_path, kdeploy):
 
 
 def test_tfserving_model_config_drives_kdeploy_serve_too(exported_repo, tmp_path, kdeploy):
-    from serve.sources import sources_from_model_config
+    from kdeploy.serve.sources import sources_from_model_config
 
     assert kdeploy("configs", "--repository", exported_repo, "--out", tmp_path, "--base-path", str(exported_repo)).code == 0
     sources = {s.name: s for s in sources_from_model_config(tmp_path / "tfserving" / "models.config")}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.manifest import read_manifest
+from kdeploy.contract.manifest import read_manifest
 from tests.models import text_classifier, two_input_model
 
 pytestmark = pytest.mark.slow

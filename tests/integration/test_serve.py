@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from export.manifest import read_manifest
+from kdeploy.contract.manifest import read_manifest
 from tests.clients import keras_outputs, rest, tfs_predict
 from tests.conftest import start_server
 
@@ -222,7 +222,7 @@ def test_onnx_server_has_no_tensorflow_loaded(onnx_server):
 
 
 def test_unavailable_onnxruntime_provider_falls_back_to_cpu(exported_repo, caplog):
-    from export.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from kdeploy.runtimes.onnxruntime_backend import OnnxRuntimeBackend
 
     version = exported_repo / "tabular" / "1"
     backend = OnnxRuntimeBackend(version / "model.onnx", read_manifest(version).signature,

@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import start_server
 from tests.clients import rest, tfs_predict
+from tests.conftest import start_server
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.recorder import load_records
+from kdeploy.loadtest.recorder import load_records
 from tests.conftest import start_server
 
 pytestmark = pytest.mark.slow  # every test here loads a server over models trained and exported with TensorFlow

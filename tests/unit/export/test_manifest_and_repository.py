@@ -2,10 +2,17 @@ import json
 
 import pytest
 
-from export.manifest import Manifest, ManifestError, checksum_problems, describe_artifact, read_manifest, write_manifest
-from export.repository import ModelRepository, resolve_version_dir
-from export.signature import ModelSignature, TensorSpec
-from kdeploy.errors import UsageError
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.manifest import (
+    Manifest,
+    ManifestError,
+    checksum_problems,
+    describe_artifact,
+    read_manifest,
+    write_manifest,
+)
+from kdeploy.contract.repository import ModelRepository, resolve_version_dir
+from kdeploy.contract.signature import ModelSignature, TensorSpec
 
 SIG = ModelSignature(inputs=(TensorSpec("x", "float32", (None, 2)),), outputs=(TensorSpec("y", "float32", (None, 1)),))
 
@@ -107,7 +114,7 @@ def test_published_versions_and_atomic_files_are_readable_by_others(tmp_path):
     import os
     import stat
 
-    from kdeploy.files import write_text_atomic
+    from kdeploy.common.files import write_text_atomic
 
     old = os.umask(0o022)
     try:

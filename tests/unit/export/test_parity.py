@@ -1,6 +1,6 @@
 import numpy as np
 
-from export.parity import DEFAULT_TOLERANCES, batch_schedule, compare_output, precision_of, tolerance_for
+from kdeploy.export.parity import DEFAULT_TOLERANCES, batch_schedule, compare_output, precision_of, tolerance_for
 
 
 def test_batch_schedule_covers_one_mid_and_max():

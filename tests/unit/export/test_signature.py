@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from export.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name, feed_from_arrays
+from kdeploy.contract.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name, feed_from_arrays
 
 SIG = ModelSignature(
     inputs=(TensorSpec("image", "float32", (None, 8, 8, 1)), TensorSpec("tokens", "int32", (None, 5), (0, 49))),

@@ -4,9 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from kdeploy.errors import UsageError
-from loadtest.config import (LoadTestConfig, Target, WorkloadSettings, default_open_loop_users, is_loopback,
-                             parse_duration, parse_rate, parse_target)
+from kdeploy.common.errors import UsageError
+from kdeploy.loadtest.config import (
+    LoadTestConfig,
+    Target,
+    WorkloadSettings,
+    default_open_loop_users,
+    is_loopback,
+    parse_duration,
+    parse_rate,
+    parse_target,
+)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -95,7 +103,7 @@ def test_settings_survive_locusts_own_argument_parser():
     code = (
         "from pathlib import Path\n"
         "from locust.argument_parser import get_parser\n"
-        "from loadtest.config import WorkloadSettings, add_locust_arguments\n"
+        "from kdeploy.loadtest.config import WorkloadSettings, add_locust_arguments\n"
         "s = WorkloadSettings(model='digits', protocol='kserve-grpc', model_version=3, repository=Path('/r'),\n"
         "                     data=Path('/d.npz'), batch=8, rate=250.0, request_timeout_s=2.5, max_requests=99,\n"
         "                     latency_file=Path('/l.npz'), step_users=None, seed=7)\n"

@@ -4,11 +4,15 @@ import time
 import pytest
 from google.protobuf import json_format
 
-from export.signature import ModelSignature, TensorSpec
-from kdeploy.errors import UsageError
-from loadtest.metadata import (fetch_signature, signature_from_kserve_metadata, signature_from_rest_metadata,
-                               signature_from_tfserving_metadata)
-from serve.protos.messages import load_protos
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.signature import ModelSignature, TensorSpec
+from kdeploy.loadtest.metadata import (
+    fetch_signature,
+    signature_from_kserve_metadata,
+    signature_from_rest_metadata,
+    signature_from_tfserving_metadata,
+)
+from kdeploy.wire.protos.messages import load_protos
 
 PROTOS = load_protos()
 EXPECTED = ModelSignature(

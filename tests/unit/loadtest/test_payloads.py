@@ -4,14 +4,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.manifest import Artifact, Manifest, write_manifest
-from export.signature import ModelSignature, TensorSpec
-from kdeploy.errors import UsageError
-from loadtest.config import WorkloadSettings
-from loadtest.payloads import (build_payloads, encode_payloads, model_infer_request_bytes, predict_request_bytes,
-                               request_feeds, rest_predict_body, version_dir_for)
-from serve.protos.messages import load_protos
-from serve.tensors import ndarray_from_kserve, ndarray_from_tensor_proto
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.manifest import Artifact, Manifest, write_manifest
+from kdeploy.contract.signature import ModelSignature, TensorSpec
+from kdeploy.loadtest.config import WorkloadSettings
+from kdeploy.loadtest.payloads import (
+    build_payloads,
+    encode_payloads,
+    model_infer_request_bytes,
+    predict_request_bytes,
+    request_feeds,
+    rest_predict_body,
+    version_dir_for,
+)
+from kdeploy.wire.protos.messages import load_protos
+from kdeploy.wire.tensors import ndarray_from_kserve, ndarray_from_tensor_proto
 
 PROTOS = load_protos()
 SIGNATURE = ModelSignature(

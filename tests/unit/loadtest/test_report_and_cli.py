@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from loadtest.recorder import LatencyRecorder, RequestError
-from loadtest.report import format_table, markdown_table, plot_comparison, plot_latency, table_rows
-from loadtest.stats import summarize
+from kdeploy.loadtest.recorder import LatencyRecorder, RequestError
+from kdeploy.loadtest.report import format_table, markdown_table, plot_comparison, plot_latency, table_rows
+from kdeploy.loadtest.stats import summarize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,7 +56,7 @@ def test_tables_and_comparison_plot(tmp_path):
 
 def test_cli_module_is_cheap_to_import():
     """`kdeploy --help` builds every parser: loadtest's must not import Locust (gevent patching), TF or plotting."""
-    code = ("import sys; import loadtest.cli\n"
+    code = ("import sys; import kdeploy.loadtest.cli\n"
             "heavy = ('locust', 'gevent', 'tensorflow', 'grpc', 'numpy', 'matplotlib')\n"
             "mine = sorted(m for m in heavy if m in sys.modules)\n"
             "from kdeploy.cli import build_parser; build_parser()\n"

@@ -1,8 +1,8 @@
 import pytest
 
-from kdeploy.errors import UsageError
-from loadtest.pacing import OpenLoopSchedule
-from loadtest.shapes import Stage, plan_for
+from kdeploy.common.errors import UsageError
+from kdeploy.loadtest.pacing import OpenLoopSchedule
+from kdeploy.loadtest.shapes import Stage, plan_for
 
 
 def test_constant_holds_the_users_then_stops():

@@ -1,7 +1,7 @@
 import pytest
 
-from kdeploy.errors import UsageError
-from loadtest.slo import parse_slo, parse_term, percentile_of, slo_verdict
+from kdeploy.common.errors import UsageError
+from kdeploy.loadtest.slo import parse_slo, parse_term, percentile_of, slo_verdict
 
 
 def summary(**latency):

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from loadtest.recorder import LatencyRecorder, RequestError, error_key, load_records
-from loadtest.shapes import plan_for
-from loadtest.slo import parse_slo
-from loadtest.stats import capacity, latency_stats, order_statistic, per_second, stage_results, summarize
+from kdeploy.loadtest.recorder import LatencyRecorder, RequestError, error_key, load_records
+from kdeploy.loadtest.shapes import plan_for
+from kdeploy.loadtest.slo import parse_slo
+from kdeploy.loadtest.stats import capacity, latency_stats, order_statistic, per_second, stage_results, summarize
 
 
 def locust_bucket(ms: float) -> int:

@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from kdeploy.errors import UsageError
-from serve.batching import Batcher, BatchingParameters, read_batching_parameters
-from serve.errors import ErrorKind, ServeError
+from kdeploy.common.errors import UsageError
+from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
+from kdeploy.wire.errors import ErrorKind, ServeError
 
 
 class RecordingBackend:

@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from serve.protos.build import OUTPUT
-from serve.protos.messages import load_protos
+from kdeploy.wire.protos.build import OUTPUT
+from kdeploy.wire.protos.messages import load_protos
 
 
 def test_descriptor_set_is_built_from_the_committed_sources(tmp_path):
     pytest.importorskip("grpc_tools")
     fresh = tmp_path / "descriptors.binpb"
-    subprocess.run([sys.executable, "-m", "serve.protos.build", str(fresh)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "kdeploy.wire.protos.build", str(fresh)], check=True, capture_output=True)
     assert fresh.read_bytes() == OUTPUT.read_bytes(), "run `make protos` and commit serve/protos/descriptors.binpb"
 
 

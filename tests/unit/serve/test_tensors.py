@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from export.signature import TensorSpec
-from serve.errors import ErrorKind, ServeError
-from serve.protos.messages import load_protos
-from serve.tensors import fill_tensor_proto, ndarray_from_json, ndarray_from_kserve, ndarray_from_tensor_proto
+from kdeploy.contract.signature import TensorSpec
+from kdeploy.wire.errors import ErrorKind, ServeError
+from kdeploy.wire.protos.messages import load_protos
+from kdeploy.wire.tensors import fill_tensor_proto, ndarray_from_json, ndarray_from_kserve, ndarray_from_tensor_proto
 
 PROTOS = load_protos()
 TensorProto = PROTOS.cls("tensorflow.TensorProto")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from export.signature import Feed, ModelSignature
+from kdeploy.contract.signature import Feed, ModelSignature
 
 
 class TFLiteBackend:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.signature import ModelSignature
-from kdeploy.errors import UsageError
-from kdeploy.files import sha256_path, size_of_path, write_json_atomic
+from kdeploy.common.errors import UsageError
+from kdeploy.common.files import sha256_path, size_of_path, write_json_atomic
+from kdeploy.contract.signature import ModelSignature
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1

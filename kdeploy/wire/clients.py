@@ -14,12 +14,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from export.signature import Feed, ModelSignature
-from kdeploy.errors import UsageError
-from serve.config import PROTOCOLS
-from serve.protos.messages import load_protos
-from serve.tensors import fill_tensor_proto, kserve_datatype, ndarray_from_tensor_proto, raw_bytes
-
+from kdeploy.common.errors import UsageError
+from kdeploy.contract.signature import Feed, ModelSignature
+from kdeploy.wire.protocols import GRPC_METHODS, PROTOCOLS
+from kdeploy.wire.protos.messages import load_protos
+from kdeploy.wire.tensors import fill_tensor_proto, kserve_datatype, ndarray_from_tensor_proto, raw_bytes
 
 
 class ServedModelError(Exception):
@@ -69,7 +68,7 @@ class TfServingGrpcClient(_GrpcClient):
             request.model_spec.version.value = self._version
         for name, value in feed.items():
             fill_tensor_proto(request.inputs[name], value)
-        response = self._call("/tensorflow.serving.PredictionService/Predict", request, self._response_type)
+        response = self._call(GRPC_METHODS["tfserving-grpc"], request, self._response_type)
         return {spec.name: ndarray_from_tensor_proto(spec.name, response.outputs[spec.name], spec)
                 for spec in self.signature.outputs}
 
@@ -92,7 +91,7 @@ class KServeGrpcClient(_GrpcClient):
         for name, value in feed.items():
             request.inputs.add(name=name, datatype=kserve_datatype(value), shape=list(value.shape))
             request.raw_input_contents.append(raw_bytes(value))
-        response = self._call("/inference.GRPCInferenceService/ModelInfer", request, self._response_type)
+        response = self._call(GRPC_METHODS["kserve-grpc"], request, self._response_type)
         outputs = {}
         for index, tensor in enumerate(response.outputs):
             spec = self.signature.output(tensor.name)

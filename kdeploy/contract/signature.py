@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.errors import UsageError
+from kdeploy.common.errors import UsageError
 
 Feed = Mapping[str, np.ndarray]
 

@@ -13,14 +13,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from export.manifest import ARTIFACT_PATHS
-from export.signature import Feed, ModelSignature
+from kdeploy.contract.manifest import ARTIFACT_PATHS
+from kdeploy.contract.signature import Feed, ModelSignature
 
 _BACKENDS: dict[str, str] = {
-    "keras": "export.backends.keras_backend:KerasBackend",
-    "savedmodel": "export.backends.tensorflow_backend:TensorFlowBackend",
-    "tflite": "export.backends.tflite_backend:TFLiteBackend",
-    "onnx": "export.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "keras": "kdeploy.runtimes.keras_backend:KerasBackend",
+    "savedmodel": "kdeploy.runtimes.tensorflow_backend:TensorFlowBackend",
+    "tflite": "kdeploy.runtimes.tflite_backend:TFLiteBackend",
+    "onnx": "kdeploy.runtimes.onnxruntime_backend:OnnxRuntimeBackend",
 }
 
 

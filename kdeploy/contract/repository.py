@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kdeploy.errors import UsageError
-from kdeploy.files import current_umask
+from kdeploy.common.errors import UsageError
+from kdeploy.common.files import current_umask
 
 logger = logging.getLogger(__name__)
 

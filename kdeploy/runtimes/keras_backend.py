@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.keras_model import load_keras_model, model_input, outputs_as_dict
-from export.signature import Feed, ModelSignature
+from kdeploy.contract.signature import Feed, ModelSignature
+from kdeploy.runtimes.keras_model import load_keras_model, model_input, outputs_as_dict
 
 
 class KerasBackend:

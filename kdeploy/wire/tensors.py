@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from export.signature import DTYPES, DType, TensorSpec, dtype_by_name, format_shape
-from serve.errors import ErrorKind, ServeError, invalid
+from kdeploy.contract.signature import DTYPES, DType, TensorSpec, dtype_by_name, format_shape
+from kdeploy.wire.errors import ErrorKind, ServeError, invalid
 
 _BY_TF_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES}
 _BY_KSERVE: dict[str, DType] = {d.kserve: d for d in DTYPES}

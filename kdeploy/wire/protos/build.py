@@ -1,6 +1,6 @@
 """Compile the vendored .proto files into one descriptor set (`descriptors.binpb`) with grpcio-tools.
 
-Run `make protos` (or `python -m serve.protos.build`) after editing a .proto file; a test checks that the
+Run `make protos` (or `python -m kdeploy.wire.protos.build`) after editing a .proto file; a test checks that the
 committed descriptor set matches the sources. The server loads the set into a private descriptor pool (see
 `serve/protos/messages.py`), so its messages never clash with TensorFlow's or tritonclient's own copies of the
 same names in one process.

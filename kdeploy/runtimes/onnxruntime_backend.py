@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.signature import Feed, ModelSignature
+from kdeploy.contract.signature import Feed, ModelSignature
 
 logger = logging.getLogger(__name__)
 

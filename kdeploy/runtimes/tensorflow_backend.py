@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from export.signature import Feed, ModelSignature
+from kdeploy.contract.signature import Feed, ModelSignature
 
 
 class TensorFlowBackend:

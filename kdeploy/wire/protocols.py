@@ -1,0 +1,12 @@
+"""The client protocols kdeploy speaks and serves (standard library only)."""
+
+from __future__ import annotations
+
+PROTOCOLS: tuple[str, ...] = ("tfserving-grpc", "kserve-grpc", "tfserving-rest")
+"""TF Serving gRPC `Predict`, KServe v2 gRPC `ModelInfer`, TF Serving REST `:predict`."""
+
+GRPC_METHODS: dict[str, str] = {
+    "tfserving-grpc": "/tensorflow.serving.PredictionService/Predict",
+    "kserve-grpc": "/inference.GRPCInferenceService/ModelInfer",
+}
+"""The inference RPC of each gRPC protocol, as a method path."""

@@ -1,0 +1,75 @@
+"""One import root: the wheel installs `kdeploy` only, and no code imports a stage by its bare folder name."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = {"train": "train", "export": "export", "serve": "serve", "loadtest": "loadtest"}
+"""Folder at the repository root -> its package below `kdeploy`."""
+SOURCE_DIRS = ["kdeploy", *STAGES, "tests", "benchmarks"]
+
+
+def python_files() -> list[Path]:
+    return sorted(p for d in SOURCE_DIRS for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def bare_stage_imports(source: str, label: str) -> list[str]:
+    """`import serve...` / `from export... import` lines of one file (stages must be imported as kdeploy.X)."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=label)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        found += [f"{label}:{node.lineno}: {name}" for name in names
+                  if name.split(".")[0] in STAGES]
+    return found
+
+
+def test_no_code_imports_a_bare_stage_name() -> None:
+    offenders = [line for path in python_files()
+                 for line in bare_stage_imports(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
+    assert not offenders, "import these as kdeploy.<stage>:\n" + "\n".join(offenders)
+
+
+def test_the_check_finds_a_bare_import() -> None:
+    sample = "import os\nfrom serve.config import ServeConfig\nimport kdeploy.serve\nimport train\n"
+    assert bare_stage_imports(sample, "x.py") == ["x.py:2: serve.config", "x.py:4: train"]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(out), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (built,) = out.glob("kdeploy-*.whl")
+    return built
+
+
+def test_wheel_has_one_top_level_package(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"kdeploy"}, sorted(top)
+
+
+def test_wheel_holds_every_module_and_the_protocol_files(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = set()
+    for folder in ["kdeploy", *STAGES]:
+        for path in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" in path.parts:
+                continue
+            relative = path.relative_to(ROOT / folder).as_posix()
+            expected.add(f"kdeploy/{relative}" if folder == "kdeploy" else f"kdeploy/{STAGES[folder]}/{relative}")
+    expected.add("kdeploy/wire/protos/descriptors.binpb")
+    expected |= {f"kdeploy/wire/protos/{p.relative_to(ROOT / 'kdeploy/wire/protos').as_posix()}"
+                 for p in (ROOT / "kdeploy/wire/protos").rglob("*.proto")}
+    assert sorted(expected - names) == []
