@@ -23,7 +23,7 @@ import numpy as np
 from kdeploy.common.errors import KdeployError
 from kdeploy.contract.manifest import MANIFEST_FILE, Manifest, checksum_problems, read_manifest
 from kdeploy.contract.repository import version_numbers
-from kdeploy.contract.signature import load_data_file, slice_feed
+from kdeploy.contract.signature import ModelSignature, load_data_file, slice_feed
 from kdeploy.runtimes.base import Backend
 from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
 from kdeploy.serve.config import ModelSource
@@ -68,6 +68,21 @@ class ServedVersion:
     """What the folder looked like when it was loaded (a failed version is retried when this changes)."""
     inflight: int = 0
     _lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    def loaded(self) -> tuple[Manifest, Backend]:
+        """The manifest and runtime of a loaded version (requests only ever reach loaded ones).
+
+        Raises:
+            ServeError: UNAVAILABLE when the version is not (or no longer) loaded.
+        """
+        if self.manifest is None or self.backend is None:
+            raise unavailable(f"model {self.name!r} version {self.version} is not loaded")
+        return self.manifest, self.backend
+
+    @property
+    def signature(self) -> ModelSignature:
+        """The loaded version's signature."""
+        return self.loaded()[0].signature
 
     def acquire(self) -> bool:
         """Count a request in, if the version still takes requests."""
@@ -147,7 +162,10 @@ class ModelManager:
 
     def _poll_model(self, source: ModelSource) -> bool:
         on_disk = version_numbers(source.base_path)
-        wanted = [v for v in source.policy.select(on_disk) if (source.base_path / str(v) / MANIFEST_FILE).exists()]
+        # A folder without its manifest is still being written (or is not a version): the policy chooses among the
+        # complete ones, so a half-copied newest folder does not leave the model with nothing to serve.
+        complete = [v for v in on_disk if (source.base_path / str(v) / MANIFEST_FILE).exists()]
+        wanted = source.policy.select(complete)
         known = self._versions[source.name]
         changed = False
         for version in wanted:

@@ -12,19 +12,22 @@ from kdeploy.wire.errors import ErrorKind, ServeError
 
 
 class RecordingBackend:
-    """y = 2x + row sum; remembers each batch's shape; can be slowed down."""
+    """y = 2x + row sum; remembers each batch's shape; can be slowed down, or held until `gate` is set."""
 
     format = "test"
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
         self.batches: list[tuple[int, ...]] = []
         self.delay = delay
+        self.gate = gate
         self._lock = threading.Lock()
 
     def infer(self, feed):
         x = feed["x"]
         with self._lock:
             self.batches.append(x.shape)
+        if self.gate is not None:
+            self.gate.wait(10)
         time.sleep(self.delay)
         return {"y": 2 * x + x.sum(axis=tuple(range(1, x.ndim)), keepdims=True)}
 
@@ -88,16 +91,35 @@ def test_a_request_bigger_than_the_maximum_runs_alone():
 
 
 def test_a_full_queue_refuses_at_once_with_unavailable():
-    backend = RecordingBackend(delay=0.2)
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
     params = BatchingParameters(max_batch_size=2, batch_timeout_micros=0, max_enqueued_batches=1, num_batch_threads=1)
     batcher = Batcher(backend, params, model="m", version=1)
-    started = time.monotonic()
-    _, errors = run_concurrently(batcher, [{"x": np.ones((1, 2), np.float32)} for _ in range(12)])
+    refused: list[ServeError] = []
+    enough = threading.Condition()
+
+    def call(i: int) -> None:
+        try:
+            batcher.infer({"x": np.full((1, 2), i, np.float32)})
+        except ServeError as exc:
+            with enough:
+                refused.append(exc)
+                enough.notify_all()
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    # "At once": while the runtime is held, at most 2 rows run and 2 wait (the queue's capacity), so at least 8
+    # of the 12 requests must be refused without waiting for the running batch to finish.
+    with enough:
+        enough_refused_while_held = enough.wait_for(lambda: len(refused) >= 8, timeout=10)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
     batcher.close()
-    refused = [e for e in errors if e is not None]
-    assert refused and all(e.kind is ErrorKind.UNAVAILABLE and "queue full" in e.message for e in refused)
-    assert sum(e is None for e in errors) >= 2
-    assert time.monotonic() - started < 10
+    assert enough_refused_while_held, f"only {len(refused)} refused while the runtime was busy"
+    assert all(e.kind is ErrorKind.UNAVAILABLE and "queue full" in e.message for e in refused)
+    assert 8 <= len(refused) <= 10 and sum(rows for rows, _ in backend.batches) == 12 - len(refused)
 
 
 def test_a_request_past_its_deadline_is_not_computed():
