@@ -110,13 +110,10 @@ RUN kdeploy configs --repository /models --out /configs --base-path /models
 FROM runtime AS server
 COPY --from=server-build /opt/venv /opt/venv
 COPY --from=models /models /models
-# Every `kdeploy serve` flag also reads KDEPLOY_<FLAG>; Kubernetes sets the same variables from a ConfigMap.
+# Every `kdeploy serve` flag also reads KDEPLOY_<FLAG>; Kubernetes sets the same variables from a ConfigMap. Only
+# what a container needs differently from the flags' defaults is set here (ports 8500/8501/8502 are the defaults).
 ENV KDEPLOY_REPOSITORY=/models \
-    KDEPLOY_HOST=0.0.0.0 \
-    KDEPLOY_GRPC_PORT=8500 \
-    KDEPLOY_REST_PORT=8501 \
-    KDEPLOY_METRICS_PORT=8502 \
-    KDEPLOY_BACKEND=onnx
+    KDEPLOY_HOST=0.0.0.0
 LABEL org.opencontainers.image.title="kdeploy-server" \
       org.opencontainers.image.description="kdeploy serve (onnx backend): TF Serving gRPC/REST and KServe v2 gRPC"
 USER 10001:10001
@@ -145,10 +142,6 @@ RUN find /opt/venv -path '*/nvidia/*' -name 'lib*.so*' -printf '%h\n' | sort -u 
 COPY --from=models /models /models
 ENV KDEPLOY_REPOSITORY=/models \
     KDEPLOY_HOST=0.0.0.0 \
-    KDEPLOY_GRPC_PORT=8500 \
-    KDEPLOY_REST_PORT=8501 \
-    KDEPLOY_METRICS_PORT=8502 \
-    KDEPLOY_BACKEND=onnx \
     KDEPLOY_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility

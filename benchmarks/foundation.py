@@ -14,9 +14,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from kdeploy.common.files import write_json_atomic  # noqa: E402
-from kdeploy.export.exporter import ExportConfig, export_model  # noqa: E402
-from kdeploy.train.trainer import TrainConfig, train  # noqa: E402
+from kdeploy.common.files import write_json_atomic
+from kdeploy.export.exporter import ExportConfig, export_model
+from kdeploy.train.trainer import TrainConfig, train
 
 
 def machine() -> str:
@@ -28,7 +28,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}")
 
 
 def main(out: Path = Path("build/bench")) -> int:
@@ -57,7 +58,8 @@ def main(out: Path = Path("build/bench")) -> int:
         e, b = r["export_seconds"], r["bytes"]
         print(f"| {r['recipe']} | {r['epochs']} | {r['train_seconds']:.1f} | {r['val_accuracy']:.2%} | "
               f"{e['savedmodel']:.1f} / {e['tflite']:.1f} / {e['onnx']:.1f} | "
-              f"{b['keras'] / 1024:.0f} / {b['savedmodel'] / 1024:.0f} / {b['tflite'] / 1024:.0f} / {b['onnx'] / 1024:.0f} | "
+              f"{b['keras'] / 1024:.0f} / {b['savedmodel'] / 1024:.0f} / {b['tflite'] / 1024:.0f} / "
+              f"{b['onnx'] / 1024:.0f} | "
               f"{r['verify_seconds']:.1f} | {'pass' if r['parity_passed'] else 'FAIL'} |")
     return 0
 

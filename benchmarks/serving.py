@@ -130,7 +130,7 @@ def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False
         command += ["-x", "1"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300)
+    proc = subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300, check=False)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0 or not csv_path.exists():
@@ -165,7 +165,7 @@ def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
                 command += ["--enable-batching", "--batching-parameters-file", str(batching_file)]
             marker = "kdeploy serve: SERVING"
         else:
-            command, marker = base + [str(port)], "ready on"
+            command, marker = [*base, str(port)], "ready on"
         # The server's log goes to a file: an unread pipe would block the server once it filled.
         log = open(OUT / f"server-{name}-{label}.log", "w")  # noqa: SIM115 - closed with the process below
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
@@ -178,7 +178,8 @@ def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
                 entry[f"kserve_c{concurrency}"] = run_perf(name, port, concurrency)
                 if base is None:
                     print(f"  {name} {label} tfserving c{concurrency}", flush=True)
-                    entry[f"tfserving_c{concurrency}"] = run_perf(name, port, concurrency, tfserving=True, shapes=shapes)
+                    entry[f"tfserving_c{concurrency}"] = run_perf(name, port, concurrency, tfserving=True,
+                                                                  shapes=shapes)
             entry["rss_after_mib"] = rss_mib(process.pid)
             results[label] = entry
         finally:
@@ -199,7 +200,8 @@ def machine() -> str:
 
 def main() -> int:
     if not PERF.exists():
-        print("perf_analyzer is missing: run `make perf-analyzer` (or benchmarks/setup_perf_analyzer.sh)", file=sys.stderr)
+        print("perf_analyzer is missing: run `make perf-analyzer` (or benchmarks/setup_perf_analyzer.sh)",
+              file=sys.stderr)
         return 2
     OUT.mkdir(parents=True, exist_ok=True)
     batching_file = OUT / "batching_parameters.txt"
@@ -226,7 +228,8 @@ def render(results: dict) -> str:
         ip = data["in_process"]
         lines.append(f"| {name} | {ip['1']['p50_us']:.0f} µs | {ip['1']['infer_per_s']:.0f} / "
                      f"{ip['8']['infer_per_s']:.0f} / {ip['32']['infer_per_s']:.0f} |")
-    lines += ["", "| model | server | protocol | c1 p50 µs | c1 inf/s | c8 inf/s | c32 inf/s | c32 p99 µs | RSS MiB | start s |",
+    lines += ["", "| model | server | protocol | c1 p50 µs | c1 inf/s | c8 inf/s | c32 inf/s | c32 p99 µs | RSS MiB "
+              "| start s |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for name, data in results["models"].items():
         for label, entry in data["servers"].items():

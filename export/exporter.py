@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kdeploy.common.errors import CheckFailedError, UsageError
 from kdeploy.common.files import sha256_file, size_of_path
+from kdeploy.common.native_log import import_tensorflow_quietly
 from kdeploy.common.versions import library_versions
 from kdeploy.contract.manifest import (
     ARTIFACT_PATHS,
@@ -82,7 +83,8 @@ class ExportConfig:
             raise UsageError("no format asked for; choose from " + ", ".join(FORMATS))
         if self.tflite_quantization not in TFLITE_QUANTIZATIONS:
             raise UsageError(
-                f"unknown TFLite quantization {self.tflite_quantization!r}; choose from {', '.join(TFLITE_QUANTIZATIONS)}"
+                f"unknown TFLite quantization {self.tflite_quantization!r}; "
+                f"choose from {', '.join(TFLITE_QUANTIZATIONS)}"
             )
         if self.version is not None and self.version < 1:
             raise UsageError(f"--version must be a positive integer, got {self.version}")
@@ -137,9 +139,11 @@ def export_model(
     model_dir = repo.model_dir(config.name)
     version = config.version or repo.next_version(config.name)
     if repo.version_dir(config.name, version).exists() and not config.force:
-        raise UsageError(f"version {version} of {config.name!r} already exists in {repo.root}; pass --force to replace it")
+        raise UsageError(f"version {version} of {config.name!r} already exists in {repo.root}; "
+                         "pass --force to replace it")
 
     # Heavy imports only once the arguments are known to be good.
+    import_tensorflow_quietly()
     from kdeploy.export.convert import (
         ConversionError,
         onnx_from_savedmodel,
@@ -193,7 +197,8 @@ def export_model(
                 progress(f"export [{index}/{len(steps)}] {fmt} FAILED: {exc}")
                 if fmt == "savedmodel":
                     # Every other format is converted from the SavedModel.
-                    failed.update({f: "not attempted: the SavedModel could not be written" for f in config.formats if f != fmt})
+                    failed.update({f: "not attempted: the SavedModel could not be written"
+                                   for f in config.formats if f != fmt})
                     break
                 continue
             seconds[fmt] = time.perf_counter() - started
@@ -219,10 +224,11 @@ def export_model(
                 "onnx_opset": config.onnx_opset, "unsafe": config.unsafe,
                 "source_model": str(Path(config.model_path).resolve()),
                 "source_sha256": sha256_file(config.model_path),
-                "representative_data": str(representative) if representative and config.tflite_quantization == "int8" else None,
+                "representative_data": (str(representative) if representative and config.tflite_quantization == "int8"
+                                        else None),
             },
             tool_versions=library_versions(_TOOLS),
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         _check_cancel(cancel)
         write_manifest(stage, manifest)

@@ -20,7 +20,7 @@ def ensure_built(model: keras.Model) -> None:
     """Call a never-run model once on one row of zeros: Keras' exporters refuse models that were never called."""
     if getattr(model, "_called", False):
         return
-    feed = {t.name: np.zeros((1,) + tuple(d or 1 for d in t.shape[1:]), dtype=t.dtype) for t in model.inputs}
+    feed = {t.name: np.zeros((1, *(d or 1 for d in t.shape[1:])), dtype=t.dtype) for t in model.inputs}
     model(feed if len(feed) > 1 else next(iter(feed.values())), training=False)
 
 
@@ -36,9 +36,8 @@ def signature_from_keras(model: keras.Model, name: str = "serving_default") -> M
     inputs = tuple(
         TensorSpec(t.name, np.dtype(t.dtype).name, tuple(t.shape), ranges.get(t.name)) for t in model.inputs
     )
-    outputs = tuple(
-        TensorSpec(n, np.dtype(t.dtype).name, tuple(t.shape)) for n, t in zip(output_names_of(model), _flat_outputs(model))
-    )
+    outputs = tuple(TensorSpec(n, np.dtype(t.dtype).name, tuple(t.shape))
+                    for n, t in zip(output_names_of(model), _flat_outputs(model)))
     if len({t.name for t in outputs}) != len(outputs):
         raise SignatureError(f"the model's outputs do not have distinct names: {[t.name for t in outputs]}")
     return ModelSignature(inputs=inputs, outputs=outputs, name=name)

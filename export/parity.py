@@ -209,7 +209,8 @@ def compare_output(
     """
     if candidate.shape != reference.shape:
         return OutputComparison(name, float("inf"), float("inf"), float("inf"),
-                                failures=[f"shape {list(candidate.shape)} differs from the reference's {list(reference.shape)}"])
+                                failures=[f"shape {list(candidate.shape)} differs from the reference's "
+                                          f"{list(reference.shape)}"])
     ref = reference.astype(np.float64)
     got = candidate.astype(np.float64)
     abs_err = np.abs(got - ref)
@@ -233,7 +234,8 @@ def compare_output(
         if excess.size and float(excess.max()) > 0:
             worst = int(np.argmax(excess))
             result.failures.append(
-                f"max abs error {result.max_abs:.3g} is over tolerance (atol {tolerance.atol:g}, rtol {tolerance.rtol:g}); "
+                f"max abs error {result.max_abs:.3g} is over tolerance (atol {tolerance.atol:g}, "
+                f"rtol {tolerance.rtol:g}); "
                 f"{int((excess > 0).sum())} of {excess.size} values out, worst by {float(excess.flat[worst]):.3g}"
             )
     if classifier:
@@ -272,6 +274,7 @@ def compare_format(
     comparison = FormatComparison(fmt, precision, tolerance)
     for name in signature.output_names:
         # Accuracy needs to know which output the labels belong to: only the single class output qualifies.
-        output_labels = labels if class_outputs == [name] and labels is not None and labels.shape[0] == batch_size(reference) else None
+        labelled = class_outputs == [name] and labels is not None and labels.shape[0] == batch_size(reference)
+        output_labels = labels if labelled else None
         comparison.outputs.append(compare_output(name, reference[name], candidate[name], tolerance, output_labels))
     return comparison

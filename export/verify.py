@@ -100,6 +100,7 @@ def verify_version(
     progress(f"verify: reference keras on {batch_size(feed)} samples ({data_source})")
     reference = _run(load_backend("keras", version_dir, manifest.signature, unsafe=unsafe), feed, schedule)
     formats = []
+    to_compare: dict[str, tuple[str, Backend | None]]
     if candidates is None:
         to_compare = {fmt: (precision_of(fmt, a.options), None) for fmt, a in manifest.artifacts.items()}
     else:

@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_tensorflow(verbose: bool) -> None:
-    """Quiet TensorFlow's C++ log (start-up chatter, graph warnings) unless verbose; must precede its import."""
+    """Quiet TensorFlow's C++ log unless verbose; must precede its import.
+
+    The level covers what TensorFlow logs once it runs; the lines it prints while it is imported ignore it and are
+    dropped by `kdeploy.common.native_log.import_tensorflow_quietly`, which reads the same setting.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kdeploy.common.errors import KdeployError
+
 
 def add_demo_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("demo", help="train the digits model, export it to every format and verify parity")
@@ -63,14 +65,17 @@ def serve_and_call(repository: Path, name: str, version_dir: Path, report_dir: P
     from kdeploy.wire.protocols import PROTOCOLS
 
     manifest = read_manifest(version_dir)
+    if manifest.validation_data is None:
+        raise KdeployError(f"{version_dir} has no held-out data to send; the demo exports a trained recipe")
     feed, labels = load_data_file(version_dir / manifest.validation_data, manifest.signature)
     row = {key: value[:1] for key, value in feed.items()}
     config = ServeConfig(models=tuple(sources_from_repository(repository, [name], VersionPolicy())),
                          grpc_port=0, rest_port=0, metrics_port=None, poll_seconds=0, drain_grace_seconds=0)
     running = build_server(config)
     try:
+        label = int(labels[0]) if labels is not None else "?"
         print(f"serving {name} on grpc 127.0.0.1:{running.grpc_port} and rest 127.0.0.1:{running.rest_port} "
-              f"(onnx backend); one held-out image (label {int(labels[0])}) through each protocol:")
+              f"(onnx backend); one held-out image (label {label}) through each protocol:")
         for protocol in PROTOCOLS:
             port = running.rest_port if protocol == "tfserving-rest" else running.grpc_port
             client = connect(protocol, f"127.0.0.1:{port}", name, manifest.version, manifest.signature)

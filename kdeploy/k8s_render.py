@@ -165,10 +165,11 @@ def wrapper_kustomization(overlay: str, info: OverlayInfo | None, images: list[s
     """
     kustomization: dict[str, Any] = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
     entries = []
+    renamed = renamed or {}
     for spec in images:
         entry = image_entry(spec, info, overlay)
         entries.append(entry)
-        if (renamed or {}).get(entry["name"]):
+        if renamed.get(entry["name"]):
             entries.append({**entry, "name": renamed[entry["name"]]})
     if entries:
         kustomization["images"] = entries

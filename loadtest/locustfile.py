@@ -69,6 +69,7 @@ class KdeployShape(LoadTestShape):
 
     def tick(self) -> tuple[int, float] | None:
         if self.plan is None:
+            assert self.runner is not None  # Locust sets it before the first tick
             self.plan = _plan_from_options(self.runner.environment.parsed_options)
         return self.plan.tick(self.get_run_time())
 
@@ -162,6 +163,7 @@ def _on_test_start(environment: Environment, recorder: LatencyRecorder) -> None:
     recorder.clear(test_start=now)
     runner = environment.runner
     options = environment.parsed_options
+    assert runner is not None and options is not None  # both exist once a test starts
     if not isinstance(runner, WorkerRunner):
         gevent.spawn(_stop_after_max_requests, runner, int(options.max_requests))
         # Custom options travel to workers with the spawn message that follows this event.
@@ -197,7 +199,8 @@ def _stop_after_max_requests(runner: Runner, max_requests: int) -> None:
         if runner.stats.total.num_requests >= max_requests:
             logger.info("kdeploy loadtest: %d requests reached (--max-requests), stopping", max_requests)
             # Headless runs end; with the web UI the test stops and the UI stays.
-            if runner.environment.parsed_options.headless:
+            options = runner.environment.parsed_options
+            if options is None or options.headless:
                 runner.quit()
             else:
                 runner.stop()

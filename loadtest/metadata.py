@@ -68,7 +68,7 @@ def signature_from_signature_def_map(signature_map: Any) -> ModelSignature:
 
 def signature_from_tfserving_metadata(response: Any, protos: Protos) -> ModelSignature:
     """A `GetModelMetadataResponse` as a signature."""
-    packed = response.metadata["signature_def"] if "signature_def" in response.metadata else None
+    packed = response.metadata.get("signature_def")
     if packed is None or not packed.type_url.endswith("tensorflow.serving.SignatureDefMap"):
         raise UsageError("the server's metadata holds no SignatureDefMap")
     signature_map = protos.cls("tensorflow.serving.SignatureDefMap").FromString(packed.value)

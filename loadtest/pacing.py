@@ -27,18 +27,18 @@ class OpenLoopSchedule:
     def started(self) -> bool:
         return self._start is not None
 
-    def start(self) -> None:
-        """Begin the schedule now (once every user is ready), unless it has begun."""
+    def start(self) -> float:
+        """Begin the schedule now (once every user is ready), unless it has begun; returns when it began."""
         if self._start is None:
             self._start = self._clock()
+        return self._start
 
     def claim(self) -> float:
         """The next intended send time; a schedule not yet started starts at its first claim.
 
         Users are greenlets and this method never yields, so no two users can take the same slot.
         """
-        self.start()
-        slot = self._start + self._issued / self.rate
+        slot = self.start() + self._issued / self.rate
         self._issued += 1
         return slot
 

@@ -93,7 +93,7 @@ class LatencyRecorder:
     def take_chunk(self) -> dict[str, list[Any]]:
         """The records not yet shipped, for a worker's report to the master."""
         names = {index: key for key, index in self._errors.items()}
-        chunk = {"start": self._start[self._shipped:], "ms": self._latency[self._shipped:],
+        chunk: dict[str, list[Any]] = {"start": self._start[self._shipped:], "ms": self._latency[self._shipped:],
                  "error": [None if e < 0 else names[e] for e in self._error[self._shipped:]]}
         self._shipped = len(self._latency)
         return chunk

@@ -128,7 +128,8 @@ def _run_locust(run: PreparedRun, staging: Path) -> None:
     with open(log_path, "w", encoding="utf-8") as log:
         try:
             code = subprocess.run(locust_command(run, staging), stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, cwd=staging, env=_child_env(), timeout=deadline).returncode
+                                  stdin=subprocess.DEVNULL, cwd=staging, env=_child_env(), timeout=deadline,
+                                  check=False).returncode
         except subprocess.TimeoutExpired:
             raise LoadTestError(f"Locust did not finish within {deadline:.0f} s and was stopped; "
                                 f"see {run.config.out_dir / 'locust.log'}: {_tail(log_path)}") from None
@@ -199,7 +200,7 @@ def summary_document(run: PreparedRun, records: Records, started: datetime.datet
         "users": config.user_count, "spawn_rate": config.spawn_per_second, "rate": settings.rate,
         "mode": "open" if settings.open_loop else "closed", "shape": settings.shape,
         "duration_s": run.plan.duration_s, "max_requests": settings.max_requests, "processes": config.processes,
-        "signature": "server" if settings.signature_from_server else str(Path(settings.repository).resolve()),
+        "signature": "server" if settings.signature_from_server else str(Path(settings.repository or ".").resolve()),
         "started_at": started.isoformat(timespec="seconds"), "locust": _version("locust"),
     }
     summary["percentile_rule"] = ("exact latency of the request at rank floor(N*p) of all N requests "

@@ -64,7 +64,7 @@ def plan_for(shape: str, users: int, spawn_rate: float, duration_s: float, step_
         return ShapePlan(shape, (Stage(0.0, duration_s, users),), spawn_rate)
     if shape == "step":
         step = step_users or max(1, math.ceil(users / 5))
-        levels = list(range(step, users, step)) + [users]
+        levels = [*range(step, users, step), users]
     elif shape == "ramp":
         levels = list(range(1, users + 1))
     else:

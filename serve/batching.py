@@ -2,10 +2,11 @@
 
 As TF Serving's `--enable_batching` and Triton's `dynamic_batching`: requests wait at most `batch_timeout_micros`
 for others with the same non-batch shapes, up to `max_batch_size` rows (and only while another batch is running:
-with the runtime idle a request goes at once, so batching costs no latency at low load); the merged batch is padded up to the next
-of `allowed_batch_sizes` so the runtime sees few shapes. The queue is bounded (`max_enqueued_batches` batches'
-worth of rows): when it is full a request is refused at once with UNAVAILABLE instead of waiting, so latency stays
-bounded under overload. A request whose deadline passes while it waits is dropped and never computed.
+with the runtime idle a request goes at once, so batching costs no latency at low load); the merged batch is padded
+up to the next of `allowed_batch_sizes` so the runtime sees few shapes. The queue is bounded
+(`max_enqueued_batches` batches' worth of rows): when it is full a request is refused at once with UNAVAILABLE
+instead of waiting, so latency stays bounded under overload. A request whose deadline passes while it waits is
+dropped and never computed.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class Batcher:
             raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}")
         if task.error is not None:
             raise task.error
+        assert task.result is not None  # set with done, when there is no error
         return task.result, task.queued_seconds
 
     def _gauge(self, delta: int) -> None:
@@ -175,7 +177,9 @@ class Batcher:
                         or self._executing == 0):
                     break
                 self._cond.wait(fill_by - time.monotonic())
-            batch, kept, total, now = [], deque(), 0, time.monotonic()
+            batch: list[_Task] = []
+            kept: deque[_Task] = deque()
+            total, now = 0, time.monotonic()
             for task in self._queue:
                 expired = task.abandoned or (task.deadline is not None and task.deadline <= now)
                 if expired:

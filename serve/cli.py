@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 
 from kdeploy.common.errors import UsageError
-from kdeploy.serve.config import BACKENDS, BatchingParameters, ServeConfig, VersionPolicy
+from kdeploy.serve.config import BACKENDS, GRAPH_OPTIMIZATIONS, BatchingParameters, ServeConfig, VersionPolicy
+from kdeploy.serve.configs import ConfigsConfig
 
 logger = logging.getLogger(__name__)
+
+DEFAULTS = ServeConfig(models=())
+"""Every flag's default comes from `ServeConfig`, the one place it is written."""
+CONFIGS_DEFAULTS = ConfigsConfig(repository=Path(), out_dir=Path())
 
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,36 +32,49 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--model-config-file", type=Path, help="TF Serving ModelServerConfig text file (models.config)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
                         help="serve only this model (repeatable; default: every model in the repository)")
-    parser.add_argument("--backend", default="onnx", choices=BACKENDS, help="runtime (default onnx)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--grpc-port", type=int, default=8500, help="gRPC port (default 8500; 0 picks a free one)")
-    parser.add_argument("--rest-port", type=int, default=8501, help="REST port (default 8501; 0 picks a free one)")
+    parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS,
+                        help=f"runtime (default {DEFAULTS.backend})")
+    parser.add_argument("--host", default=DEFAULTS.host,
+                        help=f"address to bind (default {DEFAULTS.host}; 0.0.0.0 for all)")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port,
+                        help=f"gRPC port (default {DEFAULTS.grpc_port}; 0 picks a free one)")
+    parser.add_argument("--rest-port", type=int, default=DEFAULTS.rest_port,
+                        help=f"REST port (default {DEFAULTS.rest_port}; 0 picks a free one)")
     parser.add_argument("--no-rest", action="store_true", help="do not serve REST")
-    parser.add_argument("--version-policy", default="latest:1", help="latest[:N], all or specific:V[,V] (default latest:1)")
-    parser.add_argument("--max-message-mb", type=int, default=64, help="largest request/response in MiB (default 64)")
-    parser.add_argument("--intra-op-threads", type=int, default=0, help="threads per inference (default: runtime's)")
-    parser.add_argument("--providers", default="CPUExecutionProvider",
+    parser.add_argument("--version-policy", default=VersionPolicy().describe(),
+                        help=f"latest[:N], all or specific:V[,V] (default {VersionPolicy().describe()})")
+    parser.add_argument("--max-message-mb", type=int, default=DEFAULTS.max_message_mb,
+                        help=f"largest request/response in MiB (default {DEFAULTS.max_message_mb})")
+    parser.add_argument("--intra-op-threads", type=int, default=DEFAULTS.intra_op_threads,
+                        help="threads per inference (default: the runtime's choice)")
+    parser.add_argument("--providers", default=",".join(DEFAULTS.providers),
                         help="onnxruntime execution providers, comma-separated, in order of preference")
-    parser.add_argument("--graph-optimization", default="all", choices=("disable", "basic", "extended", "all"),
-                        help="onnxruntime graph optimisation level (default all)")
-    parser.add_argument("--grpc-threads", type=int, default=16, help="threads answering gRPC calls (default 16)")
-    parser.add_argument("--tflite-interpreters", type=int, default=2, help="TFLite interpreters per version (default 2)")
+    parser.add_argument("--graph-optimization", default=DEFAULTS.graph_optimization, choices=GRAPH_OPTIMIZATIONS,
+                        help=f"onnxruntime graph optimisation level (default {DEFAULTS.graph_optimization})")
+    parser.add_argument("--grpc-threads", type=int, default=DEFAULTS.grpc_threads,
+                        help=f"threads answering gRPC calls (default {DEFAULTS.grpc_threads})")
+    parser.add_argument("--tflite-interpreters", type=int, default=DEFAULTS.tflite_interpreters,
+                        help=f"TFLite interpreters per version (default {DEFAULTS.tflite_interpreters})")
     parser.add_argument("--enable-batching", action="store_true",
                         help="merge concurrent requests into batches (as TF Serving's --enable_batching)")
     parser.add_argument("--batching-parameters-file", type=Path,
                         help="TF Serving BatchingParameters text file (as `kdeploy configs` writes); a model folder's "
                              "own batching_parameters.txt overrides it")
-    parser.add_argument("--metrics-port", type=int, default=8502,
-                        help="Prometheus GET /metrics port (default 8502; 0 picks a free one)")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULTS.metrics_port,
+                        help=f"Prometheus GET /metrics port (default {DEFAULTS.metrics_port}; 0 picks a free one)")
     parser.add_argument("--no-metrics", action="store_true", help="do not serve metrics")
-    parser.add_argument("--poll-seconds", type=float, default=2.0,
-                        help="check the repository for new versions this often (default 2; 0: never)")
-    parser.add_argument("--drain-seconds", type=float, default=30.0,
-                        help="on SIGTERM, finish in-flight requests and exit within this time (default 30)")
-    parser.add_argument("--drain-grace-seconds", type=float, default=5.0,
-                        help="on SIGTERM, keep accepting requests this long after health turns NOT_SERVING (default 5)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="server processes sharing the ports with SO_REUSEPORT, each loading the models (default 1)")
+    parser.add_argument("--poll-seconds", type=float, default=DEFAULTS.poll_seconds,
+                        help="check the repository for new versions this often "
+                             f"(default {DEFAULTS.poll_seconds:g}; 0: never)")
+    parser.add_argument("--drain-seconds", type=float, default=DEFAULTS.drain_seconds,
+                        help="on SIGTERM, finish in-flight requests and exit within this time "
+                             f"(default {DEFAULTS.drain_seconds:g})")
+    parser.add_argument("--drain-grace-seconds", type=float, default=DEFAULTS.drain_grace_seconds,
+                        help="on SIGTERM, keep accepting requests this long after health turns NOT_SERVING "
+                             f"(default {DEFAULTS.drain_grace_seconds:g})")
+    parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                        help="server processes sharing the ports with SO_REUSEPORT, each loading the models "
+                             f"(default {DEFAULTS.workers})")
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                         help="log lines as text or JSON (default: JSON when standard error is not a terminal)")
     apply_env_defaults(parser)
@@ -181,11 +199,14 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--repository", required=True, type=Path, help="model repository")
     parser.add_argument("--out", required=True, type=Path, help="output directory (tfserving/ and triton/ inside)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME", help="only this model (repeatable)")
-    parser.add_argument("--base-path", default="/models", help="repository mount point in the TF Serving container")
-    parser.add_argument("--version-policy", default="latest:1", help="latest[:N], all or specific:V[,V]")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-timeout-micros", type=int, default=1000)
-    parser.add_argument("--allowed-batch-sizes", default="1,2,4,8,16,32", help="comma-separated, ascending")
+    parser.add_argument("--base-path", default=CONFIGS_DEFAULTS.base_path,
+                        help="repository mount point in the TF Serving container")
+    parser.add_argument("--version-policy", default=VersionPolicy().describe(),
+                        help="latest[:N], all or specific:V[,V]")
+    parser.add_argument("--max-batch-size", type=int, default=CONFIGS_DEFAULTS.max_batch_size)
+    parser.add_argument("--batch-timeout-micros", type=int, default=CONFIGS_DEFAULTS.batch_timeout_micros)
+    parser.add_argument("--allowed-batch-sizes", default=",".join(map(str, CONFIGS_DEFAULTS.allowed_batch_sizes)),
+                        help="comma-separated, ascending")
     parser.add_argument("--triton-into-repository", action="store_true",
                         help="also write REPO/NAME/config.pbtxt, where Triton reads it")
     parser.set_defaults(run=run_configs)
@@ -197,7 +218,8 @@ def run_configs(args: argparse.Namespace) -> int:
     try:
         allowed = tuple(int(v) for v in args.allowed_batch_sizes.split(",") if v.strip())
     except ValueError:
-        raise UsageError(f"--allowed-batch-sizes {args.allowed_batch_sizes!r}: expected comma-separated integers") from None
+        raise UsageError(f"--allowed-batch-sizes {args.allowed_batch_sizes!r}: "
+                         "expected comma-separated integers") from None
     config = ConfigsConfig(
         repository=args.repository, out_dir=args.out, models=tuple(args.model), base_path=args.base_path,
         policy=VersionPolicy.parse(args.version_policy), max_batch_size=args.max_batch_size,

@@ -10,6 +10,8 @@ from typing import Any
 from kdeploy.common.errors import UsageError
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
+GRAPH_OPTIMIZATIONS: tuple[str, ...] = ("disable", "basic", "extended", "all")
+"""onnxruntime's graph optimisation levels, by the names `--graph-optimization` takes."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class ServeConfig:
             raise UsageError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if not self.models:
             raise UsageError("no model to serve")
+        if self.graph_optimization not in GRAPH_OPTIMIZATIONS:
+            raise UsageError(f"unknown graph optimisation {self.graph_optimization!r}; "
+                             f"choose from {', '.join(GRAPH_OPTIMIZATIONS)}")
         if self.max_message_mb < 1:
             raise UsageError("--max-message-mb must be at least 1")
         if self.poll_seconds < 0 or self.drain_seconds < 0 or self.drain_grace_seconds < 0:

@@ -6,7 +6,7 @@ One model repository serves all three servers; these files tell TF Serving and T
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -15,7 +15,7 @@ from kdeploy.common.errors import UsageError
 from kdeploy.common.files import write_text_atomic
 from kdeploy.contract.manifest import Manifest, read_manifest
 from kdeploy.contract.repository import ModelRepository
-from kdeploy.serve.config import VersionPolicy
+from kdeploy.serve.config import BatchingParameters, VersionPolicy
 from kdeploy.serve.sources import sources_from_repository
 from kdeploy.serve.triton_config import triton_model_config
 from kdeploy.wire.protos.messages import Protos, load_protos
@@ -35,11 +35,11 @@ class ConfigsConfig:
     """Default: every model in the repository."""
     base_path: str = "/models"
     """Where the repository is mounted inside the TF Serving container (models at BASE/NAME)."""
-    policy: VersionPolicy = VersionPolicy()
-    max_batch_size: int = 32
-    batch_timeout_micros: int = 1000
-    max_enqueued_batches: int = 100
-    num_batch_threads: int = 2
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    max_batch_size: int = BatchingParameters.max_batch_size
+    batch_timeout_micros: int = BatchingParameters.batch_timeout_micros
+    max_enqueued_batches: int = BatchingParameters.max_enqueued_batches
+    num_batch_threads: int = BatchingParameters.num_batch_threads
     allowed_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     triton_into_repository: bool = False
     """Also write each config.pbtxt into REPO/NAME/, where Triton looks for it."""

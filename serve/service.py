@@ -122,7 +122,7 @@ class InferenceService:
 
     def _infer(self, served: ServedVersion, feed: Feed, output_names: Sequence[str], deadline: float | None,
                started: int) -> InferenceResult:
-        signature = served.manifest.signature
+        signature = served.signature
         if not feed:
             raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
         try:
@@ -150,7 +150,7 @@ class InferenceService:
     def _run_direct(self, served: ServedVersion, feed: Feed) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         try:
-            outputs = served.backend.infer(feed)
+            outputs = served.loaded()[1].infer(feed)
         except Exception:
             logger.exception("backend failed on model %s version %d", served.name, served.version,
                              extra={"model": served.name, "version": served.version})

@@ -81,7 +81,7 @@ class WorkerPool:
         for process in self.processes:
             process.start()
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        ready = []
+        ready: list[tuple[int, int, bool]] = []
         while len(ready) < len(self.processes):
             if any(p.exitcode is not None for p in self.processes):
                 self.stop()
@@ -111,7 +111,7 @@ class WorkerPool:
     def stop(self) -> int:
         """SIGTERM every worker (each drains), wait for them, clean up; 0 when all exited cleanly."""
         for process in self.processes:
-            if process.is_alive():
+            if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
         codes = []
         for process in self.processes:

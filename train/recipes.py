@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class Recipe:
     description: str
     load_data: Callable[[], Dataset]
     """The recipe's bundled data set."""
-    build_model: Callable[[np.ndarray, np.ndarray], object]
+    build_model: Callable[[np.ndarray, np.ndarray], Any]
     """Builds and compiles a fresh Keras model from the training inputs and labels (adapt layers on them)."""
     prepare: Callable[[np.ndarray], np.ndarray]
     """Turns a data file's raw `x` into the model's input layout (adds a channel axis, casts)."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from kdeploy.common.errors import UsageError
 from kdeploy.common.files import atomic_path, write_json_atomic
+from kdeploy.common.native_log import import_tensorflow_quietly
 from kdeploy.common.versions import library_versions
 from kdeploy.train.recipes import Dataset, Recipe, RecipeRegistry, default_registry
 
@@ -129,6 +130,7 @@ def train(
         dataset = Dataset(x=recipe.prepare(dataset.x), y=dataset.y, description=dataset.description)
     x_train, x_val, y_train, y_val = split(dataset, config.val_split, config.seed)
 
+    import_tensorflow_quietly()
     import keras
     import tensorflow as tf
 
@@ -159,22 +161,23 @@ def train(
     np.savez(buffer, x=x_val, y=y_val)
     with atomic_path(validation_path) as tmp:
         tmp.write_bytes(buffer.getvalue())
-    metrics = {
+    validation = {k: float(v) for k, v in evaluation.items()}
+    metrics: dict[str, Any] = {
         "recipe": recipe.name,
         "data": dataset.description,
-        "rows": {"train": int(len(x_train)), "validation": int(len(x_val))},
+        "rows": {"train": len(x_train), "validation": len(x_val)},
         "epochs": epochs,
         "batch_size": batch_size,
         "seed": config.seed,
         "val_split": config.val_split,
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
-        "validation": {k: float(v) for k, v in evaluation.items()},
+        "validation": validation,
         "train_seconds": round(wall, 3),
         "versions": library_versions(("kdeploy", "tensorflow", "keras", "numpy", "scikit-learn")),
     }
     metrics_path = out / METRICS_FILE
     write_json_atomic(metrics_path, metrics)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["validation"].items())
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in validation.items())
     write(f"train {recipe.name}: validation {shown} after {wall:.1f} s; wrote {model_path}")
     return TrainResult(model_path, metrics_path, validation_path, metrics)
 

@@ -44,7 +44,8 @@ class ModelRepository:
     def model_dir(self, name: str) -> Path:
         if not _MODEL_NAME.match(name):
             raise UsageError(
-                f"model name {name!r} is not valid: use letters, digits, '_', '-' and '.', starting with a letter or digit"
+                f"model name {name!r} is not valid: use letters, digits, '_', '-' and '.', "
+                "starting with a letter or digit"
             )
         return self.root / name
 
@@ -101,7 +102,8 @@ class ModelRepository:
         trash: Path | None = None
         if target.exists():
             if not force:
-                raise UsageError(f"version {version} of {name!r} already exists in {self.root}; pass --force to replace it")
+                raise UsageError(f"version {version} of {name!r} already exists in {self.root}; "
+                                 "pass --force to replace it")
             trash = target.with_name(f".replaced-{version}-{os.getpid()}-{time.time_ns()}")
             os.rename(target, trash)
         try:

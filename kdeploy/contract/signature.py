@@ -236,7 +236,7 @@ class ModelSignature:
         """
         feed: dict[str, np.ndarray] = {}
         for spec in self.inputs:
-            shape = (batch,) + tuple(dynamic_dim if d is None else d for d in spec.shape[1:])
+            shape = (batch, *(dynamic_dim if d is None else d for d in spec.shape[1:]))
             kind = spec.np_dtype.kind
             if kind == "b":
                 values = rng.integers(0, 2, size=shape).astype(bool)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from kdeploy.common.native_log import import_tensorflow_quietly
 from kdeploy.contract.manifest import ARTIFACT_PATHS
 from kdeploy.contract.signature import Feed, ModelSignature
 
@@ -22,6 +23,10 @@ _BACKENDS: dict[str, str] = {
     "tflite": "kdeploy.runtimes.tflite_backend:TFLiteBackend",
     "onnx": "kdeploy.runtimes.onnxruntime_backend:OnnxRuntimeBackend",
 }
+
+
+TENSORFLOW_FORMATS = frozenset({"keras", "savedmodel"})
+"""Formats whose runtime loads TensorFlow."""
 
 
 class Backend(Protocol):
@@ -52,6 +57,8 @@ def load_backend(fmt: str, version_dir: Path, signature: ModelSignature, **optio
         signature: the manifest's signature, which names the tensors.
         options: runtime settings for that backend's constructor (threads, providers).
     """
+    if fmt in TENSORFLOW_FORMATS:
+        import_tensorflow_quietly()
     module_name, _, class_name = _BACKENDS[fmt].partition(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)
     return backend_class(Path(version_dir) / ARTIFACT_PATHS[fmt], signature, **options)

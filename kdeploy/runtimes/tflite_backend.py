@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from kdeploy.common.native_log import native_stderr_filtered
 from kdeploy.contract.signature import Feed, ModelSignature
 
 
@@ -27,8 +28,14 @@ class TFLiteBackend:
         self._interpreters = []
         for _ in range(max(1, pool_size)):
             interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+            runner = interpreter.get_signature_runner(signature.name)
+            # LiteRT applies (and announces, on standard error) its CPU delegate at the first call: make that call
+            # here, on one row of zeros, with the announcement dropped.
+            with native_stderr_filtered():
+                runner(**{spec.name: np.zeros((1, *(d or 1 for d in spec.shape[1:])), spec.np_dtype)
+                          for spec in signature.inputs})
             self._interpreters.append(interpreter)
-            self._pool.put(interpreter.get_signature_runner(signature.name))
+            self._pool.put(runner)
 
     @property
     def signature(self) -> ModelSignature:

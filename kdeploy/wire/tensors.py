@@ -65,8 +65,8 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
     """
     want = _BY_TF_ENUM.get(proto.dtype)
     if want is None or want.name != spec.dtype:
-        raise invalid(f"input {name!r}: expected dtype {tf_dtype_name(dtype_by_name(spec.dtype).tf_enum)} ({spec.dtype}), "
-                      f"got {tf_dtype_name(proto.dtype)}")
+        wanted = tf_dtype_name(dtype_by_name(spec.dtype).tf_enum)
+        raise invalid(f"input {name!r}: expected dtype {wanted} ({spec.dtype}), got {tf_dtype_name(proto.dtype)}")
     if proto.tensor_shape.unknown_rank:
         raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got a tensor of unknown rank")
     shape = _check_shape(name, [d.size for d in proto.tensor_shape.dim])
@@ -74,8 +74,9 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
     count = _elements(shape)
     dtype = want.numpy
     if max_bytes is not None and count * dtype.itemsize > max_bytes:
-        raise ServeError(ErrorKind.TOO_LARGE, f"input {name!r}: shape {list(shape)} of {spec.dtype} is "
-                                              f"{count * dtype.itemsize} bytes, over this server's limit of {max_bytes}")
+        raise ServeError(ErrorKind.TOO_LARGE,
+                         f"input {name!r}: shape {list(shape)} of {spec.dtype} is {count * dtype.itemsize} bytes, "
+                         f"over this server's limit of {max_bytes}")
     if proto.tensor_content:
         expected = count * dtype.itemsize
         if len(proto.tensor_content) != expected:
@@ -129,7 +130,8 @@ def ndarray_from_kserve(name: str, datatype: str, shape: list[int], contents: An
         raise invalid(f"input {name!r}: {want.kserve} tensors must be sent in raw_input_contents")
     values = getattr(contents, field_name)
     if len(values) != count:
-        raise invalid(f"input {name!r}: {len(values)} values in contents.{field_name}; shape {list(shape_t)} needs {count}")
+        raise invalid(f"input {name!r}: {len(values)} values in contents.{field_name}; "
+                      f"shape {list(shape_t)} needs {count}")
     return np.asarray(values, dtype=want.numpy).reshape(shape_t)
 
 

@@ -77,7 +77,7 @@ class KServeV2Adapter:
                      if s.state is VersionState.AVAILABLE]
         response = self._responses["ModelMetadata"](name=served.name, versions=available,
                                                     platform=PLATFORMS[self._format])
-        signature = served.manifest.signature
+        signature = served.signature
         for specs, target in ((signature.inputs, response.inputs), (signature.outputs, response.outputs)):
             for spec in specs:
                 target.add(name=spec.name, datatype=dtype_by_name(spec.dtype).kserve,
@@ -90,7 +90,7 @@ class KServeV2Adapter:
             raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
                           "send every input raw or none")
         with self._serving(request.model_name, request.model_version) as served:
-            signature = served.manifest.signature
+            signature = served.signature
             feed = {}
             for index, tensor in enumerate(request.inputs):
                 try:
@@ -111,7 +111,7 @@ class KServeV2Adapter:
 
     def ModelConfig(self, request: Any, context: Any) -> Any:
         served = self._resolve(request.name, request.version)
-        config = triton_model_config(self._protos, served.manifest, backend_format=self._format,
+        config = triton_model_config(self._protos, served.loaded()[0], backend_format=self._format,
                                      dynamic_batching=False)
         response = self._responses["ModelConfig"]()
         response.config.CopyFrom(config)

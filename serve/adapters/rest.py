@@ -94,7 +94,7 @@ class RestApi:
         ]}
 
     def _metadata(self, served: ServedVersion) -> dict[str, Any]:
-        signature = served.manifest.signature
+        signature = served.signature
 
         def info(specs: Any, names: list[str]) -> dict[str, Any]:
             return {spec.name: {"dtype": tf_dtype_name(dtype_by_name(spec.dtype).tf_enum), "name": tensor_name,
@@ -118,7 +118,7 @@ class RestApi:
         if not isinstance(request, dict):
             raise invalid("the request body must be a JSON object with 'instances' or 'inputs'")
         check_signature_name(request.get("signature_name", ""))
-        signature = served.manifest.signature
+        signature = served.signature
         if ("instances" in request) == ("inputs" in request):
             raise invalid("the request must have exactly one of 'instances' (row format) or 'inputs' (columnar)")
         if "instances" in request:
@@ -202,10 +202,10 @@ def make_http_server(api: RestApi, host: str, port: int, reuse_port: bool = Fals
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             self._answer("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._answer("POST")
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature

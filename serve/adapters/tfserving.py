@@ -51,7 +51,7 @@ class TfServingAdapter:
     def Predict(self, request: Any, context: Any) -> Any:
         check_signature_name(request.model_spec.signature_name)
         with self._service.serving(*self._spec(request.model_spec)) as served:
-            signature = served.manifest.signature
+            signature = served.signature
             feed = {name: ndarray_from_tensor_proto(name, proto, _input_spec(signature, name), self._max_bytes)
                     for name, proto in request.inputs.items()}
             result = self._service.infer(served, feed, list(request.output_filter), deadline_of(context))
@@ -70,7 +70,7 @@ class TfServingAdapter:
             raise invalid(f"metadata field {unknown[0]!r} is not supported; only 'signature_def' is")
         served = self._resolve(request.model_spec)
         signature_map = self._SignatureDefMap()
-        _fill_signature_def(signature_map.signature_def[DEFAULT_SIGNATURE], served.manifest.signature)
+        _fill_signature_def(signature_map.signature_def[DEFAULT_SIGNATURE], served.signature)
         response = self._MetadataResponse()
         self._fill_model_spec(response.model_spec, served, "")
         response.metadata["signature_def"].Pack(signature_map)

@@ -142,8 +142,8 @@ def test_everything_the_dockerfile_copies_is_in_the_context(dockerfile, ignore_p
             if copy.startswith("--from"):
                 continue
             *sources, _ = copy.split()
-            for source in sources:
-                source = re.sub(r"\$\{(\w+)\}", lambda m: global_args.get(m[1], "build/models"), source).rstrip("/")
+            for raw_source in sources:
+                source = re.sub(r"\$\{(\w+)\}", lambda m: global_args.get(m[1], "build/models"), raw_source).rstrip("/")
                 assert not dockerignore_excludes(source, ignore_patterns), f"COPY {source}: excluded by .dockerignore"
                 if source != "build/models":  # made by `kdeploy export` before a MODEL_SOURCE=context build
                     assert (REPO / source).exists(), f"COPY {source}: not in the repository"

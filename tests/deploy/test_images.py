@@ -35,8 +35,8 @@ def _normal(name: str) -> str:
 def pins(path: Path) -> dict[str, str]:
     """{normalised name: version} of a requirements file; every entry must be an exact pin."""
     result = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw_line in path.read_text().splitlines():
+        line = raw_line.split("#", 1)[0].strip()
         if not line:
             continue
         match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+-]*)", line)
@@ -175,7 +175,13 @@ def test_server_image_contents_serve_and_drain(onnx_repository):
 
 
 def test_loadtest_image_contents_load_the_cli_runner_and_locustfile():
-    imports = ["kdeploy.loadtest.runner", "kdeploy.loadtest.report", "kdeploy.loadtest.payloads", "kdeploy.loadtest.locustfile", "matplotlib.figure"]
+    imports = [
+        "kdeploy.loadtest.runner",
+        "kdeploy.loadtest.report",
+        "kdeploy.loadtest.payloads",
+        "kdeploy.loadtest.locustfile",
+        "matplotlib.figure",
+    ]
     proc = run_guarded("loadtest.txt", imports, ["loadtest", "--help"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

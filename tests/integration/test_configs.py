@@ -19,13 +19,17 @@ def test_tfserving_and_triton_configs(exported_repo, tmp_path, kdeploy):
     assert entries["digits"].base_path == "/srv/models/digits" and entries["digits"].model_platform == "tensorflow"
     assert entries["two"].model_version_policy.latest.num_versions == 1
 
-    triton = text_format.Parse((tmp_path / "triton" / "two" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    triton = text_format.Parse(
+        (tmp_path / "triton" / "two" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert triton.name == "two" and triton.platform == "onnxruntime_onnx" and triton.max_batch_size == 32
     assert {(i.name, i.data_type, tuple(i.dims)) for i in triton.input} == {
         ("pixels", model_config_pb2.TYPE_FP32, (6,)), ("meta", model_config_pb2.TYPE_FP32, (3,))}
     assert {(o.name, tuple(o.dims)) for o in triton.output} == {("label", (4,)), ("score", (1,))}
     assert triton.dynamic_batching.max_queue_delay_microseconds == 1000
-    assert (exported_repo / "two" / "config.pbtxt").read_text() == (tmp_path / "triton" / "two" / "config.pbtxt").read_text()
+    assert (exported_repo / "two" / "config.pbtxt").read_text() == (
+        tmp_path / "triton" / "two" / "config.pbtxt"
+    ).read_text()
 
     protos = load_protos()
     batching = text_format.Parse((tmp_path / "tfserving" / "batching_parameters.txt").read_text(),
@@ -40,7 +44,8 @@ def test_tfserving_and_triton_configs(exported_repo, tmp_path, kdeploy):
 def test_tfserving_model_config_drives_kdeploy_serve_too(exported_repo, tmp_path, kdeploy):
     from kdeploy.serve.sources import sources_from_model_config
 
-    assert kdeploy("configs", "--repository", exported_repo, "--out", tmp_path, "--base-path", str(exported_repo)).code == 0
+    result = kdeploy("configs", "--repository", exported_repo, "--out", tmp_path, "--base-path", str(exported_repo))
+    assert result.code == 0
     sources = {s.name: s for s in sources_from_model_config(tmp_path / "tfserving" / "models.config")}
     assert sources["digits"].base_path == exported_repo / "digits" and sources["digits"].policy.num_versions == 1
 

@@ -56,7 +56,8 @@ def test_two_named_inputs_and_outputs(tmp_path, kdeploy):
     manifest = read_manifest(tmp_path / "repo" / "two" / "1")
     assert sorted(manifest.signature.input_names) == ["meta", "pixels"]
     assert sorted(manifest.signature.output_names) == ["label", "score"]
-    assert "generated inputs" in json.loads((tmp_path / "repo" / "two" / "1" / "parity.json").read_text())["data_source"]
+    parity = json.loads((tmp_path / "repo" / "two" / "1" / "parity.json").read_text())
+    assert "generated inputs" in parity["data_source"]
 
 
 def test_sequential_model(tmp_path, kdeploy):
@@ -84,7 +85,9 @@ def test_embedding_lstm_with_int32_tokens(tmp_path, kdeploy):
 def test_a_format_that_cannot_convert_is_reported_and_the_others_written(tmp_path, kdeploy):
     # TFLite cannot lower an LSTM whose sequence length is dynamic.
     path = _save(text_classifier(length=None), tmp_path / "dyn.keras")
-    result = kdeploy("export", path, "--repository", tmp_path / "repo", "--name", "dyn", "--formats", "savedmodel,tflite")
+    result = kdeploy(
+        "export", path, "--repository", tmp_path / "repo", "--name", "dyn", "--formats", "savedmodel,tflite"
+    )
     assert result.code == 1
     assert "tflite could not be converted" in result.out and "dynamic dimension" in result.out
     manifest = read_manifest(tmp_path / "repo" / "dyn" / "1")
@@ -136,7 +139,9 @@ def test_lambda_layers_need_unsafe(tmp_path, kdeploy):
     refused = kdeploy("export", path, "--repository", tmp_path / "repo", "--name", "l")
     assert refused.code == 2 and "Lambda" in refused.err and "--unsafe" in refused.err
     assert not (tmp_path / "repo" / "l" / "1").exists()
-    allowed = kdeploy("export", path, "--repository", tmp_path / "repo", "--name", "l", "--unsafe", "--formats", "savedmodel")
+    allowed = kdeploy(
+        "export", path, "--repository", tmp_path / "repo", "--name", "l", "--unsafe", "--formats", "savedmodel"
+    )
     assert allowed.code == 0, allowed.out + allowed.err
 
 

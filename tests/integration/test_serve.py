@@ -208,7 +208,9 @@ def test_rest_status_metadata_and_predict_both_formats(server, exported_repo):
     rows = [{k: v[i].tolist() for k, v in feed.items()} for i in range(2)]
     status, body = rest(server, "/v1/models/two:predict", {"instances": rows})
     want_two = keras_outputs(exported_repo, "two", feed)
-    np.testing.assert_allclose(np.array([r["score"] for r in body["predictions"]], np.float32), want_two["score"], **FP32)
+    np.testing.assert_allclose(
+        np.array([r["score"] for r in body["predictions"]], np.float32), want_two["score"], **FP32
+    )
 
 
 def test_onnx_server_has_no_tensorflow_loaded(onnx_server):

@@ -58,7 +58,11 @@ def test_model_spec_errors(onnx_server, name, spec, code, words):
     ("two", {"pixels": np.zeros((2, 6), np.float32)}, ["missing input 'meta'"]),
     ("digits", {"image": IMAGE, "extra": IMAGE}, ["unknown input 'extra'", "['image']"]),
     ("digits", {"image": IMAGE.astype(np.float64)}, ["input 'image'", "expected dtype DT_FLOAT", "got DT_DOUBLE"]),
-    ("digits", {"image": np.zeros((4, 64), np.float32)}, ["input 'image'", "expected shape [-1, 8, 8, 1]", "got [4, 64]"]),
+    (
+        "digits",
+        {"image": np.zeros((4, 64), np.float32)},
+        ["input 'image'", "expected shape [-1, 8, 8, 1]", "got [4, 64]"],
+    ),
     ("digits", {"image": np.zeros((4, 8, 7, 1), np.float32)}, ["expected shape [-1, 8, 8, 1]", "got [4, 8, 7, 1]"]),
     ("digits", {}, ["no inputs", "['image']"]),
 ])
@@ -91,7 +95,8 @@ def test_kserve_errors(onnx_server):
         request.inputs.add(name="image", datatype="FP64", shape=[1, 8, 8, 1])
         request.raw_input_contents.append(b"\0" * 512)
         error = grpc_error(lambda: stub.ModelInfer(request, timeout=10))
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "expected datatype FP32, got FP64" in error.details()
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expected datatype FP32, got FP64" in error.details()
         request.inputs[0].datatype = "FP32"
         error = grpc_error(lambda: stub.ModelInfer(request, timeout=10))
         assert "raw_input_contents has 512 bytes" in error.details() and "needs 256" in error.details()

@@ -73,7 +73,8 @@ def test_tfserving_predict_fuzz(server):
     @FUZZ
     @given(name=names, inputs=st.dictionaries(input_names, tensor_protos(), max_size=3),
            signature=st.sampled_from(["", "serving_default", "other"]),
-           version=st.one_of(st.none(), st.integers(-1, 3)), filters=st.lists(st.sampled_from(["probabilities", "zz"]), max_size=2))
+           version=st.one_of(st.none(), st.integers(-1, 3)),
+           filters=st.lists(st.sampled_from(["probabilities", "zz"]), max_size=2))
     def check(name, inputs, signature, version, filters):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = name
@@ -113,7 +114,8 @@ def test_kserve_model_infer_fuzz(server):
         request = service_pb2.ModelInferRequest(model_name=name, model_version=version)
         raw = [t[3] for t in tensors]
         for input_name, datatype, shape, _, values in tensors:
-            tensor = request.inputs.add(name=input_name, datatype=datatype, shape=[max(-2**62, min(d, 2**62)) for d in shape])
+            clamped_shape = [max(-2**62, min(d, 2**62)) for d in shape]
+            tensor = request.inputs.add(name=input_name, datatype=datatype, shape=clamped_shape)
             tensor.contents.fp32_contents.extend(values)
         if raw and all(r is not None for r in raw):
             request.raw_input_contents.extend(raw)
@@ -133,7 +135,8 @@ def test_kserve_model_infer_fuzz(server):
 
 json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), floats.map(float),
                                      st.text(max_size=5)),
-                           lambda children: st.lists(children, max_size=8) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+                           lambda children: (st.lists(children, max_size=8)
+                                             | st.dictionaries(st.text(max_size=6), children, max_size=3)),
                            max_leaves=60)
 
 

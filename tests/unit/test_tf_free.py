@@ -7,7 +7,8 @@ import sys
 def test_signature_manifest_and_onnxruntime_backend_do_not_import_tensorflow():
     code = (
         "import sys\n"
-        "import kdeploy.contract.signature, kdeploy.contract.manifest, kdeploy.contract.repository, kdeploy.runtimes.onnxruntime_backend\n"
+        "import kdeploy.contract.signature, kdeploy.contract.manifest, "
+        "kdeploy.contract.repository, kdeploy.runtimes.onnxruntime_backend\n"
         "import kdeploy.export.parity, kdeploy.runtimes.base\n"
         "import kdeploy.serve.server, kdeploy.serve.cli, kdeploy.serve.sources\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules)\n"

@@ -51,7 +51,7 @@ def test_changed_files_are_named(tmp_path):
 
 
 def test_read_manifest_errors(tmp_path):
-    with pytest.raises(ManifestError, match="no manifest.json"):
+    with pytest.raises(ManifestError, match=r"no manifest\.json"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="cannot read"):
@@ -71,10 +71,9 @@ def test_versions_ignore_hidden_and_non_numeric_folders(tmp_path):
 
 def test_staging_leaves_nothing_when_the_build_fails(tmp_path):
     repo = ModelRepository(tmp_path)
-    with pytest.raises(RuntimeError):
-        with repo.staging("m", 1) as stage:
-            (stage / "model.onnx").write_bytes(b"half")
-            raise RuntimeError("converter crashed")
+    with pytest.raises(RuntimeError), repo.staging("m", 1) as stage:
+        (stage / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("converter crashed")
     assert list((tmp_path / "m").iterdir()) == []
 
 
@@ -85,7 +84,7 @@ def test_publish_refuses_to_overwrite_without_force(tmp_path):
             (stage / "f").write_bytes(content)
             repo.publish(stage, "m", 1, force=force)
     assert (tmp_path / "m" / "1" / "f").read_bytes() == b"second"
-    with repo.staging("m", 1) as stage, pytest.raises(UsageError, match="already exists.*--force"):
+    with repo.staging("m", 1) as stage, pytest.raises(UsageError, match=r"already exists.*--force"):
         repo.publish(stage, "m", 1)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
 

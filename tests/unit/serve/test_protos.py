@@ -33,8 +33,10 @@ def _assert_subset(ours, official, path=""):
 
 @pytest.mark.parametrize("module, names", [
     ("tensorflow_serving.apis.predict_pb2", ["PredictRequest", "PredictResponse"]),
-    ("tensorflow_serving.apis.get_model_metadata_pb2", ["GetModelMetadataRequest", "GetModelMetadataResponse", "SignatureDefMap"]),
-    ("tensorflow_serving.apis.get_model_status_pb2", ["GetModelStatusRequest", "GetModelStatusResponse", "ModelVersionStatus"]),
+    ("tensorflow_serving.apis.get_model_metadata_pb2",
+     ["GetModelMetadataRequest", "GetModelMetadataResponse", "SignatureDefMap"]),
+    ("tensorflow_serving.apis.get_model_status_pb2",
+     ["GetModelStatusRequest", "GetModelStatusResponse", "ModelVersionStatus"]),
     ("tensorflow_serving.apis.model_pb2", ["ModelSpec"]),
     ("tensorflow_serving.config.model_server_config_pb2", ["ModelServerConfig", "ModelConfigList", "ModelConfig"]),
     ("tensorflow.core.framework.tensor_pb2", ["TensorProto"]),

@@ -32,7 +32,8 @@ def test_typed_values_repeat_the_last_one_and_empty_means_zeros():
     assert got.tolist() == [[1, 2, 2], [2, 2, 2]]
     assert ndarray_from_tensor_proto("x", proto(1, [1, 3]), SPEC).tolist() == [[0, 0, 0]]
     half = np.array([1.5, -2.0], np.float16).view(np.uint16).astype(np.int32)
-    got = ndarray_from_tensor_proto("h", proto(19, [1, 2], half_val=half.tolist()), TensorSpec("h", "float16", (None, 2)))
+    half_spec = TensorSpec("h", "float16", (None, 2))
+    got = ndarray_from_tensor_proto("h", proto(19, [1, 2], half_val=half.tolist()), half_spec)
     assert got.tolist() == [[1.5, -2.0]]
 
 
@@ -49,13 +50,13 @@ def test_tensor_proto_errors_name_input_expectation_and_value(message, words):
 
 
 def test_kserve_raw_and_typed():
-    KServeContents = PROTOS.cls("inference.InferTensorContents")
+    kserve_contents = PROTOS.cls("inference.InferTensorContents")
     raw = np.arange(6, dtype=np.float32).tobytes()
     assert ndarray_from_kserve("x", "FP32", [2, 3], None, raw, SPEC).shape == (2, 3)
-    typed = KServeContents(fp32_contents=[1, 2, 3])
+    typed = kserve_contents(fp32_contents=[1, 2, 3])
     assert ndarray_from_kserve("x", "FP32", [1, 3], typed, None, SPEC).tolist() == [[1, 2, 3]]
-    with pytest.raises(ServeError, match="2 values in contents.fp32_contents; shape \\[1, 3\\] needs 3"):
-        ndarray_from_kserve("x", "FP32", [1, 3], KServeContents(fp32_contents=[1, 2]), None, SPEC)
+    with pytest.raises(ServeError, match=r"2 values in contents\.fp32_contents; shape \[1, 3\] needs 3"):
+        ndarray_from_kserve("x", "FP32", [1, 3], kserve_contents(fp32_contents=[1, 2]), None, SPEC)
     with pytest.raises(ServeError, match="expected datatype FP32, got INT64"):
         ndarray_from_kserve("x", "INT64", [1, 3], typed, None, SPEC)
 
