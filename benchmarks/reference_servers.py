@@ -1,19 +1,20 @@
-"""Two reference servers for the serving benchmark, speaking KServe v2 gRPC well enough for perf_analyzer.
+"""Reference servers for the serving benchmark, on `grpc.aio`, speaking KServe v2 and TF Serving's Predict well
+enough for perf_analyzer.
 
-- `null`: answers every ModelInfer with a cached response and runs no model: the ceiling of one Python gRPC
-  process on this machine.
-- `plain`: runs onnxruntime inline on the raw input, no validation, batching, metrics or logging: what a minimal
-  hand-written Python server achieves.
+- `null`: answers every ModelInfer and Predict with a cached response and runs no model: the ceiling of one Python
+  gRPC process on this machine (an asyncio server: a threaded `grpc.server` understates that ceiling).
+- `plain`: decodes the raw (KServe) or typed/tensor_content (TF Serving) input and runs onnxruntime inline on the
+  event loop, with no validation, batching, metrics or logging: what a minimal hand-written Python server achieves.
 
 Run: `python benchmarks/reference_servers.py null|plain VERSION_DIR PORT`. Not part of the product.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
-import threading
-from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,87 +24,127 @@ from kdeploy.contract.signature import dtype_by_name
 from kdeploy.serve.triton_config import triton_model_config
 from kdeploy.wire.protos.messages import load_protos
 
+KSERVE = ["ModelInfer", "ModelMetadata", "ModelConfig", "ModelStatistics", "ServerLive", "ServerReady", "ModelReady",
+          "ServerMetadata"]
 
-def main(kind: str, version_dir: Path, port: int) -> None:
+
+def handlers(kind: str, version_dir: Path) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """{service: {method: (function, request class)}} for both protocols."""
     protos = load_protos()
     manifest = read_manifest(version_dir)
     signature = manifest.signature
-    cls = {n: protos.cls(f"inference.{n}") for n in (
-        "ModelInferRequest", "ModelInferResponse", "ModelMetadataRequest", "ModelMetadataResponse",
-        "ModelConfigRequest", "ModelConfigResponse", "ModelStatisticsRequest", "ModelStatisticsResponse",
-        "ServerLiveRequest", "ServerLiveResponse", "ServerReadyRequest", "ServerReadyResponse",
-        "ModelReadyRequest", "ModelReadyResponse", "ServerMetadataRequest", "ServerMetadataResponse")}
-    lock = threading.Lock()
+    req = {n: protos.cls(f"inference.{n}Request") for n in KSERVE}
+    res = {n: protos.cls(f"inference.{n}Response") for n in KSERVE}
+    predict_request = protos.cls("tensorflow.serving.PredictRequest")
+    predict_response = protos.cls("tensorflow.serving.PredictResponse")
     count = [0]
-
     session = None
     if kind == "plain":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    cached = cls["ModelInferResponse"](model_name=manifest.name, model_version="1")
-    for spec in signature.outputs:
-        shape = [1] + [d or 1 for d in spec.shape[1:]]
-        cached.outputs.add(name=spec.name, datatype=dtype_by_name(spec.dtype).kserve, shape=shape)
-        cached.raw_output_contents.append(np.zeros(shape, spec.np_dtype).tobytes())
     input_dtypes = {s.name: s.np_dtype for s in signature.inputs}
     output_names = signature.output_names
 
-    def infer(request, context):
-        with lock:
-            count[0] += 1
+    cached_kserve = res["ModelInfer"](model_name=manifest.name, model_version="1")
+    cached_predict = predict_response()
+    cached_predict.model_spec.name = manifest.name
+    for spec in signature.outputs:
+        shape = [1] + [d or 1 for d in spec.shape[1:]]
+        zeros = np.zeros(shape, spec.np_dtype)
+        cached_kserve.outputs.add(name=spec.name, datatype=dtype_by_name(spec.dtype).kserve, shape=shape)
+        cached_kserve.raw_output_contents.append(zeros.tobytes())
+        tensor = cached_predict.outputs[spec.name]
+        tensor.dtype = dtype_by_name(spec.dtype).tf_enum
+        for size in shape:
+            tensor.tensor_shape.dim.add().size = size
+        tensor.tensor_content = zeros.tobytes()
+
+    def model_infer(request: Any, context: Any) -> Any:
+        count[0] += 1
         if session is None:
-            return cached
+            return cached_kserve
         feed = {t.name: np.frombuffer(raw, input_dtypes[t.name]).reshape(t.shape)
                 for t, raw in zip(request.inputs, request.raw_input_contents)}
-        outputs = session.run(output_names, feed)
-        response = cls["ModelInferResponse"](model_name=manifest.name, model_version="1")
-        for name, value in zip(output_names, outputs):
+        response = res["ModelInfer"](model_name=manifest.name, model_version="1")
+        for name, value in zip(output_names, session.run(output_names, feed)):
             response.outputs.add(name=name, datatype=dtype_by_name(value.dtype.name).kserve, shape=value.shape)
             response.raw_output_contents.append(value.tobytes())
         return response
 
-    def metadata(request, context):
-        response = cls["ModelMetadataResponse"](name=manifest.name, versions=["1"], platform="onnxruntime_onnx")
+    def predict(request: Any, context: Any) -> Any:
+        count[0] += 1
+        if session is None:
+            return cached_predict
+        feed = {}
+        for name, tensor in request.inputs.items():
+            shape = [d.size for d in tensor.tensor_shape.dim]
+            if tensor.tensor_content:
+                feed[name] = np.frombuffer(tensor.tensor_content, input_dtypes[name]).reshape(shape)
+            else:
+                feed[name] = np.fromiter(tensor.float_val, input_dtypes[name], len(tensor.float_val)).reshape(shape)
+        response = predict_response()
+        response.model_spec.name = manifest.name
+        for name, value in zip(output_names, session.run(output_names, feed)):
+            tensor = response.outputs[name]
+            tensor.dtype = dtype_by_name(value.dtype.name).tf_enum
+            for size in value.shape:
+                tensor.tensor_shape.dim.add().size = size
+            tensor.tensor_content = value.tobytes()
+        return response
+
+    def metadata(request: Any, context: Any) -> Any:
+        response = res["ModelMetadata"](name=manifest.name, versions=["1"], platform="onnxruntime_onnx")
         for specs, target in ((signature.inputs, response.inputs), (signature.outputs, response.outputs)):
             for spec in specs:
                 target.add(name=spec.name, datatype=dtype_by_name(spec.dtype).kserve,
                            shape=[-1 if d is None else d for d in spec.shape])
         return response
 
-    def config(request, context):
-        return cls["ModelConfigResponse"](config=triton_model_config(protos, manifest, dynamic_batching=False))
+    def config(request: Any, context: Any) -> Any:
+        return res["ModelConfig"](config=triton_model_config(protos, manifest, dynamic_batching=False))
 
-    def statistics(request, context):
-        response = cls["ModelStatisticsResponse"]()
-        with lock:
-            n = count[0]
+    def statistics(request: Any, context: Any) -> Any:
+        response = res["ModelStatistics"]()
+        n = count[0]
         entry = response.model_stats.add(name=manifest.name, version="1", inference_count=n, execution_count=n)
         for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
             getattr(entry.inference_stats, key).count = n
         return response
 
-    handlers = {
-        "ModelInfer": (infer, "ModelInferRequest"),
-        "ModelMetadata": (metadata, "ModelMetadataRequest"),
-        "ModelConfig": (config, "ModelConfigRequest"),
-        "ModelStatistics": (statistics, "ModelStatisticsRequest"),
-        "ServerLive": (lambda r, c: cls["ServerLiveResponse"](live=True), "ServerLiveRequest"),
-        "ServerReady": (lambda r, c: cls["ServerReadyResponse"](ready=True), "ServerReadyRequest"),
-        "ModelReady": (lambda r, c: cls["ModelReadyResponse"](ready=True), "ModelReadyRequest"),
-        "ServerMetadata": (lambda r, c: cls["ServerMetadataResponse"](name=kind, version="0"), "ServerMetadataRequest"),
+    kserve = {
+        "ModelInfer": model_infer, "ModelMetadata": metadata, "ModelConfig": config, "ModelStatistics": statistics,
+        "ServerLive": lambda r, c: res["ServerLive"](live=True),
+        "ServerReady": lambda r, c: res["ServerReady"](ready=True),
+        "ModelReady": lambda r, c: res["ModelReady"](ready=True),
+        "ServerMetadata": lambda r, c: res["ServerMetadata"](name=kind, version="0"),
     }
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
-        name: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=cls[req].FromString,
-                                                  response_serializer=lambda m: m.SerializeToString())
-        for name, (fn, req) in handlers.items()
-    }),))
+    return {
+        "inference.GRPCInferenceService": {name: (fn, req[name]) for name, fn in kserve.items()},
+        "tensorflow.serving.PredictionService": {"Predict": (predict, predict_request)},
+    }
+
+
+def as_coroutine(function: Any) -> Any:
+    async def call(request: Any, context: Any) -> Any:
+        return function(request, context)
+
+    return call
+
+
+async def serve(kind: str, version_dir: Path, port: int) -> None:
+    server = grpc.aio.server()
+    for service, methods in handlers(kind, version_dir).items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {
+            name: grpc.unary_unary_rpc_method_handler(as_coroutine(fn), request_deserializer=request.FromString,
+                                                      response_serializer=lambda m: m.SerializeToString())
+            for name, (fn, request) in methods.items()
+        }),))
     server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
+    await server.start()
     print(f"{kind} server ready on {port}", flush=True)
-    server.wait_for_termination()
+    await server.wait_for_termination()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]))
+    asyncio.run(serve(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])))

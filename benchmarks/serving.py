@@ -2,8 +2,10 @@
 
 Measures, in one run and on one machine, with Triton's perf_analyzer (C++) as the load generator:
 - in-process onnxruntime latency and throughput at batch 1, 8 and 32;
-- the null server (returns a cached tensor) and the plain server (inline onnxruntime), KServe v2 gRPC;
-- kdeploy's server over KServe v2 and TF Serving gRPC, with and without dynamic batching;
+- the null server (grpc.aio, returns a cached tensor) and the plain server (grpc.aio, inline onnxruntime), over
+  KServe v2 and TF Serving gRPC (benchmarks/reference_servers.py);
+- kdeploy's server over KServe v2 and TF Serving gRPC: one worker, with dynamic batching (and the batch sizes it
+  formed), and `--workers auto`;
 at concurrency 1, 8 and 32, plus kdeploy's RSS and start-to-SERVING time, on four models: the tabular MLP, the
 digits CNN, a wide MLP (512 -> 2048 -> 2048 -> 10) and MobileNetV2 (random weights, 224x224x3).
 
@@ -149,20 +151,20 @@ def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
     shapes = " ".join(f"{s.name}:1,{','.join(str(d) for d in s.shape[1:])}" for s in signature.inputs)
     repo = version_dir.parent.parent
     results: dict = {}
-    variants = [
-        ("null", [PY, str(ROOT / "benchmarks" / "reference_servers.py"), "null", str(version_dir)], False),
-        ("plain", [PY, str(ROOT / "benchmarks" / "reference_servers.py"), "plain", str(version_dir)], False),
-        ("kdeploy", None, False),
-        ("kdeploy+batching", None, True),
+    reference = [PY, str(ROOT / "benchmarks" / "reference_servers.py")]
+    variants: list[tuple[str, list[str] | None, list[str]]] = [
+        ("null", [*reference, "null", str(version_dir)], []),
+        ("plain", [*reference, "plain", str(version_dir)], []),
+        ("kdeploy", None, []),
+        ("kdeploy+batching", None, ["--enable-batching", "--batching-parameters-file", str(batching_file)]),
+        ("kdeploy workers=auto", None, ["--workers", "auto"]),
     ]
-    for label, base, batching in variants:
+    for label, base, flags in variants:
         port = free_port()
         if base is None:
             command = [PY, "-m", "kdeploy", "serve", "--repository", str(repo), "--model", name, "--grpc-port",
                        str(port), "--no-rest", "--no-metrics", "--poll-seconds", "0", "--drain-grace-seconds", "0",
-                       "--log-format", "text"]
-            if batching:
-                command += ["--enable-batching", "--batching-parameters-file", str(batching_file)]
+                       "--log-format", "text", *flags]
             marker = "kdeploy serve: SERVING"
         else:
             command, marker = [*base, str(port)], "ready on"
@@ -176,11 +178,13 @@ def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
             for concurrency in CONCURRENCY:
                 print(f"  {name} {label} kserve c{concurrency}", flush=True)
                 entry[f"kserve_c{concurrency}"] = run_perf(name, port, concurrency)
-                if base is None:
+                if "batching" not in label or name == "wide":
                     print(f"  {name} {label} tfserving c{concurrency}", flush=True)
                     entry[f"tfserving_c{concurrency}"] = run_perf(name, port, concurrency, tfserving=True,
                                                                   shapes=shapes)
             entry["rss_after_mib"] = rss_mib(process.pid)
+            if "batching" in label:
+                entry["batch_sizes"] = batch_histogram(port, name)
             results[label] = entry
         finally:
             process.send_signal(signal.SIGTERM)
@@ -190,6 +194,22 @@ def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
                 process.kill()
             log.close()
     return results
+
+
+def batch_histogram(port: int, model: str) -> dict[str, int]:
+    """Executions per batch size over the whole run (Triton's ModelStatistics batch_stats)."""
+    import grpc
+
+    from kdeploy.wire.protos.messages import load_protos
+
+    protos = load_protos()
+    request = protos.cls("inference.ModelStatisticsRequest")(name=model)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelStatistics",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=protos.cls("inference.ModelStatisticsResponse").FromString)
+        response = call(request, timeout=10)
+    return {str(b.batch_size): b.compute_infer.count for s in response.model_stats for b in s.batch_stats}
 
 
 def machine() -> str:
@@ -244,7 +264,51 @@ def render(results: dict) -> str:
                     f"| {name} | {label} | {protocol} | {cells[0]['p50_us']:.0f} | {cells[0]['infer_per_s']:.0f} | "
                     f"{cells[1]['infer_per_s']:.0f} | {cells[2]['infer_per_s']:.0f} | {cells[2]['p99_us']:.0f} | "
                     f"{entry['rss_mib']:.0f} | {entry['start_s']:.2f} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *ratio_table(results)])
+
+
+def ratio_table(results: dict) -> list[str]:
+    """The issue's targets as ratios measured in this run (KServe / TF Serving where both were measured)."""
+
+    def cell(model: str, server: str, protocol: str, concurrency: int, key: str) -> float | None:
+        entry = results["models"].get(model, {}).get("servers", {}).get(server, {})
+        value = entry.get(f"{protocol}_c{concurrency}", {}).get(key)
+        return float(value) if value is not None else None
+
+    def both(compute) -> str:
+        values = [compute(protocol) for protocol in ("kserve", "tfserving")]
+        return " / ".join("-" if v is None else f"{v:.2f}" for v in values)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or not b else a / b
+
+    lines = ["| target | model | measured (KServe / TF Serving) |", "|---|---|---|"]
+    for model in results["models"]:
+        in_process_p50 = results["models"][model]["in_process"]["1"]["p50_us"]
+        lines.append(f"| c1 p50 / (null p50 + in-process b1 p50) ≤ 1.15 | {model} | " + both(
+            lambda p, m=model, ip=in_process_p50: ratio(cell(m, "kdeploy", p, 1, "p50_us"),
+                                                        (cell(m, "null", p, 1, "p50_us") or 0) + ip)) + " |")
+        lines.append(f"| c32 throughput / null ≥ 0.85 (small models) | {model} | " + both(
+            lambda p, m=model: ratio(cell(m, "kdeploy", p, 32, "infer_per_s"), cell(m, "null", p, 32, "infer_per_s")))
+            + " |")
+        lines.append(f"| workers=auto / 1 worker at c32 | {model} | " + both(
+            lambda p, m=model: ratio(cell(m, "kdeploy workers=auto", p, 32, "infer_per_s"),
+                                     cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
+    if "wide" in results["models"]:
+        lines.append("| batching / no batching at c32 ≥ 2.5 | wide | " + both(
+            lambda p: ratio(cell("wide", "kdeploy+batching", p, 32, "infer_per_s"),
+                            cell("wide", "kdeploy", p, 32, "infer_per_s"))) + " |")
+    if "mobilenet" in results["models"]:
+        in_process = results["models"]["mobilenet"]["in_process"]["1"]["infer_per_s"]
+        lines.append("| c32 / in-process throughput ≥ 0.9 | mobilenet | " + both(
+            lambda p: ratio(cell("mobilenet", "kdeploy", p, 32, "infer_per_s"), in_process)) + " |")
+    for model, data in results["models"].items():
+        sizes = data["servers"].get("kdeploy+batching", {}).get("batch_sizes")
+        if sizes:
+            lines.append(f"| batch sizes formed (size: executions) | {model} | "
+                         + ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items(), key=lambda kv: int(kv[0])))
+                         + " |")
+    return lines
 
 
 if __name__ == "__main__":

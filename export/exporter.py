@@ -193,6 +193,7 @@ def export_model(
             try:
                 step()
             except ConversionError as exc:
+                _check_cancel(cancel)  # the converter may have turned the interruption into its own error
                 failed[fmt] = str(exc)
                 progress(f"export [{index}/{len(steps)}] {fmt} FAILED: {exc}")
                 if fmt == "savedmodel":
@@ -201,6 +202,12 @@ def export_model(
                                    for f in config.formats if f != fmt})
                     break
                 continue
+            except Exception:
+                # A KeyboardInterrupt raised inside TensorFlow's C++ code can come out as another exception
+                # (pybind11: "MISMATCH of original and normalized active exception types"): once cancelled, it is
+                # the cancellation.
+                _check_cancel(cancel)
+                raise
             seconds[fmt] = time.perf_counter() - started
             if fmt in config.formats:
                 size = size_of_path(stage / ARTIFACT_PATHS[fmt]) if fmt != "savedmodel" else None

@@ -11,10 +11,13 @@ dropped and never computed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +64,10 @@ def read_batching_parameters(path: Path) -> BatchingParameters:
     return params
 
 
+Outcome = tuple[dict[str, np.ndarray], float]
+"""A request's outputs and the seconds it waited in the queue."""
+
+
 @dataclass(eq=False)
 class _Task:
     feed: Feed
@@ -68,12 +75,26 @@ class _Task:
     key: tuple
     enqueued: float
     deadline: float | None
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, np.ndarray] | None = None
-    error: ServeError | None = None
+    future: Future[Outcome] = field(default_factory=Future)
+    """Resolved by the batch thread: a blocked thread waits on it, an event loop awaits it (asyncio.wrap_future)."""
     abandoned: bool = False
     """The caller stopped waiting (deadline passed): compute nothing for it."""
-    queued_seconds: float = 0.0
+
+    def resolve(self, outcome: Outcome | None = None, error: ServeError | None = None) -> None:
+        """Hand the outcome (or error) to the caller, unless it has gone (its wait was cancelled)."""
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(outcome)  # type: ignore[arg-type]
+        except InvalidStateError:
+            pass
+
+
+def _wait_seconds(deadline: float | None) -> float | None:
+    """How long a caller waits: until its deadline, capped at a day (a far-off deadline must not overflow the
+    platform's timeout)."""
+    return None if deadline is None else min(max(0.0, deadline - time.monotonic()), 86_400.0)
 
 
 def _shape_key(feed: Feed) -> tuple:
@@ -101,7 +122,7 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def infer(self, feed: Feed, deadline: float | None = None) -> tuple[dict[str, np.ndarray], float]:
+    def infer(self, feed: Feed, deadline: float | None = None) -> Outcome:
         """Run `feed` as part of a batch; blocks until its rows are computed.
 
         Returns:
@@ -115,9 +136,30 @@ class Batcher:
             ServeError: UNAVAILABLE when the queue is full or the batcher closed; DEADLINE_EXCEEDED when the
                 deadline passed first; INTERNAL when the runtime failed.
         """
-        rows = batch_size(feed)
-        if rows >= self._params.max_batch_size:
+        if batch_size(feed) >= self._params.max_batch_size:
             return self._run_alone(feed), 0.0  # big enough on its own: never queued, never dropped
+        task = self._enqueue(feed, deadline)
+        try:
+            return task.future.result(_wait_seconds(deadline))
+        except FutureTimeoutError:
+            task.abandoned = True
+            raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}") from None
+
+    async def infer_async(self, feed: Feed, deadline: float | None = None) -> Outcome:
+        """`infer` for an event loop: the loop goes on serving other calls while the batch forms and runs."""
+        if batch_size(feed) >= self._params.max_batch_size:
+            outputs = await asyncio.get_running_loop().run_in_executor(None, self._run_alone, feed)
+            return outputs, 0.0
+        task = self._enqueue(feed, deadline)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(task.future), _wait_seconds(deadline))
+        except TimeoutError:
+            task.abandoned = True
+            raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}") from None
+
+    def _enqueue(self, feed: Feed, deadline: float | None) -> _Task:
+        """Queue a request, or refuse it at once (queue full, batcher closed)."""
+        rows = batch_size(feed)
         task = _Task(feed, rows, _shape_key(feed), time.monotonic(), deadline)
         with self._cond:
             if self._closed:
@@ -130,15 +172,7 @@ class Batcher:
             self._queued_rows += rows
             self._gauge(+1)
             self._cond.notify()
-        # Waits are capped at a day: a far-off deadline must not overflow the platform's timeout.
-        timeout = None if deadline is None else min(max(0.0, deadline - time.monotonic()), 86_400.0)
-        if not task.done.wait(timeout):
-            task.abandoned = True
-            raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}")
-        if task.error is not None:
-            raise task.error
-        assert task.result is not None  # set with done, when there is no error
-        return task.result, task.queued_seconds
+        return task
 
     def _gauge(self, delta: int) -> None:
         if self._metrics is not None:
@@ -183,8 +217,7 @@ class Batcher:
             for task in self._queue:
                 expired = task.abandoned or (task.deadline is not None and task.deadline <= now)
                 if expired:
-                    task.error = ServeError(ErrorKind.DEADLINE, "deadline exceeded while queued")
-                    task.done.set()
+                    task.resolve(error=ServeError(ErrorKind.DEADLINE, "deadline exceeded while queued"))
                 elif task.key == first.key and total + task.rows <= self._params.max_batch_size:
                     batch.append(task)
                     total += task.rows
@@ -213,10 +246,10 @@ class Batcher:
 
     def _run_batch(self, batch: list[_Task]) -> None:
         now = time.monotonic()
-        for task in batch:
-            task.queued_seconds = now - task.enqueued
-            if self._metrics is not None:
-                self._metrics.queue_time.labels(self._model).observe(task.queued_seconds)
+        queued = [now - task.enqueued for task in batch]
+        if self._metrics is not None:
+            for seconds in queued:
+                self._metrics.queue_time.labels(self._model).observe(seconds)
         rows = sum(t.rows for t in batch)
         padded = self._params.padded_size(rows)
         names = list(batch[0].feed)
@@ -234,14 +267,12 @@ class Batcher:
             error = ServeError(ErrorKind.INTERNAL,
                                f"model {self._model!r} version {self._version} failed to run the request")
             for task in batch:
-                task.error = error
-                task.done.set()
+                task.resolve(error=error)
             return
         offset = 0
-        for task in batch:
-            task.result = {name: value[offset:offset + task.rows] for name, value in outputs.items()}
+        for task, seconds in zip(batch, queued):
+            task.resolve(({name: value[offset:offset + task.rows] for name, value in outputs.items()}, seconds))
             offset += task.rows
-            task.done.set()
 
     def close(self) -> None:
         """Finish what is queued, then stop the threads."""

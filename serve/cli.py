@@ -52,7 +52,10 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--graph-optimization", default=DEFAULTS.graph_optimization, choices=GRAPH_OPTIMIZATIONS,
                         help=f"onnxruntime graph optimisation level (default {DEFAULTS.graph_optimization})")
     parser.add_argument("--grpc-threads", type=int, default=DEFAULTS.grpc_threads,
-                        help=f"threads answering gRPC calls (default {DEFAULTS.grpc_threads})")
+                        help=f"threads running models too slow to run inline (default {DEFAULTS.grpc_threads})")
+    parser.add_argument("--inline-max-micros", type=int, default=DEFAULTS.inline_max_micros,
+                        help="models whose one-row run takes at most this long (measured at load) run inline on the "
+                             f"gRPC event loop (default {DEFAULTS.inline_max_micros}; 0: none)")
     parser.add_argument("--tflite-interpreters", type=int, default=DEFAULTS.tflite_interpreters,
                         help=f"TFLite interpreters per version (default {DEFAULTS.tflite_interpreters})")
     parser.add_argument("--enable-batching", action="store_true",
@@ -72,9 +75,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--drain-grace-seconds", type=float, default=DEFAULTS.drain_grace_seconds,
                         help="on SIGTERM, keep accepting requests this long after health turns NOT_SERVING "
                              f"(default {DEFAULTS.drain_grace_seconds:g})")
-    parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
-                        help="server processes sharing the ports with SO_REUSEPORT, each loading the models "
-                             f"(default {DEFAULTS.workers})")
+    parser.add_argument("--workers", type=parse_workers, default=DEFAULTS.workers, metavar="N|auto",
+                        help="server processes sharing the ports with SO_REUSEPORT, each loading the models; auto: "
+                             f"one per CPU this process may use (the production setting; default {DEFAULTS.workers})")
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                         help="log lines as text or JSON (default: JSON when standard error is not a terminal)")
     apply_env_defaults(parser)
@@ -82,6 +85,16 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
 
 
 ENV_PREFIX = "KDEPLOY_"
+
+
+def parse_workers(text: str) -> int:
+    """`--workers N` or `auto`: one worker per CPU the process may run on (its affinity, as a container's cpuset)."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {text!r}") from None
 
 
 def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         intra_op_threads=args.intra_op_threads,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
+        inline_max_micros=args.inline_max_micros,
         tflite_interpreters=args.tflite_interpreters,
     )
 

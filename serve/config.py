@@ -131,7 +131,10 @@ class ServeConfig:
     graph_optimization: str = "all"
     """onnxruntime graph optimisation level: disable, basic, extended or all."""
     grpc_threads: int = 16
-    """Threads answering gRPC calls."""
+    """Threads that run the models too slow to run inline on the gRPC event loop (the runtime releases the GIL)."""
+    inline_max_micros: int = 200
+    """A model whose one-row run (measured at warm-up) takes at most this many microseconds runs inline on the event
+    loop, where a hand-off to a thread would cost more than the run; slower ones run on the `grpc_threads`."""
     tflite_interpreters: int = 2
     """TFLite interpreters per version (each serves one request at a time)."""
     batching: BatchingParameters | None = None
@@ -161,6 +164,8 @@ class ServeConfig:
             raise UsageError("--max-message-mb must be at least 1")
         if self.poll_seconds < 0 or self.drain_seconds < 0 or self.drain_grace_seconds < 0:
             raise UsageError("--poll-seconds, --drain-seconds and --drain-grace-seconds must not be negative")
+        if self.inline_max_micros < 0:
+            raise UsageError("--inline-max-micros must not be negative")
         if self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
         if self.drain_grace_seconds > self.drain_seconds:

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 BackendLoader = Callable[[Path, Manifest], Backend]
 """Loads a version folder's artifact (for the server's backend) given its manifest."""
 
+WARM_UP_TIMED_RUNS = 5
+"""One-row runs timed at warm-up (the fastest counts)."""
 BATCHING_FILE = "batching_parameters.txt"
 """A model folder may hold its own batching parameters, overriding the server's."""
 
@@ -64,6 +66,8 @@ class ServedVersion:
     backend: Backend | None = None
     batcher: Batcher | None = None
     load_seconds: float = 0.0
+    row_seconds: float = 0.0
+    """The runtime's time for one row, measured at warm-up: whether a request is run inline on the event loop."""
     fingerprint: tuple = ()
     """What the folder looked like when it was loaded (a failed version is retried when this changes)."""
     inflight: int = 0
@@ -210,7 +214,7 @@ class ModelManager:
                 raise KdeployError("; ".join(problems))
             backend = self._load_backend(served.path, manifest)
             batching = self._batching_for(source)
-            self._warm_up(backend, manifest, served.path, batching)
+            served.row_seconds = self._warm_up(backend, manifest, served.path, batching)
         except Exception as exc:  # any failure leaves this version unloaded and the server running
             served.error = str(exc) or type(exc).__name__
             self._set_state(served, VersionState.END)
@@ -234,18 +238,28 @@ class ModelManager:
         override = source.base_path / BATCHING_FILE
         return read_batching_parameters(override) if override.is_file() else self._batching
 
-    def _warm_up(self, backend: Backend, manifest: Manifest, path: Path, batching: BatchingParameters | None) -> None:
-        """Run each batch size the runtime will see once, so no user request pays for lazy initialisation."""
-        sizes = batching.warmup_sizes if batching is not None else (1,)
+    def _warm_up(self, backend: Backend, manifest: Manifest, path: Path, batching: BatchingParameters | None) -> float:
+        """Run each batch size the runtime will see once, so no user request pays for lazy initialisation.
+
+        Returns:
+            The fastest of a few one-row runs, in seconds (after the first, which initialises).
+        """
+        sizes = sorted(set(batching.warmup_sizes if batching is not None else ()) | {1})
         feed = None
         if manifest.validation_data and (path / manifest.validation_data).is_file():
             feed, _ = load_data_file(path / manifest.validation_data, manifest.signature)
+        row_seconds = float("inf")
         for size in sizes:
             if feed is not None and len(next(iter(feed.values()))) >= size:
                 rows = slice_feed(feed, 0, size)
             else:
                 rows = manifest.signature.generate_feed(size, np.random.default_rng(0))
             backend.infer(rows)
+            for _ in range(WARM_UP_TIMED_RUNS if size == 1 else 0):
+                started = time.perf_counter()
+                backend.infer(rows)
+                row_seconds = min(row_seconds, time.perf_counter() - started)
+        return row_seconds
 
     def _unload(self, served: ServedVersion) -> None:
         drained = served.drain(self._drain_seconds)

@@ -6,15 +6,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import Manifest
@@ -23,11 +22,10 @@ from kdeploy.serve.adapters.kserve_v2 import KServeV2Adapter
 from kdeploy.serve.adapters.rest import RestApi, make_http_server
 from kdeploy.serve.adapters.tfserving import TfServingAdapter
 from kdeploy.serve.config import ServeConfig
-from kdeploy.serve.errors import GRPC_STATUS, INTERNAL_MESSAGE
-from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
+from kdeploy.serve.grpc_server import GrpcFrontEnd, Method, Service
+from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager
 from kdeploy.serve.service import InferenceService
-from kdeploy.wire.errors import ServeError
 from kdeploy.wire.protos.messages import Protos, load_protos
 
 logger = logging.getLogger(__name__)
@@ -52,67 +50,7 @@ def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest], Backend]:
     return load
 
 
-@dataclass(frozen=True)
-class _Method:
-    """What the error/metrics wrapper needs to know of one RPC."""
-
-    service: str
-    name: str
-    protocol: str
-    """Label for metrics: tfserving-grpc or kserve-grpc."""
-    model_of: Callable[[Any], str] | None = None
-    """Reads the model name from a request (None for RPCs that are not about one model)."""
-    version_of: Callable[[Any], str] | None = None
-    """Reads the served version from a response."""
-
-
-def _unary(method: _Method, call_adapter: Callable[[Any, Any], Any], metrics: ServerMetrics,
-           known_models: frozenset[str]) -> Callable[[Any, grpc.ServicerContext], Any]:
-    """Wrap a servicer method: ServeError → its status; anything else → INTERNAL, logged, server alive.
-
-    Counts inference RPCs in the request metrics, by model (unknown names share one label), version and status.
-    """
-
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
-        started = time.perf_counter()
-        status, response = grpc.StatusCode.OK, None
-        try:
-            response = call_adapter(request, context)
-            return response
-        except ServeError as exc:
-            status = GRPC_STATUS[exc.kind]
-            context.abort(status, exc.message)
-        except Exception:
-            status = grpc.StatusCode.INTERNAL
-            logger.exception("%s/%s failed", method.service, method.name)
-            context.abort(status, INTERNAL_MESSAGE)
-        finally:
-            if method.model_of is not None:
-                model = method.model_of(request)
-                model = model if model in known_models else UNKNOWN_MODEL
-                version = method.version_of(response) if response is not None and method.version_of else ""
-                metrics.requests.labels(model, version, method.protocol, status.name).inc()
-                metrics.latency.labels(model, method.protocol).observe(time.perf_counter() - started)
-            logger.debug("%s/%s %s %.3f ms", method.service, method.name, status.name,
-                         (time.perf_counter() - started) * 1000)
-
-    return call
-
-
-def _generic_handler(methods: list[_Method], adapter: Any, metrics: ServerMetrics,
-                     known_models: frozenset[str]) -> grpc.GenericRpcHandler:
-    handlers = {
-        m.name: grpc.unary_unary_rpc_method_handler(
-            _unary(m, getattr(adapter, m.name), metrics, known_models),
-            request_deserializer=adapter.request_types[m.name].FromString,
-            response_serializer=lambda message: message.SerializeToString(),
-        )
-        for m in methods
-    }
-    return grpc.method_handlers_generic_handler(methods[0].service, handlers)
-
-
-def _grpc_methods() -> dict[str, list[_Method]]:
+def _grpc_methods() -> dict[str, list[Method]]:
     def tfs_model(request: Any) -> str:
         return request.model_spec.name
 
@@ -121,11 +59,11 @@ def _grpc_methods() -> dict[str, list[_Method]]:
 
     tfs, ksv2 = "tfserving-grpc", "kserve-grpc"
     return {
-        PREDICTION_SERVICE: [_Method(PREDICTION_SERVICE, "Predict", tfs, tfs_model, tfs_version),
-                             _Method(PREDICTION_SERVICE, "GetModelMetadata", tfs)],
-        MODEL_SERVICE: [_Method(MODEL_SERVICE, "GetModelStatus", tfs)],
-        KSERVE_SERVICE: [_Method(KSERVE_SERVICE, "ModelInfer", ksv2, lambda r: r.model_name, lambda r: r.model_version)]
-        + [_Method(KSERVE_SERVICE, name, ksv2) for name in ("ServerLive", "ServerReady", "ModelReady",
+        PREDICTION_SERVICE: [Method(PREDICTION_SERVICE, "Predict", tfs, tfs_model, tfs_version),
+                             Method(PREDICTION_SERVICE, "GetModelMetadata", tfs)],
+        MODEL_SERVICE: [Method(MODEL_SERVICE, "GetModelStatus", tfs)],
+        KSERVE_SERVICE: [Method(KSERVE_SERVICE, "ModelInfer", ksv2, lambda r: r.model_name, lambda r: r.model_version)]
+        + [Method(KSERVE_SERVICE, name, ksv2) for name in ("ServerLive", "ServerReady", "ModelReady",
                                                            "ServerMetadata", "ModelMetadata", "ModelConfig",
                                                            "ModelStatistics")],
     }
@@ -159,9 +97,9 @@ class RunningServer:
     config: ServeConfig
     models: ModelManager
     metrics: ServerMetrics
-    grpc_server: grpc.Server
+    front_end: GrpcFrontEnd
     grpc_port: int
-    health: health.HealthServicer
+    executor: ThreadPoolExecutor
     http_server: Any | None
     rest_port: int | None
     metrics_server: Any | None
@@ -171,10 +109,8 @@ class RunningServer:
 
     def set_serving(self) -> None:
         """Health SERVING for the server when every model is ready, and per model when that model is."""
-        status = health_pb2.HealthCheckResponse
-        for name in self.models.model_names:
-            self.health.set(name, status.SERVING if self.models.is_ready(name) else status.NOT_SERVING)
-        self.health.set("", status.SERVING if self.models.is_ready() else status.NOT_SERVING)
+        statuses = {name: self.models.is_ready(name) for name in self.models.model_names}
+        self.front_end.set_health({**statuses, "": self.models.is_ready()})
 
     def poll_forever(self) -> None:
         """Check the repository every `poll_seconds` until the server stops (run in a thread)."""
@@ -187,16 +123,18 @@ class RunningServer:
 
     def stop(self) -> None:
         """Drain as Kubernetes expects: NOT_SERVING at once, requests still accepted for the grace period,
-        then new requests refused and in-flight ones finished, all within `drain_seconds`."""
+        then new requests refused (UNAVAILABLE) and in-flight ones finished, all within `drain_seconds`."""
         deadline = time.monotonic() + self.config.drain_seconds
         self.stopping.set()
-        self.health.enter_graceful_shutdown()
+        self.front_end.enter_graceful_shutdown()
         logger.info("draining: NOT_SERVING; new requests accepted for %.1f s more", self.config.drain_grace_seconds)
         time.sleep(self.config.drain_grace_seconds)
         if self.http_server is not None:
             self.http_server.shutdown()  # stops accepting; handlers in flight are counted by the model versions
-        self.grpc_server.stop(max(0.0, deadline - time.monotonic())).wait()
+        self.front_end.drain(deadline - time.monotonic())
         self.models.close()
+        self.front_end.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
         if self.http_server is not None:
             self.http_server.server_close()
         if self.metrics_server is not None:
@@ -216,36 +154,27 @@ def build_server(config: ServeConfig) -> RunningServer:
     metrics = ServerMetrics()
     models = ModelManager(list(config.models), config.backend, backend_loader(config), batching=config.batching,
                           metrics=metrics, drain_seconds=config.drain_seconds)
-    service = InferenceService(models, metrics)
+    executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")
+    service = InferenceService(models, metrics, executor=executor,
+                               inline_max_seconds=config.inline_max_micros / 1e6)
     tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes)
     kserve = KServeV2Adapter(service, protos, config.backend)
-
-    options = [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"),
-                         options=options)
-    known = frozenset(models.model_names)
     methods = _grpc_methods()
-    server.add_generic_rpc_handlers((
-        _generic_handler(methods[PREDICTION_SERVICE], tfserving, metrics, known),
-        _generic_handler(methods[MODEL_SERVICE], tfserving, metrics, known),
-        _generic_handler(methods[KSERVE_SERVICE], kserve, metrics, known),
-    ))
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (PREDICTION_SERVICE, MODEL_SERVICE, KSERVE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-        server, pool=_reflection_pool(protos),
+    known = frozenset(models.model_names)
+    front_end = GrpcFrontEnd(
+        [Service(PREDICTION_SERVICE, methods[PREDICTION_SERVICE], tfserving),
+         Service(MODEL_SERVICE, methods[MODEL_SERVICE], tfserving),
+         Service(KSERVE_SERVICE, methods[KSERVE_SERVICE], kserve)],
+        metrics, known,
+        options=[("grpc.max_receive_message_length", config.max_message_bytes),
+                 ("grpc.max_send_message_length", config.max_message_bytes),
+                 ("grpc.so_reuseport", 1 if config.reuse_port else 0)],
+        reflection_names=(PREDICTION_SERVICE, MODEL_SERVICE, KSERVE_SERVICE), reflection_pool=_reflection_pool(protos),
     )
-    try:
-        grpc_port = server.add_insecure_port(f"{config.host}:{config.grpc_port}")
-    except RuntimeError:
-        grpc_port = 0
+    # Health (NOT_SERVING) and UNAVAILABLE answers are served while the models load, then health flips to SERVING.
+    grpc_port = front_end.start(f"{config.host}:{config.grpc_port}")
     if grpc_port == 0:
+        front_end.close()
         raise UsageError(f"cannot listen for gRPC on {config.host}:{config.grpc_port} (port in use?)")
     http_server, rest_port = None, None
     metrics_server, metrics_port = None, None
@@ -259,12 +188,11 @@ def build_server(config: ServeConfig) -> RunningServer:
     except OSError as exc:
         if http_server is not None:
             http_server.server_close()
+        front_end.close()
         raise UsageError(f"cannot listen for REST or metrics on {config.host}: {exc.strerror or exc}") from None
 
-    running = RunningServer(config, models, metrics, server, grpc_port, health_servicer, http_server, rest_port,
+    running = RunningServer(config, models, metrics, front_end, grpc_port, executor, http_server, rest_port,
                             metrics_server, metrics_port, started)
-    # Serve health (NOT_SERVING) and UNAVAILABLE answers while the models load, then flip to SERVING.
-    server.start()
     if http_server is not None:
         threading.Thread(target=http_server.serve_forever, name="rest", daemon=True).start()
     models.load_all()

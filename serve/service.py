@@ -6,10 +6,12 @@ once, for gRPC (TF Serving and KServe v2) and REST alike.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +62,18 @@ class VersionStatistics:
 
 
 @dataclass(frozen=True)
+class _Call:
+    """A validated request on its way through the service."""
+
+    served: ServedVersion
+    feed: dict[str, np.ndarray]
+    wanted: list[str]
+    started: int
+    """`perf_counter_ns()` when the service got it."""
+    validated: int
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     served: ServedVersion
     outputs: dict[str, np.ndarray]
@@ -68,9 +82,19 @@ class InferenceResult:
 class InferenceService:
     """Runs requests against the models of a `ModelManager`."""
 
-    def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None, *,
+                 executor: Executor | None = None, inline_max_seconds: float = 0.0) -> None:
+        """
+        Args:
+            models: the versions to serve.
+            metrics: where requests and runtime calls are counted.
+            executor: threads that run heavier models for `infer_async` (None: every model runs inline).
+            inline_max_seconds: models whose one-row run takes at most this long run inline on the event loop.
+        """
         self.models = models
         self.metrics = metrics
+        self._executor = executor
+        self._inline_max_seconds = inline_max_seconds
         self._stats_lock = threading.Lock()
         self._stats: dict[tuple[str, int], VersionStatistics] = {}
 
@@ -112,39 +136,80 @@ class InferenceService:
                 passed before the request was computed; UNAVAILABLE when the batching queue is full; INTERNAL
                 when the backend fails.
         """
-        started = time.perf_counter_ns()
+        call = self._begin(served, feed, output_names)
         try:
-            result = self._infer(served, feed, output_names, deadline, started)
+            if served.batcher is not None:
+                outputs, queued = served.batcher.infer(call.feed, deadline)
+            else:
+                self._check_deadline(served, deadline)
+                outputs, queued = self._run_direct(served, call.feed), 0.0
+        except ServeError:
+            self._account(served, fail_ns=time.perf_counter_ns() - call.started)
+            raise
+        return self._finish(call, outputs, queued)
+
+    async def infer_async(
+        self,
+        served: ServedVersion,
+        feed: Feed,
+        output_names: Sequence[str] = (),
+        deadline: float | None = None,
+    ) -> InferenceResult:
+        """`infer` for the event loop. A model whose one-row run is at most `inline_max_seconds` (measured at
+        warm-up) runs right here: a thread hand-off would cost more than the run. Heavier ones run on the executor's
+        threads (the runtime releases the GIL) and batched ones in the batcher, while the loop serves other calls.
+
+        Raises:
+            ServeError: as `infer`.
+        """
+        call = self._begin(served, feed, output_names)
+        try:
+            if served.batcher is not None:
+                outputs, queued = await served.batcher.infer_async(call.feed, deadline)
+            else:
+                self._check_deadline(served, deadline)
+                if self._executor is None or served.row_seconds <= self._inline_max_seconds:
+                    outputs = self._run_direct(served, call.feed)
+                else:
+                    loop = asyncio.get_running_loop()
+                    outputs = await loop.run_in_executor(self._executor, self._run_direct, served, call.feed)
+                queued = 0.0
+        except ServeError:
+            self._account(served, fail_ns=time.perf_counter_ns() - call.started)
+            raise
+        return self._finish(call, outputs, queued)
+
+    def _begin(self, served: ServedVersion, feed: Feed, output_names: Sequence[str]) -> _Call:
+        """Validate the feed and the asked-for outputs (counted as a failure when they do not fit)."""
+        started = time.perf_counter_ns()
+        signature = served.signature
+        try:
+            if not feed:
+                raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
+            try:
+                checked = signature.validate_feed(feed)
+                wanted = [signature.output(n).name for n in output_names] or signature.output_names
+            except SignatureError as exc:
+                raise invalid(str(exc)) from None
         except ServeError:
             self._account(served, fail_ns=time.perf_counter_ns() - started)
             raise
-        return result
+        return _Call(served, checked, wanted, started, time.perf_counter_ns())
 
-    def _infer(self, served: ServedVersion, feed: Feed, output_names: Sequence[str], deadline: float | None,
-               started: int) -> InferenceResult:
-        signature = served.signature
-        if not feed:
-            raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
-        try:
-            checked = signature.validate_feed(feed)
-            wanted = [signature.output(n).name for n in output_names] or signature.output_names
-        except SignatureError as exc:
-            raise invalid(str(exc)) from None
-        compute_started = time.perf_counter_ns()
-        queue_ns = 0
-        if served.batcher is not None:
-            outputs, queued = served.batcher.infer(checked, deadline)
-            queue_ns = int(queued * 1e9)
-        else:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded before model {served.name!r} ran")
-            outputs = self._run_direct(served, checked)
+    @staticmethod
+    def _check_deadline(served: ServedVersion, deadline: float | None) -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded before model {served.name!r} ran")
+
+    def _finish(self, call: _Call, outputs: dict[str, np.ndarray], queued: float) -> InferenceResult:
+        """Keep the asked-for outputs and account the request."""
         computed = time.perf_counter_ns()
-        result = InferenceResult(served, {name: outputs[name] for name in wanted})
+        queue_ns = int(queued * 1e9)
+        result = InferenceResult(call.served, {name: outputs[name] for name in call.wanted})
         finished = time.perf_counter_ns()
-        self._account(served, ok_ns=finished - started, input_ns=compute_started - started, queue_ns=queue_ns,
-                      compute_ns=computed - compute_started - queue_ns, output_ns=finished - computed,
-                      rows=batch_size(checked))
+        self._account(call.served, ok_ns=finished - call.started, input_ns=call.validated - call.started,
+                      queue_ns=queue_ns, compute_ns=computed - call.validated - queue_ns,
+                      output_ns=finished - computed, rows=batch_size(call.feed))
         return result
 
     def _run_direct(self, served: ServedVersion, feed: Feed) -> dict[str, np.ndarray]:

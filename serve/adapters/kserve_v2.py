@@ -84,7 +84,7 @@ class KServeV2Adapter:
                            shape=[-1 if d is None else d for d in spec.shape])
         return response
 
-    def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
             raise invalid(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
@@ -101,7 +101,8 @@ class KServeV2Adapter:
                     raise invalid(f"input {tensor.name!r} is sent twice")
                 feed[tensor.name] = ndarray_from_kserve(tensor.name, tensor.datatype, list(tensor.shape),
                                                         tensor.contents, raw[index] if raw else None, spec)
-            result = self._service.infer(served, feed, [o.name for o in request.outputs], deadline_of(context))
+            result = await self._service.infer_async(served, feed, [o.name for o in request.outputs],
+                                                     deadline_of(context))
         response = self._responses["ModelInfer"](model_name=served.name, model_version=str(served.version),
                                                  id=request.id)
         for name, array in result.outputs.items():

@@ -27,6 +27,8 @@ from kdeploy.wire.tensors import ndarray_from_json, tf_dtype_name
 
 logger = logging.getLogger(__name__)
 
+DISCARD_LIMIT_BYTES = 256 << 20
+"""An oversized body up to this size is read and dropped before the 413 (see `_discard`)."""
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<tail>/metadata|:predict)?$"
@@ -183,6 +185,9 @@ def make_http_server(api: RestApi, host: str, port: int, reuse_port: bool = Fals
             if method == "POST":
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > api.max_body_bytes:
+                    # Read (and drop) the body first: a client still sending when the connection closes sees a
+                    # broken pipe instead of the 413. Beyond a bound the connection is simply closed.
+                    self._discard(min(length, DISCARD_LIMIT_BYTES))
                     self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                {"error": f"request body of {length} bytes is over the limit of {api.max_body_bytes}"},
                                close=True)
@@ -190,6 +195,13 @@ def make_http_server(api: RestApi, host: str, port: int, reuse_port: bool = Fals
                 body = self.rfile.read(length)
             status, payload = api.handle(method, self.path, body)
             self._send(status, payload)
+
+        def _discard(self, length: int) -> None:
+            while length > 0:
+                chunk = self.rfile.read(min(length, 1 << 20))
+                if not chunk:
+                    return
+                length -= len(chunk)
 
         def _send(self, status: int, payload: dict[str, Any], close: bool = False) -> None:
             data = json.dumps(payload).encode()

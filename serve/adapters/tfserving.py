@@ -48,13 +48,13 @@ class TfServingAdapter:
         if signature_name is not None:
             target.signature_name = signature_name
 
-    def Predict(self, request: Any, context: Any) -> Any:
+    async def Predict(self, request: Any, context: Any) -> Any:
         check_signature_name(request.model_spec.signature_name)
         with self._service.serving(*self._spec(request.model_spec)) as served:
             signature = served.signature
             feed = {name: ndarray_from_tensor_proto(name, proto, _input_spec(signature, name), self._max_bytes)
                     for name, proto in request.inputs.items()}
-            result = self._service.infer(served, feed, list(request.output_filter), deadline_of(context))
+            result = await self._service.infer_async(served, feed, list(request.output_filter), deadline_of(context))
         response = self._PredictResponse()
         for name, array in result.outputs.items():
             fill_tensor_proto(response.outputs[name], array)

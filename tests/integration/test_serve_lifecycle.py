@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 import signal
@@ -58,8 +59,9 @@ def metric(text: str, name: str, **labels: str) -> float:
 class SteadyLoad:
     """Clients sending requests in a loop; every answer is recorded (version served, or the error)."""
 
-    def __init__(self, address: str, x: np.ndarray, threads: int = 2) -> None:
+    def __init__(self, address: str, x: np.ndarray, threads: int = 2, pause: float = 0.002) -> None:
         self.answers: list[tuple[float, int | str]] = []
+        self._pause = pause
         self._stop = threading.Event()
         self._request = predict_request("digits", x)
         self._address = address
@@ -75,7 +77,7 @@ class SteadyLoad:
                     self.answers.append((sent, response.model_spec.version.value))
                 except grpc.RpcError as exc:
                     self.answers.append((sent, exc.code().name))
-                time.sleep(0.002)
+                time.sleep(self._pause)
 
     def __enter__(self) -> SteadyLoad:
         for thread in self._threads:
@@ -296,4 +298,20 @@ def test_sigterm_drains_without_failing_accepted_requests(exported_repo):
     assert any("loaded and warmed up" in m for m in messages) and any("stopped after draining" in m for m in messages)
     loaded = next(entry for entry in logs if "loaded and warmed up" in entry["message"])
     assert loaded["model"] == "digits" and loaded["version"] == 1 and loaded["level"] == "info"
+    proc.stop()
+
+
+def test_a_drain_under_load_answers_or_refuses_every_request_and_cancels_none(exported_repo):
+    # Clients retry UNAVAILABLE, not CANCELLED: every request accepted before the refusal point is answered, every
+    # later one refused with UNAVAILABLE, even with 8 clients sending back to back through the drain.
+    proc = start_server("--repository", exported_repo, "--model", "digits", "--drain-grace-seconds", 0.5,
+                        "--drain-seconds", 10, "--no-rest")
+    with SteadyLoad(proc.grpc, np.zeros((1, 8, 8, 1), np.float32), threads=8, pause=0) as load:
+        wait_for(lambda: len(load.answers) > 200, message="load")
+        proc.process.send_signal(signal.SIGTERM)
+        assert proc.process.wait(timeout=30) == 0
+        time.sleep(0.5)  # clients keep sending into the closed port: those never reached a server
+    codes = collections.Counter(v if isinstance(v, str) else "OK" for _, v in load.answers)
+    assert codes["OK"] > 200 and codes["UNAVAILABLE"] > 0, codes
+    assert set(codes) == {"OK", "UNAVAILABLE"}, codes
     proc.stop()

@@ -11,7 +11,7 @@ import pytest
 
 from kdeploy.serve.batching import BatchingParameters
 from kdeploy.serve.metrics import ServerMetrics
-from kdeploy.serve.models import VersionState
+from kdeploy.serve.models import WARM_UP_TIMED_RUNS, VersionState
 from kdeploy.wire.errors import ErrorKind, ServeError
 from tests.unit.serve.fakes import SIGNATURE, FakeLoader, make_manager, wait_until, write_version
 
@@ -57,7 +57,9 @@ def test_a_version_is_loading_while_it_loads_then_available_after_its_warm_up(tm
     assert states(manager) == {1: AVAILABLE} and state_gauge(metrics, 1) == 30 and manager.is_ready()
     served = manager.resolve("m")
     assert served.manifest.signature == SIGNATURE and served.error is None and served.batcher is None
-    assert loader.backend(1).rows == [1]  # warmed up once, on a generated row, before it became AVAILABLE
+    # Warmed up on a generated row before it became AVAILABLE: once, then timed runs for the inline decision.
+    assert loader.backend(1).rows == [1] * (1 + WARM_UP_TIMED_RUNS)
+    assert 0 < served.row_seconds < 1
 
 
 def test_a_version_that_fails_to_load_ends_with_its_error_and_the_others_still_serve(tmp_path, loader):
@@ -272,7 +274,9 @@ def test_warm_up_runs_each_batch_size_on_the_validation_rows(tmp_path, loader):
     try:
         assert manager.resolve("m").batcher is not None
         calls = loader.backend(1).calls
-        assert [c["x"].tolist() for c in calls] == [rows[:2].tolist(), rows.tolist()]
+        # Each size the runtime will see (one row too, for the timed runs), on the held-out rows.
+        expected = [rows[:1].tolist()] * (1 + WARM_UP_TIMED_RUNS) + [rows[:2].tolist(), rows.tolist()]
+        assert [c["x"].tolist() for c in calls] == expected
     finally:
         manager.close()
 
@@ -284,4 +288,5 @@ def test_a_model_folders_batching_parameters_override_the_servers(tmp_path, load
     manager = make_manager(tmp_path, loader, batching=BatchingParameters(max_batch_size=4))
     manager.load_all()
     manager.close()
-    assert loader.backend(1).rows == [2, 8]  # generated rows (no validation data), the folder's sizes
+    # Generated rows (no validation data), the folder's sizes (and one row, timed).
+    assert loader.backend(1).rows == [1] * (1 + WARM_UP_TIMED_RUNS) + [2, 8]

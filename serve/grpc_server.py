@@ -1,0 +1,231 @@
+"""The gRPC front end on `grpc.aio`: one event loop (in a thread of its own) answers every RPC.
+
+A threaded `grpc.server` hands each call from gRPC's poller to a pool thread and back, under the GIL; on a small
+model that hand-off costs more than the model. Here calls are coroutines on one loop: the cheap RPCs (metadata,
+status, statistics) and the inference of models whose run is a few microseconds complete inline, heavier models run
+on executor threads and batched ones in the batcher (see `InferenceService.infer_async`), so the loop keeps
+accepting while onnxruntime runs without the GIL.
+
+Draining, as Kubernetes expects it: `refuse()` makes every new RPC answer UNAVAILABLE (clients retry that code,
+and another replica), then `wait_idle()` waits for the RPCs accepted before that point, and only then is the server
+stopped, so no accepted request is cut off (CANCELLED) by the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kdeploy.serve.errors import GRPC_STATUS, INTERNAL_MESSAGE
+from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
+from kdeploy.wire.errors import ServeError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DRAINING_MESSAGE = "the server is shutting down; retry (another replica takes new requests)"
+
+
+@dataclass(frozen=True)
+class Method:
+    """What the error/metrics wrapper needs to know of one RPC."""
+
+    service: str
+    name: str
+    protocol: str
+    """Label for metrics: tfserving-grpc or kserve-grpc."""
+    model_of: Callable[[Any], str] | None = None
+    """Reads the model name from a request (None for RPCs that are not about one model)."""
+    version_of: Callable[[Any], str] | None = None
+    """Reads the served version from a response."""
+
+
+class Gate:
+    """Counts the RPCs in progress and, once draining, refuses new ones (used on the loop's thread only)."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.refusing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> bool:
+        if self.refusing:
+            return False
+        self.inflight += 1
+        self._idle.clear()
+        return True
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout))
+        except TimeoutError:
+            return False
+        return True
+
+
+def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: ServerMetrics,
+           known_models: frozenset[str], gate: Gate) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """Wrap a servicer method: ServeError → its status; anything else → INTERNAL, logged, server alive.
+
+    Counts inference RPCs in the request metrics, by model (unknown names share one label), version and status.
+    """
+    is_coroutine = inspect.iscoroutinefunction(call_adapter)
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not gate.enter():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
+        started = time.perf_counter()
+        status, response = grpc.StatusCode.OK, None
+        try:
+            response = await call_adapter(request, context) if is_coroutine else call_adapter(request, context)
+            return response
+        except ServeError as exc:
+            status = GRPC_STATUS[exc.kind]
+            await context.abort(status, exc.message)
+        except Exception:
+            status = grpc.StatusCode.INTERNAL
+            logger.exception("%s/%s failed", method.service, method.name)
+            await context.abort(status, INTERNAL_MESSAGE)
+        finally:
+            gate.leave()
+            if method.model_of is not None:
+                model = method.model_of(request)
+                model = model if model in known_models else UNKNOWN_MODEL
+                version = method.version_of(response) if response is not None and method.version_of else ""
+                metrics.requests.labels(model, version, method.protocol, status.name).inc()
+                metrics.latency.labels(model, method.protocol).observe(time.perf_counter() - started)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s/%s %s %.3f ms", method.service, method.name, status.name,
+                             (time.perf_counter() - started) * 1000)
+
+    return call
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service: its methods and the adapter object that implements them."""
+
+    name: str
+    methods: list[Method]
+    adapter: Any
+
+
+class GrpcFrontEnd:
+    """A `grpc.aio` server on an event loop of its own thread, with health, reflection and a draining gate."""
+
+    def __init__(self, services: Iterable[Service], metrics: ServerMetrics, known_models: frozenset[str], *,
+                 options: list[tuple[str, Any]], reflection_names: Iterable[str], reflection_pool: Any) -> None:
+        self._loop = _new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+        self._services = list(services)
+        self._metrics = metrics
+        self._known = known_models
+        self._options = options
+        self._reflection = (tuple(reflection_names), reflection_pool)
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._gate: Gate | None = None
+        self.port = 0
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the loop from another thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def start(self, address: str) -> int:
+        """Bind `address` and start answering (health NOT_SERVING until `set_health`); returns the bound port."""
+        self.port = self.run(self._start(address))
+        return self.port
+
+    async def _start(self, address: str) -> int:
+        self._gate = Gate()
+        server = grpc.aio.server(options=self._options)
+        for service in self._services:
+            handlers = {
+                m.name: grpc.unary_unary_rpc_method_handler(
+                    _unary(m, getattr(service.adapter, m.name), self._metrics, self._known, self._gate),
+                    request_deserializer=service.adapter.request_types[m.name].FromString,
+                    response_serializer=_serialize,
+                )
+                for m in service.methods
+            }
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.name, handlers),))
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        names, pool = self._reflection
+        reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=pool)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if port:
+            await server.start()
+            self._server = server
+        return port
+
+    def set_health(self, statuses: dict[str, bool]) -> None:
+        """SERVING or NOT_SERVING per health service name (`""` for the whole server)."""
+        async def apply() -> None:
+            for name, serving in statuses.items():
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING if serving
+                                       else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.run(apply(), timeout=10)
+
+    def enter_graceful_shutdown(self) -> None:
+        """Health NOT_SERVING for every service, at once and for good (RPCs are still answered)."""
+        self.run(self._health.enter_graceful_shutdown(), timeout=10)
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new RPCs (UNAVAILABLE), wait up to `timeout` for those in progress, then stop the server.
+
+        Returns:
+            Whether every RPC in progress finished within the time.
+        """
+        return self.run(self._drain(timeout))
+
+    async def _drain(self, timeout: float) -> bool:
+        assert self._gate is not None and self._server is not None
+        deadline = time.monotonic() + timeout
+        self._gate.refusing = True
+        idle = await self._gate.wait_idle(deadline - time.monotonic())
+        if not idle:
+            logger.warning("drain time over with %d RPCs still in progress; they are cancelled", self._gate.inflight)
+        await self._server.stop(0)
+        return idle
+
+    def close(self) -> None:
+        """Stop the server (if still running) and the loop; the thread ends."""
+        if self._server is not None and self._loop.is_running():
+            self.run(self._server.stop(0), timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed (a faster loop for the same code), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
