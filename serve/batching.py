@@ -176,7 +176,7 @@ class Batcher:
 
     def _gauge(self, delta: int) -> None:
         if self._metrics is not None:
-            self._metrics.queue_depth.labels(self._model).inc(delta)
+            self._metrics.labelled(self._metrics.queue_depth, self._model).inc(delta)
 
     def _run_alone(self, feed: Feed) -> dict[str, np.ndarray]:
         try:
@@ -249,7 +249,7 @@ class Batcher:
         queued = [now - task.enqueued for task in batch]
         if self._metrics is not None:
             for seconds in queued:
-                self._metrics.queue_time.labels(self._model).observe(seconds)
+                self._metrics.labelled(self._metrics.queue_time, self._model).observe(seconds)
         rows = sum(t.rows for t in batch)
         padded = self._params.padded_size(rows)
         names = list(batch[0].feed)

@@ -171,7 +171,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # A second signal during the drain must not cut it short (Kubernetes sends SIGKILL when it is out of patience).
     signal.signal(signal.SIGTERM, _already_draining)
     signal.signal(signal.SIGINT, _already_draining)
-    running.stop()
+    running.stop(release_ports=False)  # the process exits next
     print("kdeploy serve: stopped", file=sys.stderr, flush=True)
     return 0
 

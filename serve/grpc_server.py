@@ -6,9 +6,11 @@ status, statistics) and the inference of models whose run is a few microseconds 
 on executor threads and batched ones in the batcher (see `InferenceService.infer_async`), so the loop keeps
 accepting while onnxruntime runs without the GIL.
 
-Draining, as Kubernetes expects it: `refuse()` makes every new RPC answer UNAVAILABLE (clients retry that code,
-and another replica), then `wait_idle()` waits for the RPCs accepted before that point, and only then is the server
-stopped, so no accepted request is cut off (CANCELLED) by the shutdown.
+Draining, as Kubernetes expects it: `drain()` makes every new RPC answer UNAVAILABLE (clients retry that code, on
+another replica) and waits for the RPCs accepted before that point. It does not stop gRPC's server: its shutdown
+cancels the calls it has received but not yet handed to the application, and those clients would see CANCELLED,
+which they do not retry. A process that exits after the drain closes its sockets instead, and a call still on the
+wire then fails UNAVAILABLE ("Socket closed"). `close()` stops the server for callers that go on running.
 """
 
 from __future__ import annotations
@@ -108,8 +110,8 @@ def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: Ser
                 model = method.model_of(request)
                 model = model if model in known_models else UNKNOWN_MODEL
                 version = method.version_of(response) if response is not None and method.version_of else ""
-                metrics.requests.labels(model, version, method.protocol, status.name).inc()
-                metrics.latency.labels(model, method.protocol).observe(time.perf_counter() - started)
+                metrics.labelled(metrics.requests, model, version, method.protocol, status.name).inc()
+                metrics.labelled(metrics.latency, model, method.protocol).observe(time.perf_counter() - started)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("%s/%s %s %.3f ms", method.service, method.name, status.name,
                              (time.perf_counter() - started) * 1000)
@@ -147,6 +149,10 @@ class GrpcFrontEnd:
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop from another thread and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run a plain function on the loop (thread-safe)."""
+        self._loop.call_soon_threadsafe(callback)
 
     def start(self, address: str) -> int:
         """Bind `address` and start answering (health NOT_SERVING until `set_health`); returns the bound port."""
@@ -193,7 +199,7 @@ class GrpcFrontEnd:
         self.run(self._health.enter_graceful_shutdown(), timeout=10)
 
     def drain(self, timeout: float) -> bool:
-        """Refuse new RPCs (UNAVAILABLE), wait up to `timeout` for those in progress, then stop the server.
+        """Refuse new RPCs (UNAVAILABLE) and wait up to `timeout` for those in progress.
 
         Returns:
             Whether every RPC in progress finished within the time.
@@ -201,13 +207,11 @@ class GrpcFrontEnd:
         return self.run(self._drain(timeout))
 
     async def _drain(self, timeout: float) -> bool:
-        assert self._gate is not None and self._server is not None
-        deadline = time.monotonic() + timeout
+        assert self._gate is not None
         self._gate.refusing = True
-        idle = await self._gate.wait_idle(deadline - time.monotonic())
+        idle = await self._gate.wait_idle(timeout)
         if not idle:
-            logger.warning("drain time over with %d RPCs still in progress; they are cancelled", self._gate.inflight)
-        await self._server.stop(0)
+            logger.warning("drain time over with %d RPCs still in progress", self._gate.inflight)
         return idle
 
     def close(self) -> None:

@@ -13,6 +13,8 @@ Names and labels (documented in README):
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 # Fine enough for sub-millisecond servers: 50 µs to 10 s.
@@ -47,10 +49,21 @@ class ServerMetrics:
         self.version_state = Gauge("kdeploy_model_version_state", "Model version state (TF Serving's numbers).",
                                    ["model", "version"], registry=r, multiprocess_mode="livemax")
 
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def labelled(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: a dictionary lookup per request instead of prometheus-client's
+        validation and lock. Label values are bounded (known models, versions, statuses), so is the cache."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def observe_execution(self, model: str, version: int, seconds: float, rows: int) -> None:
         """One runtime call: its duration and how many rows it computed."""
-        self.inference_time.labels(model, str(version)).observe(seconds)
-        self.batch_size.labels(model).observe(rows)
+        self.labelled(self.inference_time, model, str(version)).observe(seconds)
+        self.labelled(self.batch_size, model).observe(rows)
 
     def serve(self, host: str, port: int) -> tuple[object, int]:
         """Expose `GET /metrics` on host:port (0 picks a free port); returns the HTTP server and its port."""

@@ -19,12 +19,13 @@ from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import Manifest
 from kdeploy.runtimes.base import Backend, load_backend
 from kdeploy.serve.adapters.kserve_v2 import KServeV2Adapter
-from kdeploy.serve.adapters.rest import RestApi, make_http_server
+from kdeploy.serve.adapters.rest import RestApi
 from kdeploy.serve.adapters.tfserving import TfServingAdapter
 from kdeploy.serve.config import ServeConfig
 from kdeploy.serve.grpc_server import GrpcFrontEnd, Method, Service
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager
+from kdeploy.serve.rest_server import RestServer
 from kdeploy.serve.service import InferenceService
 from kdeploy.wire.protos.messages import Protos, load_protos
 
@@ -100,7 +101,7 @@ class RunningServer:
     front_end: GrpcFrontEnd
     grpc_port: int
     executor: ThreadPoolExecutor
-    http_server: Any | None
+    rest: RestServer | None
     rest_port: int | None
     metrics_server: Any | None
     metrics_port: int | None
@@ -121,22 +122,30 @@ class RunningServer:
             except Exception:  # a bad poll (a folder vanishing mid-read) must not stop the next one
                 logger.exception("repository poll failed")
 
-    def stop(self) -> None:
+    def stop(self, release_ports: bool = True) -> None:
         """Drain as Kubernetes expects: NOT_SERVING at once, requests still accepted for the grace period,
-        then new requests refused (UNAVAILABLE) and in-flight ones finished, all within `drain_seconds`."""
+        then new requests refused (UNAVAILABLE) and in-flight ones finished, all within `drain_seconds`.
+
+        Args:
+            release_ports: stop gRPC's server and free the ports (for callers that go on running). A process that
+                exits next passes False: its closing sockets fail calls still on the wire with UNAVAILABLE, where
+                gRPC's own shutdown would cancel them (CANCELLED, which clients do not retry).
+        """
         deadline = time.monotonic() + self.config.drain_seconds
         self.stopping.set()
         self.front_end.enter_graceful_shutdown()
         logger.info("draining: NOT_SERVING; new requests accepted for %.1f s more", self.config.drain_grace_seconds)
         time.sleep(self.config.drain_grace_seconds)
-        if self.http_server is not None:
-            self.http_server.shutdown()  # stops accepting; handlers in flight are counted by the model versions
+        rest = self.rest
+        if rest is not None:
+            self.front_end.call_soon(rest.refuse)  # new REST requests: 503; those in progress finish
         self.front_end.drain(deadline - time.monotonic())
+        if rest is not None:
+            self.front_end.run(rest.stop(), timeout=max(1.0, deadline - time.monotonic()))
         self.models.close()
-        self.front_end.close()
+        if release_ports:
+            self.front_end.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        if self.http_server is not None:
-            self.http_server.server_close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         logger.info("stopped after draining")
@@ -176,25 +185,22 @@ def build_server(config: ServeConfig) -> RunningServer:
     if grpc_port == 0:
         front_end.close()
         raise UsageError(f"cannot listen for gRPC on {config.host}:{config.grpc_port} (port in use?)")
-    http_server, rest_port = None, None
+    rest, rest_port = None, None
     metrics_server, metrics_port = None, None
     try:
         if config.rest_port is not None:
-            api = RestApi(service, config.max_message_bytes, metrics, known)
-            http_server = make_http_server(api, config.host, config.rest_port, reuse_port=config.reuse_port)
-            rest_port = http_server.server_address[1]
+            rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known))
+            rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port))
         if config.metrics_port is not None:
             metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port)
     except OSError as exc:
-        if http_server is not None:
-            http_server.server_close()
+        if rest is not None and rest_port is not None:
+            front_end.run(rest.stop())
         front_end.close()
         raise UsageError(f"cannot listen for REST or metrics on {config.host}: {exc.strerror or exc}") from None
 
-    running = RunningServer(config, models, metrics, front_end, grpc_port, executor, http_server, rest_port,
+    running = RunningServer(config, models, metrics, front_end, grpc_port, executor, rest, rest_port,
                             metrics_server, metrics_port, started)
-    if http_server is not None:
-        threading.Thread(target=http_server.serve_forever, name="rest", daemon=True).start()
     models.load_all()
     running.set_serving()
     if config.poll_seconds > 0:

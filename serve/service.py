@@ -10,9 +10,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +60,24 @@ class VersionStatistics:
     batch_sizes: dict[int, Duration] = field(default_factory=dict)
 
 
+class InFlight:
+    """A version held for one request: `with service.serving(...) as served:` releases it at the end."""
+
+    __slots__ = ("_gauge", "served")
+
+    def __init__(self, served: ServedVersion, gauge: Any) -> None:
+        self.served = served
+        self._gauge = gauge
+
+    def __enter__(self) -> ServedVersion:
+        return self.served
+
+    def __exit__(self, *exc: object) -> None:
+        self.served.release()
+        if self._gauge is not None:
+            self._gauge.dec()
+
+
 @dataclass(frozen=True)
 class _Call:
     """A validated request on its way through the service."""
@@ -98,23 +115,17 @@ class InferenceService:
         self._stats_lock = threading.Lock()
         self._stats: dict[tuple[str, int], VersionStatistics] = {}
 
-    @contextmanager
-    def serving(self, name: str, version: int | None = None, label: str | None = None) -> Iterator[ServedVersion]:
-        """The version that serves a request, counted in-flight (so it is not unloaded) for the block's duration.
+    def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
+        """The version that serves a request, counted in-flight (so it is not unloaded) for the `with` block.
 
         Raises:
             ServeError: NOT_FOUND or UNAVAILABLE from the model manager.
         """
         served = self.models.acquire(name, version, label)
-        gauge = self.metrics.inflight.labels(name) if self.metrics is not None else None
+        gauge = self.metrics.labelled(self.metrics.inflight, name) if self.metrics is not None else None
         if gauge is not None:
             gauge.inc()
-        try:
-            yield served
-        finally:
-            served.release()
-            if gauge is not None:
-                gauge.dec()
+        return InFlight(served, gauge)
 
     def infer(
         self,

@@ -47,7 +47,7 @@ def _worker(config: ServeConfig, log_level: int, log_format: str, ready: Any, in
     ready.put((index, os.getpid(), running.models.is_ready()))
     while not stop.wait(1.0):
         pass
-    running.stop()
+    running.stop(release_ports=False)  # the worker exits next
 
 
 class WorkerPool:

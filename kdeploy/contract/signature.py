@@ -40,7 +40,7 @@ class DType:
 
     @property
     def numpy(self) -> np.dtype:
-        return np.dtype(self.name)
+        return _NUMPY_DTYPES[self.name]
 
 
 DTYPES: tuple[DType, ...] = (
@@ -59,15 +59,19 @@ DTYPES: tuple[DType, ...] = (
 )
 
 
+_NUMPY_DTYPES: dict[str, np.dtype] = {d.name: np.dtype(d.name) for d in DTYPES}
+_BY_NAME: dict[str, DType] = {d.name: d for d in DTYPES}
+
+
 def dtype_by_name(name: str) -> DType:
     """The `DType` whose NumPy name is `name`.
 
     Raises:
         SignatureError: for a type kdeploy does not handle (strings, complex numbers).
     """
-    for dtype in DTYPES:
-        if dtype.name == name:
-            return dtype
+    dtype = _BY_NAME.get(name)
+    if dtype is not None:
+        return dtype
     raise SignatureError(f"unsupported dtype {name!r}; supported: {', '.join(d.name for d in DTYPES)}")
 
 
@@ -96,7 +100,7 @@ class TensorSpec:
 
     @property
     def np_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
+        return _NUMPY_DTYPES[self.dtype]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

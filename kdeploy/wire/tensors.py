@@ -155,8 +155,11 @@ def ndarray_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
     return array
 
 
+_BY_NUMPY: dict[np.dtype, DType] = {d.numpy: d for d in DTYPES}
+
+
 def _dtype_of(array: np.ndarray) -> DType:
-    for dtype in DTYPES:
-        if dtype.numpy == array.dtype:
-            return dtype
-    raise TypeError(f"no wire dtype for {array.dtype}")
+    dtype = _BY_NUMPY.get(array.dtype)
+    if dtype is None:
+        raise TypeError(f"no wire dtype for {array.dtype}")
+    return dtype

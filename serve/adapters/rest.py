@@ -1,7 +1,8 @@
-"""TF Serving's REST API on the standard library's threaded HTTP server.
+"""TF Serving's REST API: requests in, (HTTP status, JSON body) out, independent of the HTTP server.
 
-Routes: `GET /v1/models/NAME[/versions/V | /labels/L]`, the same with `/metadata`, and `POST ...:predict` in
-the row (`instances`) and columnar (`inputs`) formats. Errors are `{"error": "..."}` with the status that
+`serve/rest_server.py` serves it over HTTP (aiohttp, on the gRPC front end's event loop). Routes:
+`GET /v1/models/NAME[/versions/V | /labels/L]`, the same with `/metadata`, and `POST ...:predict` in the row
+(`instances`) and columnar (`inputs`) formats. Errors are `{"error": "..."}` with the status that
 `kdeploy.serve.errors.HTTP_STATUS` gives for the error's kind.
 """
 
@@ -11,8 +12,6 @@ import json
 import logging
 import re
 import time
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -27,8 +26,6 @@ from kdeploy.wire.tensors import ndarray_from_json, tf_dtype_name
 
 logger = logging.getLogger(__name__)
 
-DISCARD_LIMIT_BYTES = 256 << 20
-"""An oversized body up to this size is read and dropped before the 413 (see `_discard`)."""
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<tail>/metadata|:predict)?$"
@@ -45,11 +42,11 @@ class RestApi:
         self._metrics = metrics
         self._known = known_models
 
-    def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
+    async def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
         """Answer one request: (HTTP status, JSON body)."""
         started = time.perf_counter()
         try:
-            status, payload = 200, self._route(method, path, body)
+            status, payload = 200, await self._route(method, path, body)
         except ServeError as exc:
             status, payload = HTTP_STATUS[exc.kind], {"error": exc.message}
         except Exception:  # the server never dies on a request
@@ -64,10 +61,10 @@ class RestApi:
             return
         model = match["name"] if match["name"] in self._known else UNKNOWN_MODEL
         code = HTTP_TO_GRPC_NAME.get(status, "UNKNOWN")
-        self._metrics.requests.labels(model, match["version"] or "", "tfserving-rest", code).inc()
-        self._metrics.latency.labels(model, "tfserving-rest").observe(time.perf_counter() - started)
+        self._metrics.labelled(self._metrics.requests, model, match["version"] or "", "tfserving-rest", code).inc()
+        self._metrics.labelled(self._metrics.latency, model, "tfserving-rest").observe(time.perf_counter() - started)
 
-    def _route(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
+    async def _route(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
         match = _ROUTE.match(path.split("?", 1)[0])
         if not match:
             raise not_found(f"no such endpoint {path!r}; expected /v1/models/NAME[/versions/V][/metadata|:predict]")
@@ -77,7 +74,7 @@ class RestApi:
             if method != "POST":
                 raise ServeError(ErrorKind.INVALID_INPUT, ":predict takes POST")
             with self.service.serving(name, version, match["label"]) as served:
-                return self._predict(served, body or b"")
+                return await self._predict(served, body or b"")
         if method != "GET":
             raise ServeError(ErrorKind.INVALID_INPUT, f"{path} takes GET")
         if tail == "/metadata":
@@ -112,7 +109,7 @@ class RestApi:
         return {"model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
                 "metadata": {"signature_def": {"signature_def": {DEFAULT_SIGNATURE: signature_def}}}}
 
-    def _predict(self, served: ServedVersion, body: bytes) -> dict[str, Any]:
+    async def _predict(self, served: ServedVersion, body: bytes) -> dict[str, Any]:
         try:
             request = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -125,10 +122,10 @@ class RestApi:
             raise invalid("the request must have exactly one of 'instances' (row format) or 'inputs' (columnar)")
         if "instances" in request:
             feed = _feed_from_instances(request["instances"], signature)
-            outputs = self.service.infer(served, feed).outputs
+            outputs = (await self.service.infer_async(served, feed)).outputs
             return {"predictions": _rows(outputs)}
         feed = _feed_from_columns(request["inputs"], signature)
-        outputs = self.service.infer(served, feed).outputs
+        outputs = (await self.service.infer_async(served, feed)).outputs
         if len(outputs) == 1:
             return {"outputs": next(iter(outputs.values())).tolist()}
         return {"outputs": {name: value.tolist() for name, value in outputs.items()}}
@@ -169,63 +166,3 @@ def _rows(outputs: dict[str, np.ndarray]) -> list[Any]:
         return next(iter(outputs.values())).tolist()
     rows = batch_size(outputs)
     return [{name: value[i].tolist() for name, value in outputs.items()} for i in range(rows)]
-
-
-def make_http_server(api: RestApi, host: str, port: int, reuse_port: bool = False) -> ThreadingHTTPServer:
-    """A threaded HTTP server answering TF Serving's REST API with `api`."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Headers and body go out in two writes; with Nagle's algorithm and the client's delayed ACK the second
-        # waits ~40 ms on a kept-alive connection.
-        disable_nagle_algorithm = True
-
-        def _answer(self, method: str) -> None:
-            body = None
-            if method == "POST":
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > api.max_body_bytes:
-                    # Read (and drop) the body first: a client still sending when the connection closes sees a
-                    # broken pipe instead of the 413. Beyond a bound the connection is simply closed.
-                    self._discard(min(length, DISCARD_LIMIT_BYTES))
-                    self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               {"error": f"request body of {length} bytes is over the limit of {api.max_body_bytes}"},
-                               close=True)
-                    return
-                body = self.rfile.read(length)
-            status, payload = api.handle(method, self.path, body)
-            self._send(status, payload)
-
-        def _discard(self, length: int) -> None:
-            while length > 0:
-                chunk = self.rfile.read(min(length, 1 << 20))
-                if not chunk:
-                    return
-                length -= len(chunk)
-
-        def _send(self, status: int, payload: dict[str, Any], close: bool = False) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._answer("GET")
-
-        def do_POST(self) -> None:
-            self._answer("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-            logger.debug("rest %s " + format, self.address_string(), *args)
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_port = reuse_port  # several worker processes share the port
-        request_queue_size = 128  # the default listen backlog of 5 drops connections when clients arrive together
-
-    return Server((host, port), Handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -27,10 +28,10 @@ class Rest:
     metrics: ServerMetrics
 
     def get(self, path: str) -> tuple[int, dict]:
-        return self.api.handle("GET", path, None)
+        return asyncio.run(self.api.handle("GET", path, None))
 
     def post(self, path: str, payload: object) -> tuple[int, dict]:
-        return self.api.handle("POST", path, json.dumps(payload).encode())
+        return asyncio.run(self.api.handle("POST", path, json.dumps(payload).encode()))
 
     def requests(self, status: str, model: str = "m", version: str = "") -> float | None:
         labels = {"model": model, "version": version, "protocol": "tfserving-rest", "status": status}
@@ -150,7 +151,7 @@ def test_two_inputs_by_name_in_both_formats(rest):
 ])
 def test_errors_have_their_status_and_say_what_is_wrong(rest, method, path, body, code, words):
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
-    answer_code, answer = rest.api.handle(method, path, data)
+    answer_code, answer = asyncio.run(rest.api.handle(method, path, data))
     assert answer_code == code and list(answer) == ["error"] and words in answer["error"]
 
 

@@ -1,0 +1,98 @@
+"""TF Serving's REST API over HTTP: aiohttp on the gRPC front end's event loop (keep-alive on).
+
+The handler only moves bytes: the body in, `RestApi.handle` (routing, decoding, inference, errors), JSON out. An
+oversized body is answered 413 with the same JSON error shape as every other error, after it has been read (a client
+still sending when the connection closes would see a broken pipe instead), and while draining new requests are
+answered 503 so load balancers and clients retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from kdeploy.serve.adapters.rest import RestApi
+
+logger = logging.getLogger(__name__)
+
+DISCARD_LIMIT_BYTES = 256 << 20
+"""An oversized body up to this size is read and dropped before the 413; beyond it the connection is closed."""
+DRAINING_MESSAGE = "the server is shutting down; retry (another replica takes new requests)"
+
+
+class RestServer:
+    """One aiohttp site serving `api`; start, refuse and stop run on the event loop."""
+
+    def __init__(self, api: RestApi) -> None:
+        self._api = api
+        self._refusing = False
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen on host:port (0 picks a free port) and return the bound port.
+
+        Raises:
+            OSError: when the address cannot be bound.
+        """
+        # The body limit is enforced by the handler (with a JSON 413); aiohttp's own is set just above it.
+        app = web.Application(client_max_size=self._api.max_body_bytes + 1)
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None, backlog=128)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        server: Any = site._server  # noqa: SLF001 - aiohttp exposes the bound sockets nowhere else
+        self.port = server.sockets[0].getsockname()[1]
+        return self.port
+
+    def refuse(self) -> None:
+        """Answer every new request 503 from now on (called on the loop)."""
+        self._refusing = True
+
+    async def stop(self) -> None:
+        """Stop listening, let handlers in progress finish, close the connections."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if self._refusing:
+            return _json(503, {"error": DRAINING_MESSAGE}, close=True)
+        body = None
+        if request.method == "POST":
+            limit = self._api.max_body_bytes
+            length = request.content_length
+            too_large = length is not None and length > limit
+            if not too_large:
+                try:
+                    body = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    too_large = True
+            if too_large:
+                await _discard(request, DISCARD_LIMIT_BYTES)
+                size = f"{length} bytes" if length is not None else "the request body"
+                return _json(413, {"error": f"{size} is over the limit of {limit} bytes"}, close=True)
+        status, payload = await self._api.handle(request.method, request.raw_path, body)
+        return _json(status, payload)
+
+
+async def _discard(request: web.Request, limit: int) -> None:
+    while limit > 0:
+        chunk = await request.content.readany()
+        if not chunk:
+            return
+        limit -= len(chunk)
+
+
+def _json(status: int, payload: dict[str, Any], close: bool = False) -> web.Response:
+    response = web.Response(body=json.dumps(payload).encode(), status=status, content_type="application/json")
+    if close:
+        response.force_close()
+    return response
