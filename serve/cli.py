@@ -12,6 +12,7 @@ from pathlib import Path
 from kdeploy.common.errors import UsageError
 from kdeploy.serve.config import BACKENDS, GRAPH_OPTIMIZATIONS, BatchingParameters, ServeConfig, VersionPolicy
 from kdeploy.serve.configs import ConfigsConfig
+from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--inline-max-micros", type=int, default=DEFAULTS.inline_max_micros,
                         help="models whose one-row run takes at most this long (measured at load) run inline on the "
                              f"gRPC event loop (default {DEFAULTS.inline_max_micros}; 0: none)")
+    parser.add_argument("--predict-tensor-encoding", default=DEFAULTS.predict_tensor_encoding,
+                        choices=TENSOR_ENCODINGS,
+                        help="TF Serving Predict answers: typed fields (float_val..., TF Serving's default) or "
+                             f"tensor_content bytes (default {DEFAULTS.predict_tensor_encoding})")
     parser.add_argument("--tflite-interpreters", type=int, default=DEFAULTS.tflite_interpreters,
                         help=f"TFLite interpreters per version (default {DEFAULTS.tflite_interpreters})")
     parser.add_argument("--enable-batching", action="store_true",
@@ -140,7 +145,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         intra_op_threads=args.intra_op_threads,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
-        inline_max_micros=args.inline_max_micros,
+        inline_max_micros=args.inline_max_micros, predict_tensor_encoding=args.predict_tensor_encoding,
         tflite_interpreters=args.tflite_interpreters,
     )
 

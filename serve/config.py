@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kdeploy.common.errors import UsageError
+from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
 GRAPH_OPTIMIZATIONS: tuple[str, ...] = ("disable", "basic", "extended", "all")
@@ -135,6 +136,9 @@ class ServeConfig:
     inline_max_micros: int = 200
     """A model whose one-row run (measured at warm-up) takes at most this many microseconds runs inline on the event
     loop, where a hand-off to a thread would cost more than the run; slower ones run on the `grpc_threads`."""
+    predict_tensor_encoding: str = "typed"
+    """How TF Serving Predict answers carry values: `typed` (`float_val`..., as TF Serving) or `content`
+    (`tensor_content` bytes)."""
     tflite_interpreters: int = 2
     """TFLite interpreters per version (each serves one request at a time)."""
     batching: BatchingParameters | None = None
@@ -164,6 +168,8 @@ class ServeConfig:
             raise UsageError("--max-message-mb must be at least 1")
         if self.poll_seconds < 0 or self.drain_seconds < 0 or self.drain_grace_seconds < 0:
             raise UsageError("--poll-seconds, --drain-seconds and --drain-grace-seconds must not be negative")
+        if self.predict_tensor_encoding not in TENSOR_ENCODINGS:
+            raise UsageError(f"--predict-tensor-encoding {self.predict_tensor_encoding!r}: expected typed or content")
         if self.inline_max_micros < 0:
             raise UsageError("--inline-max-micros must not be negative")
         if self.workers < 1:

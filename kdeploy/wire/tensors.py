@@ -102,13 +102,25 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
     return flat.reshape(shape)
 
 
-def fill_tensor_proto(proto: Any, array: np.ndarray) -> None:
-    """Write an array into a TensorProto as dtype, shape and `tensor_content`."""
+TENSOR_ENCODINGS: tuple[str, ...] = ("typed", "content")
+"""How a TensorProto carries its values: the typed `*_val` field (TF Serving's default for Predict responses,
+`kAsProtoField`, which its example clients read as `outputs[...].float_val`) or `tensor_content` bytes."""
+
+
+def fill_tensor_proto(proto: Any, array: np.ndarray, encoding: str = "content") -> None:
+    """Write an array into a TensorProto: dtype, shape, and the values as `tensor_content` or the typed field."""
     array = np.ascontiguousarray(array)
-    proto.dtype = _dtype_of(array).tf_enum
+    dtype = _dtype_of(array)
+    proto.dtype = dtype.tf_enum
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
-    proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    if encoding == "content":
+        proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        return
+    flat = array.ravel()
+    if dtype.name == "float16":  # TensorFlow keeps half floats as their bits in half_val
+        flat = flat.view(np.uint16).astype(np.int32)
+    getattr(proto, _TF_TYPED_FIELD[dtype.name]).extend(flat.tolist())
 
 
 def ndarray_from_kserve(name: str, datatype: str, shape: list[int], contents: Any, raw: bytes | None,

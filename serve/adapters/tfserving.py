@@ -18,9 +18,20 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 class TfServingAdapter:
     """Servicer methods for TF Serving's PredictionService and ModelService."""
 
-    def __init__(self, service: InferenceService, protos: Protos, max_tensor_bytes: int) -> None:
+    def __init__(self, service: InferenceService, protos: Protos, max_tensor_bytes: int,
+                 tensor_encoding: str = "typed") -> None:
+        """
+        Args:
+            service: the inference service.
+            protos: the message classes.
+            max_tensor_bytes: largest tensor a typed field may expand to.
+            tensor_encoding: how Predict answers carry values: `typed` (`float_val`..., TF Serving's default) or
+                `content` (`tensor_content` bytes: less work for large outputs; clients using
+                `tf.make_ndarray` read both).
+        """
         self._service = service
         self._max_bytes = max_tensor_bytes
+        self._encoding = tensor_encoding
         self._PredictResponse = protos.cls("tensorflow.serving.PredictResponse")
         self._MetadataResponse = protos.cls("tensorflow.serving.GetModelMetadataResponse")
         self._SignatureDefMap = protos.cls("tensorflow.serving.SignatureDefMap")
@@ -57,7 +68,7 @@ class TfServingAdapter:
             result = await self._service.infer_async(served, feed, list(request.output_filter), deadline_of(context))
         response = self._PredictResponse()
         for name, array in result.outputs.items():
-            fill_tensor_proto(response.outputs[name], array)
+            fill_tensor_proto(response.outputs[name], array, self._encoding)
         self._fill_model_spec(response.model_spec, served, DEFAULT_SIGNATURE)
         return response
 

@@ -55,6 +55,35 @@ def test_tfserving_predict_matches_keras_for_every_backend(server, exported_repo
         np.testing.assert_allclose(got[key], want[key], **FP32)
 
 
+def test_predict_answers_in_typed_fields_as_tf_serving_does(exported_repo):
+    # TF Serving's example clients read result.outputs['scores'].float_val: its default, and kdeploy's.
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    x = validation_rows(exported_repo, "digits", rows=2)
+    want = keras_outputs(exported_repo, "digits", {"image": x})["probabilities"]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "digits"
+    request.inputs["image"].dtype = 1  # DT_FLOAT
+    for size in x.shape:
+        request.inputs["image"].tensor_shape.dim.add().size = size
+    request.inputs["image"].float_val.extend(x.ravel().tolist())
+    for encoding, field in (("typed", "float_val"), ("content", "tensor_content")):
+        proc = start_server("--repository", exported_repo, "--model", "digits", "--no-rest", "--no-metrics",
+                            "--predict-tensor-encoding", encoding)
+        try:
+            with grpc.insecure_channel(proc.grpc) as channel:
+                response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+        finally:
+            assert proc.stop() == 0
+        output = response.outputs["probabilities"]
+        assert output.ListFields() and {f.name for f, _ in output.ListFields()} >= {"dtype", "tensor_shape", field}
+        if encoding == "typed":
+            got = np.array(output.float_val, np.float32).reshape(want.shape)
+        else:
+            got = np.frombuffer(output.tensor_content, np.float32).reshape(want.shape)
+        np.testing.assert_allclose(got, want, **FP32)
+
+
 def test_two_inputs_two_outputs_over_both_grpc_protocols(server, exported_repo):
     import tritonclient.grpc as triton
 
@@ -89,7 +118,7 @@ def test_typed_float_val_with_tensorflows_repeat_rule(onnx_server, exported_repo
     expected_input = np.full((2, 30), 3.0, np.float32)
     expected_input[0, 0] = 5.0
     want = keras_outputs(exported_repo, "tabular", {"features": expected_input})["probability"]
-    got = np.frombuffer(response.outputs["probability"].tensor_content, np.float32).reshape(2, 1)
+    got = np.array(response.outputs["probability"].float_val, np.float32).reshape(2, 1)  # typed, as TF Serving
     np.testing.assert_allclose(got, want, **FP32)
 
 
