@@ -80,6 +80,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--drain-grace-seconds", type=float, default=DEFAULTS.drain_grace_seconds,
                         help="on SIGTERM, keep accepting requests this long after health turns NOT_SERVING "
                              f"(default {DEFAULTS.drain_grace_seconds:g})")
+    parser.add_argument("--wait-for-models", action="store_true",
+                        help="with polling on, keep running (health NOT_SERVING) while no model can be served, as "
+                             "TF Serving does; without it, nothing to serve is an error (exit 2) naming the reasons")
     parser.add_argument("--workers", type=parse_workers, default=DEFAULTS.workers, metavar="N|auto",
                         help="server processes sharing the ports with SO_REUSEPORT, each loading the models; auto: "
                              f"one per CPU this process may use (the production setting; default {DEFAULTS.workers})")
@@ -140,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         models=tuple(models), backend=args.backend, host=args.host, grpc_port=args.grpc_port,
         batching=batching, metrics_port=None if args.no_metrics else args.metrics_port,
         poll_seconds=args.poll_seconds, drain_seconds=args.drain_seconds,
-        drain_grace_seconds=args.drain_grace_seconds, workers=args.workers,
+        drain_grace_seconds=args.drain_grace_seconds, workers=args.workers, wait_for_models=args.wait_for_models,
         rest_port=None if args.no_rest else args.rest_port, max_message_mb=args.max_message_mb,
         intra_op_threads=args.intra_op_threads,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
@@ -161,13 +164,20 @@ def run_serve(args: argparse.Namespace) -> int:
     if config.workers > 1:
         return run_workers(config, level, args.log_format)
     running = build_server(config)
+    problems = running.models.problems()
+    if len(problems) == len(config.models) and not (config.wait_for_models and config.poll_seconds > 0):
+        running.stop(release_ports=False, grace_seconds=0.0)
+        reasons = "; ".join(f"model {name}: {reason}" for name, reason in problems.items())
+        raise UsageError(f"nothing to serve ({reasons}); pass --wait-for-models to keep polling until a version "
+                         "appears")
     versions = ",".join(f"{s.name}:{s.version}({s.state.name})" for name in running.models.model_names
-                        for s in running.models.statuses(name))
+                        for s in running.models.statuses(name) if name not in problems)
     rest = f"{config.host}:{running.rest_port}" if running.rest_port is not None else "off"
     metrics = f"{config.host}:{running.metrics_port}" if running.metrics_port is not None else "off"
+    unservable = f" unservable={','.join(problems)}" if problems else ""
     print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
           f"grpc={config.host}:{running.grpc_port} rest={rest} metrics={metrics} backend={config.backend} "
-          f"models={versions}", flush=True)
+          f"models={versions}{unservable}", flush=True)
     try:
         while not running.stopping.wait(3600):
             pass

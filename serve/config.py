@@ -151,6 +151,8 @@ class ServeConfig:
     """On SIGTERM, the longest the server takes to finish in-flight requests and exit."""
     drain_grace_seconds: float = 5.0
     """On SIGTERM, how long new requests are still accepted (health already NOT_SERVING) so load balancers notice."""
+    wait_for_models: bool = False
+    """With polling on, keep running while no model can be served (TF Serving's behaviour); else that is an error."""
     workers: int = 1
     """Server processes sharing the ports (SO_REUSEPORT), each with its own copy of the models."""
     reuse_port: bool = False

@@ -143,6 +143,8 @@ class ModelManager:
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._versions: dict[str, dict[int, ServedVersion]] = {s.name: {} for s in sources}
+        self._problems: dict[str, str] = {}
+        """Models whose folder offers nothing to load, with the reason (see `_folder_problem`)."""
 
     @property
     def model_names(self) -> list[str]:
@@ -180,8 +182,7 @@ class ModelManager:
                 continue  # failed before and nothing changed since: do not retry every poll
             self._load(source, version)
             changed = True
-        if not wanted and not on_disk and not known:
-            logger.warning("model %s has no version in %s", source.name, source.base_path)
+        self._note_problem(source, self._folder_problem(source, on_disk, complete))
         # Unload what is no longer wanted, but only once something else can serve (a roll-back keeps the old one
         # answering until the replacement is AVAILABLE).
         serving_wanted = any(known[v].state is VersionState.AVAILABLE for v in wanted if v in known)
@@ -190,6 +191,40 @@ class ModelManager:
                 self._unload(served)
                 changed = True
         return changed
+
+    @staticmethod
+    def _folder_problem(source: ModelSource, on_disk: list[int], complete: list[int]) -> str | None:
+        """Why a model folder offers nothing to load, or None when it holds a version with a manifest."""
+        if complete:
+            return None
+        if not source.base_path.is_dir():
+            return f"{source.base_path} is not a folder"
+        if not on_disk:
+            return f"no version folder (a positive integer) in {source.base_path}"
+        return (f"no version in {source.base_path} has a manifest.json (versions {on_disk}): "
+                "not written by kdeploy export, or still being copied")
+
+    def _note_problem(self, source: ModelSource, problem: str | None) -> None:
+        """Log a model's folder problem once when it appears or changes, and keep it for status reports."""
+        with self._lock:
+            previous = self._problems.get(source.name)
+            if problem is None:
+                self._problems.pop(source.name, None)
+            else:
+                self._problems[source.name] = problem
+        if problem is not None and problem != previous:
+            logger.error("model %s cannot be served: %s", source.name, problem, extra={"model": source.name})
+
+    def problems(self) -> dict[str, str]:
+        """Models that have nothing to serve, with the reason: no version, no artifact, every load failed."""
+        with self._lock:
+            reasons = dict(self._problems)
+            for name, versions in self._versions.items():
+                if name in reasons or not versions:
+                    continue
+                if all(v.state is VersionState.END and v.error for v in versions.values()):
+                    reasons[name] = "; ".join(f"version {v.version}: {v.error}" for v in versions.values())
+            return reasons
 
     def _set_state(self, served: ServedVersion, state: VersionState) -> None:
         served.state = state
@@ -288,6 +323,10 @@ class ModelManager:
         """
         versions = self._model(name)
         if version is None:
+            if not versions and name in self._problems:
+                # Nothing to list: report the model itself as END with the reason, instead of an empty answer.
+                return [ServedVersion(name, 0, self._sources[name].base_path, state=VersionState.END,
+                                      error=self._problems[name])]
             return [versions[v] for v in sorted(versions)]
         if version not in versions:
             raise not_found(f"model {name!r} has no version {version} (versions: {sorted(versions)})")
@@ -317,7 +356,8 @@ class ModelManager:
         if not available:
             known = "; ".join(f"version {v} is {s.state.name}" + (f": {s.error}" if s.error else "")
                               for v, s in sorted(versions.items()))
-            raise unavailable(f"model {name!r} has no available version ({known or 'none loaded yet'})")
+            reason = known or self._problems.get(name) or "none loaded yet"
+            raise unavailable(f"model {name!r} has no available version ({reason})")
         return versions[available[-1]]
 
     def acquire(self, name: str, version: int | None = None, label: str | None = None) -> ServedVersion:

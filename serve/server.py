@@ -122,7 +122,7 @@ class RunningServer:
             except Exception:  # a bad poll (a folder vanishing mid-read) must not stop the next one
                 logger.exception("repository poll failed")
 
-    def stop(self, release_ports: bool = True) -> None:
+    def stop(self, release_ports: bool = True, grace_seconds: float | None = None) -> None:
         """Drain as Kubernetes expects: NOT_SERVING at once, requests still accepted for the grace period,
         then new requests refused (UNAVAILABLE) and in-flight ones finished, all within `drain_seconds`.
 
@@ -130,12 +130,14 @@ class RunningServer:
             release_ports: stop gRPC's server and free the ports (for callers that go on running). A process that
                 exits next passes False: its closing sockets fail calls still on the wire with UNAVAILABLE, where
                 gRPC's own shutdown would cancel them (CANCELLED, which clients do not retry).
+            grace_seconds: how long requests are still accepted after NOT_SERVING (default: the configured grace).
         """
+        grace = self.config.drain_grace_seconds if grace_seconds is None else grace_seconds
         deadline = time.monotonic() + self.config.drain_seconds
         self.stopping.set()
         self.front_end.enter_graceful_shutdown()
-        logger.info("draining: NOT_SERVING; new requests accepted for %.1f s more", self.config.drain_grace_seconds)
-        time.sleep(self.config.drain_grace_seconds)
+        logger.info("draining: NOT_SERVING; new requests accepted for %.1f s more", grace)
+        time.sleep(grace)
         rest = self.rest
         if rest is not None:
             self.front_end.call_soon(rest.refuse)  # new REST requests: 503; those in progress finish

@@ -192,7 +192,7 @@ def test_version_labels(tmp_path, loader):
     ({"name": "nope"}, ErrorKind.NOT_FOUND, "model 'nope' is not served here (models: m, empty)"),
     ({"name": "m", "version": 9}, ErrorKind.NOT_FOUND, "model 'm' has no version 9 (versions: [1])"),
     ({"name": "m", "label": "beta"}, ErrorKind.NOT_FOUND, "model 'm' has no version label 'beta' (labels: none)"),
-    ({"name": "empty"}, ErrorKind.UNAVAILABLE, "model 'empty' has no available version (none loaded yet)"),
+    ({"name": "empty"}, ErrorKind.UNAVAILABLE, "model 'empty' has no available version (no version folder"),
 ])
 def test_resolve_and_acquire_errors(tmp_path, loader, request_, kind, words):
     write_version(tmp_path, "m", 1)
@@ -290,3 +290,34 @@ def test_a_model_folders_batching_parameters_override_the_servers(tmp_path, load
     manager.close()
     # Generated rows (no validation data), the folder's sizes (and one row, timed).
     assert loader.backend(1).rows == [1] * (1 + WARM_UP_TIMED_RUNS) + [2, 8]
+
+
+def test_a_model_with_nothing_to_load_is_reported_end_with_the_reason_once(tmp_path, loader, caplog):
+    write_version(tmp_path, "m", 1)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "foreign" / "3").mkdir(parents=True)  # a version folder, but no manifest.json in it
+    manager = make_manager(tmp_path, loader, "m", "empty", "foreign", "missing")
+    with caplog.at_level(logging.ERROR):
+        manager.load_all()
+        manager.poll()  # a second poll does not repeat the error
+    problems = manager.problems()
+    assert set(problems) == {"empty", "foreign", "missing"}
+    assert problems["empty"].startswith("no version folder (a positive integer) in ")
+    assert "has a manifest.json (versions [3])" in problems["foreign"]
+    assert problems["missing"].endswith("missing is not a folder")
+    [status] = manager.statuses("empty")
+    assert status.state is END and status.error == problems["empty"]
+    assert manager.statuses("m")[0].state is AVAILABLE and manager.is_ready("m")
+    logged = [r.getMessage() for r in caplog.records if "cannot be served" in r.getMessage()]
+    assert len(logged) == 3 and all(any(name in m for m in logged) for name in ("empty", "foreign", "missing"))
+
+
+def test_a_model_whose_every_version_failed_is_a_problem_until_one_loads(tmp_path, loader):
+    write_version(tmp_path, "m", 1)
+    loader.failures[1] = "broken weights"
+    manager = make_manager(tmp_path, loader)
+    manager.load_all()
+    assert manager.problems()["m"] == "version 1: broken weights"
+    write_version(tmp_path, "m", 2)
+    manager.poll()
+    assert manager.problems() == {}
