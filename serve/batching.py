@@ -29,6 +29,7 @@ from kdeploy.contract.signature import Feed, batch_size
 from kdeploy.runtimes.base import Backend
 from kdeploy.serve.config import BatchingParameters
 from kdeploy.serve.metrics import ServerMetrics
+from kdeploy.serve.statistics import VersionStatistics
 from kdeploy.wire.errors import ErrorKind, ServeError
 from kdeploy.wire.protos.messages import load_protos
 
@@ -105,11 +106,12 @@ class Batcher:
     """Merges concurrent requests for one model version into batches run by `num_batch_threads` threads."""
 
     def __init__(self, backend: Backend, params: BatchingParameters, *, model: str, version: int,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None, stats: VersionStatistics | None = None) -> None:
         self._backend = backend
         self._params = params
         self._model, self._version = model, version
         self._metrics = metrics
+        self._stats = stats
         self._capacity = params.max_batch_size * params.max_enqueued_batches
         self._cond = threading.Condition()
         self._queue: deque[_Task] = deque()
@@ -187,10 +189,13 @@ class Batcher:
                              f"model {self._model!r} version {self._version} failed to run the request") from None
 
     def _execute(self, feed: Feed, rows: int) -> dict[str, np.ndarray]:
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         outputs = self._backend.infer(feed)
+        elapsed = time.perf_counter_ns() - started
+        if self._stats is not None:
+            self._stats.record_execution(rows, elapsed)
         if self._metrics is not None:
-            self._metrics.observe_execution(self._model, self._version, time.perf_counter() - started, rows)
+            self._metrics.observe_execution(self._model, self._version, elapsed / 1e9, rows)
         return outputs
 
     def _next_batch(self) -> list[_Task] | None:

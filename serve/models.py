@@ -28,6 +28,7 @@ from kdeploy.runtimes.base import Backend
 from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
 from kdeploy.serve.config import ModelSource
 from kdeploy.serve.metrics import ServerMetrics
+from kdeploy.serve.statistics import VersionStatistics
 from kdeploy.wire.errors import not_found, unavailable
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class ServedVersion:
     backend: Backend | None = None
     batcher: Batcher | None = None
     load_seconds: float = 0.0
+    stats: VersionStatistics = field(default_factory=VersionStatistics)
+    """Triton's ModelStatistics counters of this version (requests and runtime executions)."""
     row_seconds: float = 0.0
     """The runtime's time for one row, measured at warm-up: whether a request is run inline on the event loop."""
     fingerprint: tuple = ()
@@ -258,7 +261,8 @@ class ModelManager:
             return
         served.manifest, served.backend = manifest, backend
         if batching is not None:
-            served.batcher = Batcher(backend, batching, model=source.name, version=version, metrics=self._metrics)
+            served.batcher = Batcher(backend, batching, model=source.name, version=version, metrics=self._metrics,
+                                     stats=served.stats)
         served.load_seconds = time.perf_counter() - started
         self._set_state(served, VersionState.AVAILABLE)
         if previous is not None and previous.backend is not None:

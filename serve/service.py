@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,44 +19,13 @@ import numpy as np
 from kdeploy.contract.signature import Feed, SignatureError, batch_size
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager, ServedVersion
+from kdeploy.serve.statistics import StatisticsSnapshot
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 NO_DEADLINE_SECONDS = 86_400.0
-
-
-@dataclass
-class Duration:
-    count: int = 0
-    ns: int = 0
-
-    def add(self, ns: int) -> None:
-        self.count += 1
-        self.ns += ns
-
-
-@dataclass
-class VersionStatistics:
-    """Counters per model version, as Triton's ModelStatistics reports them."""
-
-    success: Duration = field(default_factory=Duration)
-    fail: Duration = field(default_factory=Duration)
-    queue: Duration = field(default_factory=Duration)
-    """Waiting in the batching queue (zero without batching); perf_analyzer finds the version by this count."""
-    compute_input: Duration = field(default_factory=Duration)
-    """Validation of the decoded request."""
-    compute_infer: Duration = field(default_factory=Duration)
-    """The runtime (with batching: the merged batch, after the queue)."""
-    compute_output: Duration = field(default_factory=Duration)
-    """Selecting the asked-for outputs."""
-    inference_count: int = 0
-    """Rows inferred (the sum of batch sizes)."""
-    execution_count: int = 0
-    """Backend runs."""
-    last_inference_ms: int = 0
-    batch_sizes: dict[int, Duration] = field(default_factory=dict)
 
 
 class InFlight:
@@ -112,8 +80,6 @@ class InferenceService:
         self.metrics = metrics
         self._executor = executor
         self._inline_max_seconds = inline_max_seconds
-        self._stats_lock = threading.Lock()
-        self._stats: dict[tuple[str, int], VersionStatistics] = {}
 
     def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
         """The version that serves a request, counted in-flight (so it is not unloaded) for the `with` block.
@@ -154,8 +120,8 @@ class InferenceService:
             else:
                 self._check_deadline(served, deadline)
                 outputs, queued = self._run_direct(served, call.feed), 0.0
-        except ServeError:
-            self._account(served, fail_ns=time.perf_counter_ns() - call.started)
+        except BaseException:  # a refusal, a deadline, a runtime error, a cancelled call: all count as failures
+            served.stats.record_failure(time.perf_counter_ns() - call.started)
             raise
         return self._finish(call, outputs, queued)
 
@@ -185,8 +151,8 @@ class InferenceService:
                     loop = asyncio.get_running_loop()
                     outputs = await loop.run_in_executor(self._executor, self._run_direct, served, call.feed)
                 queued = 0.0
-        except ServeError:
-            self._account(served, fail_ns=time.perf_counter_ns() - call.started)
+        except BaseException:  # a refusal, a deadline, a runtime error, a cancelled call: all count as failures
+            served.stats.record_failure(time.perf_counter_ns() - call.started)
             raise
         return self._finish(call, outputs, queued)
 
@@ -203,7 +169,7 @@ class InferenceService:
             except SignatureError as exc:
                 raise invalid(str(exc)) from None
         except ServeError:
-            self._account(served, fail_ns=time.perf_counter_ns() - started)
+            served.stats.record_failure(time.perf_counter_ns() - started)
             raise
         return _Call(served, checked, wanted, started, time.perf_counter_ns())
 
@@ -218,13 +184,13 @@ class InferenceService:
         queue_ns = int(queued * 1e9)
         result = InferenceResult(call.served, {name: outputs[name] for name in call.wanted})
         finished = time.perf_counter_ns()
-        self._account(call.served, ok_ns=finished - call.started, input_ns=call.validated - call.started,
-                      queue_ns=queue_ns, compute_ns=computed - call.validated - queue_ns,
-                      output_ns=finished - computed, rows=batch_size(call.feed))
+        call.served.stats.record_request(ok_ns=finished - call.started, input_ns=call.validated - call.started,
+                                         queue_ns=queue_ns, compute_ns=computed - call.validated - queue_ns,
+                                         output_ns=finished - computed, rows=batch_size(call.feed))
         return result
 
     def _run_direct(self, served: ServedVersion, feed: Feed) -> dict[str, np.ndarray]:
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         try:
             outputs = served.loaded()[1].infer(feed)
         except Exception:
@@ -232,42 +198,19 @@ class InferenceService:
                              extra={"model": served.name, "version": served.version})
             raise ServeError(ErrorKind.INTERNAL,
                              f"model {served.name!r} version {served.version} failed to run the request") from None
+        elapsed, rows = time.perf_counter_ns() - started, batch_size(feed)
+        served.stats.record_execution(rows, elapsed)
         if self.metrics is not None:
-            self.metrics.observe_execution(served.name, served.version, time.perf_counter() - started, batch_size(feed))
+            self.metrics.observe_execution(served.name, served.version, elapsed / 1e9, rows)
         return outputs
 
-    def _account(self, served: ServedVersion, ok_ns: int = 0, fail_ns: int = 0, input_ns: int = 0,
-                 queue_ns: int = 0, compute_ns: int = 0, output_ns: int = 0, rows: int = 0) -> None:
-        with self._stats_lock:
-            stats = self._stats.setdefault((served.name, served.version), VersionStatistics())
-            if fail_ns:
-                stats.fail.add(fail_ns)
-                return
-            stats.success.add(ok_ns)
-            stats.queue.add(queue_ns)
-            stats.compute_input.add(input_ns)
-            stats.compute_infer.add(compute_ns)
-            stats.compute_output.add(output_ns)
-            stats.inference_count += rows
-            stats.execution_count += 1
-            stats.last_inference_ms = int(time.time() * 1000)
-            stats.batch_sizes.setdefault(rows, Duration()).add(compute_ns)
+    def statistics(self, name: str, version: int) -> StatisticsSnapshot:
+        """A copy of one version's counters.
 
-    def statistics(self, name: str, version: int) -> VersionStatistics:
-        """A copy of one version's counters."""
-        with self._stats_lock:
-            stats = self._stats.get((name, version), VersionStatistics())
-            return VersionStatistics(
-                success=Duration(stats.success.count, stats.success.ns),
-                fail=Duration(stats.fail.count, stats.fail.ns),
-                queue=Duration(stats.queue.count, stats.queue.ns),
-                compute_input=Duration(stats.compute_input.count, stats.compute_input.ns),
-                compute_infer=Duration(stats.compute_infer.count, stats.compute_infer.ns),
-                compute_output=Duration(stats.compute_output.count, stats.compute_output.ns),
-                inference_count=stats.inference_count, execution_count=stats.execution_count,
-                last_inference_ms=stats.last_inference_ms,
-                batch_sizes={k: Duration(d.count, d.ns) for k, d in stats.batch_sizes.items()},
-            )
+        Raises:
+            ServeError: NOT_FOUND for an unknown model or version.
+        """
+        return self.models.statuses(name, version)[0].stats.snapshot()
 
 
 def deadline_of(context: Any) -> float | None:

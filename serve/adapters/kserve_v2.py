@@ -124,7 +124,7 @@ class KServeV2Adapter:
         response = self._responses["ModelStatistics"]()
         for name in names:
             for served in self._service.models.statuses(name, version):
-                stats = self._service.statistics(name, served.version)
+                stats = served.stats.snapshot()
                 entry = response.model_stats.add(
                     name=name, version=str(served.version), last_inference=stats.last_inference_ms,
                     inference_count=stats.inference_count, execution_count=stats.execution_count,

@@ -191,4 +191,6 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(tmp_path):
     assert backend.rows[warm_up:] == [1, 2]  # the two that waited ran as one batch
     stats = served.service.statistics("m", 1)
     assert (stats.success.count, stats.inference_count, stats.queue.count) == (3, 3, 3)
+    # Triton counts executions: two runs, of one row and of two (the batch the batcher formed).
+    assert stats.execution_count == 2 and {k: d.count for k, d in stats.batch_sizes.items()} == {1: 1, 2: 1}
     assert served.sample("kdeploy_inference_seconds_count", model="m", version="1") == 2
