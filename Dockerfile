@@ -40,13 +40,15 @@ WORKDIR /src
 COPY requirements/build.txt requirements/build.txt
 RUN python -m venv /opt/venv \
  && pip install --no-cache-dir -r requirements/build.txt
-# Only what `pip install .` packages: the five Python packages, pyproject.toml and its readme.
+# Only what `pip install .` packages: the five Python packages, the manifests (package data for `kdeploy k8s
+# render`), pyproject.toml and its readme.
 COPY pyproject.toml README.md ./
 COPY kdeploy/ kdeploy/
 COPY export/ export/
 COPY serve/ serve/
 COPY train/ train/
 COPY loadtest/ loadtest/
+COPY k8s/ k8s/
 
 # ---------------------------------------------------------------------------------------------------------------
 # runtime: the slim base every Python image below starts from: a non-root user, tini, the venv on PATH.
