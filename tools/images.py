@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tools.base_image import STAND_IN_LABEL, dockerfile_base, ensure_base
 from tools.engine import BUILD, ROOT, Engine, EngineError, detect
@@ -76,14 +77,14 @@ def build_target(engine: Engine, target: str) -> dict[str, float | int | str]:
     return {"image": image_name(target), "build_seconds": round(seconds, 1), "bytes": size}
 
 
-def build(engine: Engine, targets: list[str]) -> dict[str, object]:
+def build(engine: Engine, targets: list[str]) -> dict[str, Any]:
     """Base image, model repository, then each target; writes and returns build/images/report.json."""
     steps = [ensure_base(engine), ensure_models()]
     for line in steps:
         print(line, flush=True)
     base = dockerfile_base()
     labels = engine.run(["image", "inspect", "--format", "{{json .Config.Labels}}", base]).stdout
-    report: dict[str, object] = {
+    report: dict[str, Any] = {
         "engine": engine.name, "base_image": base, "base_bytes": engine.image_size(base),
         "base_is_stand_in": STAND_IN_LABEL in (labels or ""), "images": {}, "skipped": {}}
     images: dict[str, object] = {}
@@ -100,7 +101,19 @@ def build(engine: Engine, targets: list[str]) -> dict[str, object]:
         report["images"] = {**previous["images"], **images}
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(summary(report), flush=True)
     return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The sizes and build times, one line per image, the base image first."""
+    base = int(report["base_bytes"])
+    kind = "a local stand-in (debootstrap)" if report["base_is_stand_in"] else "as pulled"
+    lines = [f"sizes: base {report['base_image']}, {kind}: {base / 1e6:.0f} MB"]
+    for entry in report["images"].values():
+        lines.append(f"sizes: {entry['image']}: {entry['bytes'] / 1e6:.0f} MB ({(entry['bytes'] - base) / 1e6:.0f} MB "
+                     f"above the base), built in {entry['build_seconds']:.0f} s")
+    return "\n".join(lines)
 
 
 def install_podman() -> str | None:
