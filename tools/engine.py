@@ -56,6 +56,11 @@ class Engine:
                               f"{lines[-1] if lines else 'no message'}")
         return result
 
+    def remove_container(self, name: str) -> None:
+        """Remove a container at once, running or not, and say nothing if it is gone already."""
+        force = ["rm", "--force", "--time", "0"] if self.name == "podman" else ["rm", "--force"]
+        self.run([*force, name], check=False, timeout=120)
+
     def image_exists(self, reference: str) -> bool:
         return self.run(["image", "inspect", reference], check=False).returncode == 0
 
@@ -95,7 +100,8 @@ def answers(engine: Engine) -> bool:
 
 
 def make_engine(name: str) -> Engine:
-    return Engine(name, podman_env() if name == "podman" else {})
+    # docker: BuildKit for the Dockerfile's cache mounts (Debian's docker.io 20.10 still defaults to the old builder).
+    return Engine(name, podman_env() if name == "podman" else {"DOCKER_BUILDKIT": "1"})
 
 
 def detect(choice: str | None = None) -> Engine:

@@ -70,7 +70,7 @@ class Container:
         return self.state("Running") == "true"
 
     def remove(self) -> None:
-        self.engine.run(["rm", "--force", "--time", "0", self.name], check=False, timeout=120)
+        self.engine.remove_container(self.name)
 
 
 def health(address: str, timeout: float = 2.0) -> str:

@@ -17,7 +17,7 @@ def run_loadtest(engine, image: str, *args: str):
         return engine.run(["run", "--name", name, "--network", "host", *read_only_root(engine), *HARDENED, image,
                            "kdeploy", "loadtest", "--out", "/tmp/report", *args], check=False, timeout=300)
     finally:
-        engine.run(["rm", "--force", "--time", "0", name], check=False, timeout=60)
+        engine.remove_container(name)
 
 
 def test_loadtest_holds_its_slo(engine, image, server: Container):

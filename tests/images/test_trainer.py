@@ -27,7 +27,7 @@ def test_trainer_output_is_served_by_the_server_image(engine, image, tmp_path):
                              "--volume", f"{work}:/work", "--entrypoint", "tini", image("trainer"), "--",
                              "sh", "-c", script], check=False, timeout=900)
     finally:
-        engine.run(["rm", "--force", "--time", "0", name], check=False, timeout=60)
+        engine.remove_container(name)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     version = work / "models" / NAME / "1"
     assert {"model.onnx", "model.keras", "manifest.json"} <= {p.name for p in version.iterdir()}
