@@ -33,7 +33,8 @@ RUN apt-get update \
 # builder: a virtualenv at /opt/venv with a pinned build backend, so `pip install --no-build-isolation .` never
 # fetches an unpinned setuptools.
 # Downloads go through a build cache mount (/root/.cache/pip): never in a layer, and shared by every target's
-# build and rebuild, so the trainer's TensorFlow wheel is fetched once per machine, not once per source change.
+# build and rebuild, so where the index's answers are cacheable the trainer's TensorFlow wheel is fetched once per
+# machine, not once per source change.
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
