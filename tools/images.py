@@ -91,7 +91,8 @@ def build(engine: Engine, targets: list[str]) -> dict[str, Any]:
     skipped: dict[str, str] = {}
     for target in targets:
         if target == "tfserving" and not engine.image_exists(tfserving_base()):
-            skipped[target] = f"{tfserving_base()} is not available locally and no registry can be reached"
+            skipped[target] = (f"its base {tfserving_base()} is not present locally "
+                               "(pull it where a registry is reachable)")
             print(f"skipped {image_name(target)}: {skipped[target]}", flush=True)
             continue
         images[target] = build_target(engine, target)
