@@ -32,6 +32,9 @@ RUN apt-get update \
 # ---------------------------------------------------------------------------------------------------------------
 # builder: a virtualenv at /opt/venv with a pinned build backend, so `pip install --no-build-isolation .` never
 # fetches an unpinned setuptools.
+# Downloads go through a build cache mount (/root/.cache/pip): never in a layer, and shared by every target's
+# build and rebuild, so where the index's answers are cacheable the trainer's TensorFlow wheel is fetched once per
+# machine, not once per source change.
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -40,16 +43,20 @@ WORKDIR /src
 COPY requirements/build.txt requirements/build.txt
 RUN python -m venv /opt/venv \
  && pip install --no-cache-dir -r requirements/build.txt
-# Only what `pip install .` packages: the five Python packages, pyproject.toml and its readme.
+# Only what `pip install .` packages: the five Python packages, the manifests (package data for `kdeploy k8s
+# render`), pyproject.toml and its readme.
 COPY pyproject.toml README.md ./
 COPY kdeploy/ kdeploy/
 COPY export/ export/
 COPY serve/ serve/
 COPY train/ train/
 COPY loadtest/ loadtest/
+COPY k8s/ k8s/
 
 # ---------------------------------------------------------------------------------------------------------------
 # runtime: the slim base every Python image below starts from: a non-root user, tini, the venv on PATH.
+# ORT_DISABLE_TELEMETRY: onnxruntime (>= 1.32) otherwise starts Microsoft's 1DS telemetry, which writes a device ID
+# under $HOME/.cache (a warning on a read-only root) and tries to upload over HTTPS; a server sends nothing out.
 FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --no-log-init --system --uid 10001 --user-group --home-dir /home/kdeploy --create-home \
         --shell /usr/sbin/nologin kdeploy
@@ -57,6 +64,7 @@ COPY --from=tini /usr/bin/tini-static /usr/local/bin/tini
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PATH=/opt/venv/bin:$PATH
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -66,7 +74,7 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /src
 COPY --from=builder /src /src
 COPY constraints.txt ./
-RUN pip install --no-cache-dir --no-build-isolation -c constraints.txt . \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-build-isolation -c constraints.txt . \
  && pip check \
  && rm -rf /src/build \
  && install -d -o 10001 -g 10001 /models /workspace
@@ -97,7 +105,7 @@ FROM models-${MODEL_SOURCE} AS models
 # with --no-deps (pyproject lists the whole tool's dependencies); requirements/server.txt is the complete set.
 FROM builder AS server-build
 COPY requirements/server.txt requirements/server.txt
-RUN pip install --no-cache-dir --no-deps -r requirements/server.txt \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps -r requirements/server.txt \
  && pip check \
  && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && pip uninstall --yes setuptools
@@ -129,7 +137,7 @@ ENTRYPOINT ["tini", "--", "kdeploy", "serve"]
 # only the NVIDIA driver and container toolkit) and are registered with the dynamic loader.
 FROM builder AS server-gpu-build
 COPY requirements/server-gpu.txt requirements/server-gpu.txt
-RUN pip install --no-cache-dir --no-deps -r requirements/server-gpu.txt \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps -r requirements/server-gpu.txt \
  && pip check \
  && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && pip uninstall --yes setuptools
@@ -175,7 +183,7 @@ ENTRYPOINT ["tini", "--", "tensorflow_model_server", "--port=8500", "--rest_api_
 # repository comes along for the signature and the held-out rows the requests are made of.
 FROM builder AS loadtest-build
 COPY requirements/loadtest.txt requirements/loadtest.txt
-RUN pip install --no-cache-dir --no-deps -r requirements/loadtest.txt \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps -r requirements/loadtest.txt \
  && pip check \
  && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && pip uninstall --yes setuptools

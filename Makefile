@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer
+.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -20,6 +20,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# server, loadtest and trainer images (tfserving too when tensorflow/serving is present locally) with podman or
+# docker (CONTAINER_ENGINE=podman|docker, else detected), the demo repository baked in (MODEL_SOURCE=context).
+# Where no registry is reachable, the Dockerfile's python base is made locally first (tools/base_image.py).
+images: $(STAMP)
+	$(BIN)/python -m tools.images build
+
+# The images for real: built as above, then run (tests/images): hardened server, official clients, drain under
+# load, loadtest and trainer images, and the rendered manifests under `podman kube play`. Installs podman when no
+# engine answers and this is root with apt-get; otherwise it skips with one line.
+test-images: $(STAMP)
+	$(BIN)/python -m tools.images test
 
 # ruff, then import-linter and mypy on the package as a wheel installs it (build/lint-tree): the stages' folders
 # map to kdeploy.<stage> only through setuptools' package-dir, which neither tool reads from the source tree.

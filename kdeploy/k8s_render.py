@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def add_k8s_parser(commands: argparse._SubParsersAction) -> None:
                         help="image reference (REGISTRY/REPO:TAG or @sha256:...) for the overlay's image, or for "
                              "the image called NAME in the manifests (repeatable)")
     render.add_argument("--model", metavar="NAME", help="model to serve, probe or load (default: as in the overlay)")
-    render.add_argument("--k8s-dir", type=Path, help="the k8s/ folder (default: the one beside this package)")
+    render.add_argument("--k8s-dir", type=Path, help="the k8s/ folder (default: the one installed with kdeploy)")
     render.set_defaults(run=run_render)
 
 
@@ -89,7 +90,7 @@ def render_overlay(overlay: str, images: list[str] | None = None, model: str | N
         overlay: a folder name under `k8s/overlays`.
         images: `[NAME=]REF` entries; a bare REF replaces the overlay's own image.
         model: the model name to put where the overlay names one.
-        k8s_dir: the `k8s/` folder; default the one in the source tree, else `./k8s`.
+        k8s_dir: the `k8s/` folder; default the one installed with kdeploy, else `./k8s`.
 
     Returns:
         The manifests as multi-document YAML.
@@ -123,13 +124,25 @@ def render_overlay(overlay: str, images: list[str] | None = None, model: str | N
 
 
 def find_k8s_dir(k8s_dir: Path | None) -> Path:
-    """The folder holding `base/` and `overlays/`."""
-    candidates = [k8s_dir] if k8s_dir is not None else [Path(__file__).resolve().parents[1] / "k8s", Path("k8s")]
+    """The folder holding `base/` and `overlays/`: `k8s_dir`, else the manifests installed with kdeploy."""
+    candidates = [k8s_dir] if k8s_dir is not None else [packaged_k8s_dir(), Path("k8s")]
     for candidate in candidates:
-        if (candidate / "overlays").is_dir():
+        if candidate is not None and (candidate / "overlays").is_dir():
             return candidate
-    where = k8s_dir if k8s_dir is not None else "beside the kdeploy package or in the current folder"
+    where = k8s_dir if k8s_dir is not None else "installed with kdeploy or in the current folder"
     raise UsageError(f"no k8s/overlays folder {where}; pass --k8s-dir (the repository's k8s/)")
+
+
+def packaged_k8s_dir() -> Path | None:
+    """`k8s/` as installed: package data of `kdeploy.k8s`, in a wheel and in an editable install alike.
+
+    kustomize reads real folders only, so a zipped install (where the resources are no files) counts as absent.
+    """
+    try:
+        root = resources.files("kdeploy.k8s")
+    except ModuleNotFoundError:
+        return None
+    return root if isinstance(root, Path) else None
 
 
 def kustomize_command() -> list[str]:

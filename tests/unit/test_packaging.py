@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import zipfile
@@ -73,3 +74,25 @@ def test_wheel_holds_every_module_and_the_protocol_files(wheel: Path) -> None:
     expected |= {f"kdeploy/wire/protos/{p.relative_to(ROOT / 'kdeploy/wire/protos').as_posix()}"
                  for p in (ROOT / "kdeploy/wire/protos").rglob("*.proto")}
     assert sorted(expected - names) == []
+
+
+def test_wheel_holds_the_kubernetes_manifests(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"kdeploy/k8s/{p.relative_to(ROOT / 'k8s').as_posix()}" for p in (ROOT / "k8s").rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
+    assert "kdeploy/k8s/overlays/onnx/kustomization.yaml" in expected
+    assert sorted(expected - names) == []
+
+
+def test_render_works_from_an_installed_wheel(wheel: Path, tmp_path: Path) -> None:
+    """A non-editable install renders without --k8s-dir, from a folder that holds no k8s/."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    script = ("import sys, kdeploy; from kdeploy.cli import main; print(kdeploy.__file__, file=sys.stderr); "
+              "sys.exit(main(['k8s', 'render', '--overlay', 'onnx', '--image', 'example.com/kdeploy-server:1']))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(target)}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(str(target)), result.stderr
+    assert "kind: Deployment" in result.stdout and "image: example.com/kdeploy-server:1" in result.stdout
