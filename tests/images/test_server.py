@@ -126,14 +126,12 @@ def test_stop_drains_under_load_and_exits_0(engine, image, models_dir):
         assert "OK" in during, "no request was answered after SIGTERM (the drain grace accepts them)"
         grace_end = stop_at + DRAIN_GRACE_SECONDS
         assert {s for t, s in load.statuses if stop_at <= t < grace_end - 0.2} == {"OK"}, load.details[:5]
-        # gRPC core cancels the calls that reach the server as it shuts down, before any handler has them (RST_STREAM
-        # CANCEL); they never ran, and inference is idempotent, so a client retries them like UNAVAILABLE. Anything
-        # else, or a cancel later on (an in-flight call cut off at the drain deadline), is a failed drain.
+        # Every call after SIGTERM is answered or refused with UNAVAILABLE (which clients retry); none is cut off as
+        # CANCELLED: the server refuses new calls itself and lets its exit close the sockets.
         unexpected = [(round(t - stop_at, 3), s) for t, s in load.statuses if t >= stop_at
-                      and s not in ("OK", "UNAVAILABLE") and not (s == "CANCELLED" and t - grace_end < 1.0)]
+                      and s not in ("OK", "UNAVAILABLE")]
         cancelled = [s for t, s in load.statuses if s == "CANCELLED"]
-        assert not unexpected and len(cancelled) <= 3, (f"{unexpected[:5]}, {len(cancelled)} cancelled\n"
-                                                        f"{load.details[:5]}\n{container.logs()}")
+        assert not unexpected, f"{unexpected[:5]}\n{load.details[:5]}\n{container.logs()}"
         print(f"drain: stop returned in {stopped_in:.1f} s, {len(during)} requests during it: "
               f"{during.count('OK')} OK, {during.count('UNAVAILABLE')} UNAVAILABLE, {len(cancelled)} CANCELLED")
     finally:
