@@ -145,8 +145,10 @@ def _first_line(exc: BaseException) -> str:
 
 def _converter_reason(exc: BaseException) -> str:
     """The lines of a TFLite converter error that say what failed (it also prints MLIR locations)."""
-    lines = [line for line in str(exc).splitlines() if "error:" in line]
-    reasons = [line.split("error:", 1)[1].strip() for line in lines]
+    lines = [line for line in str(exc).splitlines() if "error:" in line or line.startswith("loc(")]
+    # MLIR prefixes each reason with its location, `loc(callsite(fused[...] at ...)): `; the reason follows.
+    reasons = [line.split("error:", 1)[1].strip() if "error:" in line else line for line in lines]
+    reasons = [r.rsplit("): ", 1)[-1].strip() if r.startswith("loc(") else r for r in reasons]
     unique = list(dict.fromkeys(reasons))
     return "; ".join(unique[:3]) if unique else _first_line(exc)
 

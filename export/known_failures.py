@@ -24,7 +24,27 @@ class KnownFailure:
     reason: str
 
 
-KNOWN_FAILURES: tuple[KnownFailure, ...] = ()
+_TFLITE = ("tflite", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8")
+_NO_FLEX = ("; it would need TensorFlow ops inside TFLite (SELECT_TF_OPS), which the LiteRT runtime kdeploy serves "
+            "with does not include")
+
+KNOWN_FAILURES: tuple[KnownFailure, ...] = (
+    KnownFailure("AveragePooling3D", _TFLITE, "TFLite has no 3-D pooling op (tf.AvgPool3D)" + _NO_FLEX),
+    KnownFailure("MaxPooling3D", _TFLITE, "TFLite has no 3-D pooling op (tf.MaxPool3D)" + _NO_FLEX),
+    KnownFailure("AdaptiveAveragePooling3D", _TFLITE, "TFLite has no 3-D pooling op (tf.AvgPool3D)" + _NO_FLEX),
+    KnownFailure("AdaptiveMaxPooling3D", _TFLITE, "TFLite has no 3-D pooling op (tf.MaxPool3D)" + _NO_FLEX),
+    KnownFailure("CategoryEncoding", _TFLITE, "TFLite has no tf.DenseBincount op" + _NO_FLEX),
+    KnownFailure("Hashing", _TFLITE, "TFLite has no tf.AsString / string hashing ops" + _NO_FLEX),
+    KnownFailure("HashedCrossing", _TFLITE, "TFLite has no tf.SparseCross op" + _NO_FLEX),
+    KnownFailure("IntegerLookup", _TFLITE, "TFLite's hashtable ops take string keys only, not the int64 keys of "
+                                           "tf.HashTableV2 here" + _NO_FLEX),
+    KnownFailure("IntegerLookup", ("onnx",), "tf2onnx converts only string<->int64 lookup tables, not the "
+                                             "int64->int64 table IntegerLookup uses"),
+    KnownFailure("TextVectorization", _TFLITE, "TFLite has no string ops (tf.StringLower, tf.StringSplit)" + _NO_FLEX),
+    KnownFailure("MelSpectrogram", ("onnx",), "tf2onnx converts an RFFT only when a ComplexAbs consumes it; "
+                                              "MelSpectrogram takes its real and imaginary parts"),
+)
+"""Measured with TensorFlow 2.21, Keras 3.15, tf2onnx 1.17, LiteRT 2.3 (docs/coverage.md)."""
 
 
 def column_of(fmt: str, quantization: str = "none") -> str:

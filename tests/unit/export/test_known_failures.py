@@ -46,3 +46,34 @@ def test_the_table_names_real_columns_and_gives_reasons():
     columns = {"savedmodel", "onnx", "tflite", "tflite-fp16", "tflite-dynamic-int8", "tflite-int8"}
     for failure in KNOWN_FAILURES:
         assert set(failure.columns) <= columns and len(failure.reason) > 20, failure
+
+
+def test_tflite_converter_reasons_drop_mlir_locations():
+    pytest.importorskip("tensorflow")
+    from kdeploy.export.convert import _converter_reason
+
+    text = ('Could not translate MLIR to FlatBuffer.<unknown>:0: error: loc(callsite(fused["AsString:", "f"] at '
+            'fused["P:", "P"])): \'tf.AsString\' op is neither a custom op nor a flex op\n<unknown>:0: note: '
+            'loc(fused["P:", "P"]): called from')
+    assert _converter_reason(Exception(text)) == "'tf.AsString' op is neither a custom op nor a flex op"
+
+
+def test_the_table_refuses_a_measured_failure_with_its_reason():
+    model = _model(keras.layers.MaxPooling3D(2, name="pool"), shape=(4, 4, 4, 2))
+    refused = refusals(model, ("savedmodel", "onnx", "tflite"), "fp16")
+    assert list(refused) == ["tflite"] and "layer 'pool' (MaxPooling3D)" in refused["tflite"]
+    assert "no 3-D pooling op" in refused["tflite"]
+
+
+def test_every_conversion_failure_of_the_sweep_is_in_the_table():
+    import json
+    from pathlib import Path
+
+    coverage = json.loads((Path(__file__).parents[3] / "docs" / "coverage.json").read_text())
+    table = {(f.layer, column) for f in KNOWN_FAILURES for column in f.columns}
+    missing = [(row["name"], column) for row in coverage["rows"] if not row["name"].startswith("application:")
+               for column, cell in row["cells"].items()
+               if cell["status"] == "fail" and cell["stage"] == "convert" and "string input" not in cell["reason"]
+               and "not a loadable Keras model" not in cell["reason"] and "Activation.call()" not in cell["reason"]
+               and (row["name"], column) not in table]
+    assert missing == []
