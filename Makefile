@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images
+.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images coverage
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -32,6 +32,11 @@ images: $(STAMP)
 # engine answers and this is root with apt-get; otherwise it skips with one line.
 test-images: $(STAMP)
 	$(BIN)/python -m tools.images test
+
+# Every Keras layer, activation and small application through export + verify to every format (< 20 min on
+# 2 cores): docs/coverage.md and docs/coverage.json.
+coverage: $(STAMP)
+	$(BIN)/python -m kdeploy.export.coverage --out docs --jobs 2
 
 # ruff, then import-linter and mypy on the package as a wheel installs it (build/lint-tree): the stages' folders
 # map to kdeploy.<stage> only through setuptools' package-dir, which neither tool reads from the source tree.

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -94,24 +92,50 @@ def _representative_rows(feed: Mapping[str, np.ndarray], limit: int = 200) -> It
 def onnx_from_savedmodel(savedmodel_dir: Path, out_path: Path, opset: int, signature_name: str) -> None:
     """Convert a SavedModel's signature to ONNX with tf2onnx, keeping the signature's tensor names.
 
-    tf2onnx runs in a child process: `tf2onnx.convert.from_keras` fails on Keras 3 models, while its
-    SavedModel route works and names the graph's inputs and outputs after the signature keys.
+    tf2onnx's SavedModel route (what `python -m tf2onnx.convert --saved-model` runs), called in this process:
+    `tf2onnx.convert.from_keras` fails on Keras 3 models, and a child process would spend most of the export
+    importing TensorFlow again. TensorFlow ops that tf2onnx leaves unconverted (which onnxruntime then refuses
+    to load) are rewritten with `ONNX_REWRITES`.
 
     Raises:
         ConversionError: with tf2onnx's reason.
     """
-    command = [
-        sys.executable, "-m", "tf2onnx.convert",
-        "--saved-model", str(savedmodel_dir),
-        "--signature_def", signature_name,
-        "--tag", "serve",
-        "--opset", str(opset),
-        "--output", str(out_path),
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0 or not out_path.exists():
-        raise ConversionError(_tf2onnx_reason(proc.stderr))
+    from tf2onnx import convert as tf2onnx_convert
+    from tf2onnx import tf_loader
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    try:
+        graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+            str(savedmodel_dir), None, None, "serve", [signature_name], None, False,
+            return_initialized_tables=True, return_tensors_to_rename=True,
+        )
+        with tf.device("/cpu:0"):
+            # _convert_common is the body of tf2onnx's command line; the public from_graph_def drops the
+            # lookup tables that StringLookup and IntegerLookup need.
+            tf2onnx_convert._convert_common(  # noqa: SLF001
+                graph_def, name=str(savedmodel_dir), opset=opset, input_names=inputs, output_names=outputs,
+                tensors_to_rename=renames, initialized_tables=tables, output_path=str(out_path),
+                custom_op_handlers={op: (handler, []) for op, handler in ONNX_REWRITES.items()},
+            )
+    except Exception as exc:  # tf2onnx raises ValueError, KeyError, RuntimeError... with the reason in the text
+        raise ConversionError(_tf2onnx_reason(exc)) from exc
+    if not out_path.exists():
+        raise ConversionError("tf2onnx wrote no model")
+
+
+def _erfc_as_one_minus_erf(ctx: Any, node: Any, name: str, args: Any) -> None:
+    """Erfc (exact GELU, `keras.activations.gelu(approximate=False)`) as 1 - Erf: ONNX has Erf but no Erfc."""
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+ONNX_REWRITES: dict[str, Callable[..., None]] = {"Erfc": _erfc_as_one_minus_erf}
+"""TensorFlow ops tf2onnx passes through unconverted, rewritten into ONNX ops (op type: tf2onnx handler)."""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -121,13 +145,13 @@ def _first_line(exc: BaseException) -> str:
 
 def _converter_reason(exc: BaseException) -> str:
     """The lines of a TFLite converter error that say what failed (it also prints MLIR locations)."""
-    lines = [line for line in str(exc).splitlines() if "error:" in line]
-    reasons = [line.split("error:", 1)[1].strip() for line in lines]
+    lines = [line for line in str(exc).splitlines() if "error:" in line or line.startswith("loc(")]
+    # MLIR prefixes each reason with its location, `loc(callsite(fused[...] at ...)): `; the reason follows.
+    reasons = [line.split("error:", 1)[1].strip() if "error:" in line else line for line in lines]
+    reasons = [r.rsplit("): ", 1)[-1].strip() if r.startswith("loc(") else r for r in reasons]
     unique = list(dict.fromkeys(reasons))
     return "; ".join(unique[:3]) if unique else _first_line(exc)
 
 
-def _tf2onnx_reason(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if " ERROR " in line or "Error" in line or "error" in line]
-    return (errors[-1] if errors else (lines[-1] if lines else "tf2onnx failed without a message"))[:500]
+def _tf2onnx_reason(exc: BaseException) -> str:
+    return _first_line(exc)[:500]

@@ -69,6 +69,9 @@ class ExportConfig:
     verify_config: VerifyConfig = field(default_factory=VerifyConfig)
     unsafe: bool = False
     """Allow Keras' unsafe deserialisation (Lambda layers)."""
+    refuse_known_failures: bool = True
+    """Refuse, before converting, a format that one of the model's layers is known to fail in
+    (`kdeploy.export.known_failures`); the coverage sweep turns this off to measure the converters."""
 
     def check(self) -> None:
         """Reject bad values before any work starts.
@@ -151,6 +154,7 @@ def export_model(
         tflite_from_keras,
     )
     from kdeploy.export.keras_model import ensure_built, signature_from_keras
+    from kdeploy.export.known_failures import refusals
     from kdeploy.runtimes.keras_model import load_keras_model
 
     model = load_keras_model(config.model_path, unsafe=config.unsafe)
@@ -165,6 +169,17 @@ def export_model(
         "tflite": {"quantization": config.tflite_quantization},
         "onnx": {"opset": config.onnx_opset},
     }
+    refused = refusals(model, config.formats, config.tflite_quantization) if config.refuse_known_failures else {}
+    strings = [spec.name for spec in signature.inputs if spec.is_string]
+    if strings and "onnx" in config.formats:
+        refused["onnx"] = (
+            f"string input {strings[0]!r}: ONNX is not exported for string inputs. tf2onnx converts TensorFlow's "
+            "lookup tables without onnxruntime-extensions, but the model it writes does not predict what Keras does "
+            "(StringLookup → Embedding: 15% of labels agree), and kdeploy's onnxruntime server does not decode "
+            "strings; use the SavedModel or TFLite"
+        )
+    for fmt, reason in refused.items():
+        progress(f"export: {fmt} refused before converting: {reason}")
 
     with repo.staging(config.name, version) as stage, tempfile.TemporaryDirectory(prefix="kdeploy-export-") as tmp:
         shutil.copy2(config.model_path, stage / ARTIFACT_PATHS[SOURCE_FORMAT])
@@ -191,6 +206,8 @@ def export_model(
             progress(f"export [{index}/{len(steps)}] {fmt} ...")
             started = time.perf_counter()
             try:
+                if fmt in refused:
+                    raise ConversionError(refused[fmt])
                 step()
             except ConversionError as exc:
                 _check_cancel(cancel)  # the converter may have turned the interruption into its own error

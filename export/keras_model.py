@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from kdeploy.common.errors import UsageError
-from kdeploy.contract.signature import ModelSignature, SignatureError, TensorSpec
+from kdeploy.contract.signature import STRING, ModelSignature, SignatureError, TensorSpec, dtype_by_name
 from kdeploy.runtimes.keras_model import model_input, output_names_of, outputs_as_dict
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,11 @@ def ensure_built(model: keras.Model) -> None:
     """Call a never-run model once on one row of zeros: Keras' exporters refuse models that were never called."""
     if getattr(model, "_called", False):
         return
-    feed = {t.name: np.zeros((1, *(d or 1 for d in t.shape[1:])), dtype=t.dtype) for t in model.inputs}
+    feed = {t.name: np.zeros((1, *(d or 1 for d in t.shape[1:])), dtype=dtype_by_name(dtype_name(t.dtype)).numpy)
+            for t in model.inputs}
+    for values in feed.values():
+        if values.dtype == object:
+            values.fill(b"")  # NumPy has no string zeros: empty strings (an out-of-vocabulary token)
     model(feed if len(feed) > 1 else next(iter(feed.values())), training=False)
 
 
@@ -33,14 +37,50 @@ def signature_from_keras(model: keras.Model, name: str = "serving_default") -> M
     if not model.inputs:
         raise UsageError("the model has no defined inputs; build it with keras.Input before saving")
     ranges = _embedding_ranges(model)
+    examples = _string_examples(model)
     inputs = tuple(
-        TensorSpec(t.name, np.dtype(t.dtype).name, tuple(t.shape), ranges.get(t.name)) for t in model.inputs
+        TensorSpec(t.name, dtype_name(t.dtype), tuple(t.shape), ranges.get(t.name), examples.get(t.name))
+        for t in model.inputs
     )
-    outputs = tuple(TensorSpec(n, np.dtype(t.dtype).name, tuple(t.shape))
+    outputs = tuple(TensorSpec(n, dtype_name(t.dtype), tuple(t.shape))
                     for n, t in zip(output_names_of(model), _flat_outputs(model)))
     if len({t.name for t in outputs}) != len(outputs):
         raise SignatureError(f"the model's outputs do not have distinct names: {[t.name for t in outputs]}")
     return ModelSignature(inputs=inputs, outputs=outputs, name=name)
+
+
+def dtype_name(dtype: Any) -> str:
+    """The manifest's dtype name of a Keras tensor's dtype (`string` for tf.string, which NumPy lacks)."""
+    return STRING if str(dtype) == STRING else np.dtype(dtype).name
+
+
+def _consumers(model: keras.Model) -> dict[str, list[keras.layers.Layer]]:
+    """For each model input name, the layers that take it directly."""
+    input_names = {id(t): t.name for t in model.inputs}
+    found: dict[str, list[keras.layers.Layer]] = {}
+    for layer in model.layers:
+        for node in getattr(layer, "_inbound_nodes", []):
+            for tensor in node.input_tensors:
+                if id(tensor) in input_names:
+                    found.setdefault(input_names[id(tensor)], []).append(layer)
+    if isinstance(model, keras.Sequential) and model.layers and model.inputs:
+        found.setdefault(model.inputs[0].name, []).append(model.layers[0])
+    return found
+
+
+def _string_examples(model: keras.Model, limit: int = 64) -> dict[str, tuple[str, ...]]:
+    """Valid values of string inputs read by a StringLookup (its vocabulary) or a TextVectorization (short
+    phrases of its vocabulary), so generated inputs hit the vocabulary as well as miss it."""
+    examples: dict[str, tuple[str, ...]] = {}
+    for name, layers in _consumers(model).items():
+        for layer in layers:
+            if isinstance(layer, (keras.layers.StringLookup, keras.layers.TextVectorization)):
+                words = [w for w in layer.get_vocabulary() if w and not w.startswith("[")][:limit]
+                if isinstance(layer, keras.layers.TextVectorization):
+                    words = [" ".join(words[i:i + 3]) for i in range(0, len(words), 2)] or words
+                if words:
+                    examples[name] = tuple(words)
+    return examples
 
 
 def _flat_outputs(model: keras.Model) -> list[Any]:

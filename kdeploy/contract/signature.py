@@ -40,8 +40,12 @@ class DType:
 
     @property
     def numpy(self) -> np.dtype:
+        """NumPy's dtype; strings are object arrays of bytes, as TensorFlow returns them."""
         return _NUMPY_DTYPES[self.name]
 
+
+STRING = "string"
+"""The manifest's name for a tensor of byte strings (TensorFlow's tf.string)."""
 
 DTYPES: tuple[DType, ...] = (
     DType("float16", 19, "FP16", "tensor(float16)"),
@@ -56,10 +60,12 @@ DTYPES: tuple[DType, ...] = (
     DType("uint32", 22, "UINT32", "tensor(uint32)"),
     DType("uint64", 23, "UINT64", "tensor(uint64)"),
     DType("bool", 10, "BOOL", "tensor(bool)"),
+    DType(STRING, 7, "BYTES", "tensor(string)"),
 )
 
 
-_NUMPY_DTYPES: dict[str, np.dtype] = {d.name: np.dtype(d.name) for d in DTYPES}
+_NUMPY_DTYPES: dict[str, np.dtype] = {d.name: np.dtype(object) if d.name == STRING else np.dtype(d.name)
+                                     for d in DTYPES}
 _BY_NAME: dict[str, DType] = {d.name: d for d in DTYPES}
 
 
@@ -67,7 +73,7 @@ def dtype_by_name(name: str) -> DType:
     """The `DType` whose NumPy name is `name`.
 
     Raises:
-        SignatureError: for a type kdeploy does not handle (strings, complex numbers).
+        SignatureError: for a type kdeploy does not handle (complex numbers, ...).
     """
     dtype = _BY_NAME.get(name)
     if dtype is not None:
@@ -92,6 +98,8 @@ class TensorSpec:
     shape: Shape
     value_range: tuple[float, float] | None = None
     """Inclusive range of valid values, when known (token ids below an Embedding's vocabulary size)."""
+    examples: tuple[str, ...] | None = None
+    """Some valid values of a string input (from a StringLookup's vocabulary), used to generate inputs."""
 
     def __post_init__(self) -> None:
         dtype_by_name(self.dtype)
@@ -102,6 +110,10 @@ class TensorSpec:
     def np_dtype(self) -> np.dtype:
         return _NUMPY_DTYPES[self.dtype]
 
+    @property
+    def is_string(self) -> bool:
+        return self.dtype == STRING
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
@@ -110,16 +122,20 @@ class TensorSpec:
         }
         if self.value_range is not None:
             out["range"] = list(self.value_range)
+        if self.examples is not None:
+            out["examples"] = list(self.examples)
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         rng = data.get("range")
+        examples = data.get("examples")
         return cls(
             name=str(data["name"]),
             dtype=str(data["dtype"]),
             shape=tuple(None if int(d) < 0 else int(d) for d in data["shape"]),
             value_range=(float(rng[0]), float(rng[1])) if rng is not None else None,
+            examples=tuple(str(e) for e in examples) if examples is not None else None,
         )
 
     def check(self, array: np.ndarray, *, cast: bool = False) -> np.ndarray:
@@ -134,7 +150,9 @@ class TensorSpec:
             SignatureError: naming the tensor, what was expected and what came.
         """
         array = np.asarray(array)
-        if array.dtype != self.np_dtype:
+        if self.is_string:
+            array = self._strings(array)
+        elif array.dtype != self.np_dtype:
             if not (cast and _same_kind(array.dtype, self.np_dtype)):
                 raise SignatureError(
                     f"input {self.name!r}: expected dtype {self.dtype}, got {array.dtype.name}"
@@ -155,6 +173,21 @@ class TensorSpec:
                     f"got values from {low} to {high}"
                 )
         return array
+
+
+    def _strings(self, array: np.ndarray) -> np.ndarray:
+        """An object array of bytes (what TensorFlow takes and returns) from bytes, str (UTF-8) or object arrays.
+
+        `cast` is not needed: text has one encoding here, so str and bytes are the same strings.
+        """
+        if array.dtype.kind not in "OSU":
+            raise SignatureError(f"input {self.name!r}: expected dtype string, got {array.dtype.name}")
+        encoded = [v.encode() if isinstance(v, str) else v for v in array.ravel().tolist()]
+        if not all(isinstance(v, bytes) for v in encoded):
+            raise SignatureError(f"input {self.name!r}: expected dtype string, got non-string values")
+        out = np.empty(len(encoded), dtype=object)
+        out[:] = encoded
+        return out.reshape(array.shape)
 
 
 def _same_kind(got: np.dtype, want: np.dtype) -> bool:
@@ -231,7 +264,7 @@ class ModelSignature:
         return checked
 
     def generate_feed(self, batch: int, rng: np.random.Generator, dynamic_dim: int = 16) -> dict[str, np.ndarray]:
-        """Random inputs that fit the signature, in range for integer inputs.
+        """Random inputs that fit the signature, in range for integer inputs, from the examples for strings.
 
         Args:
             batch: rows to generate.
@@ -242,7 +275,11 @@ class ModelSignature:
         for spec in self.inputs:
             shape = (batch, *(dynamic_dim if d is None else d for d in spec.shape[1:]))
             kind = spec.np_dtype.kind
-            if kind == "b":
+            if spec.is_string:
+                choices = [e.encode() for e in spec.examples or ("a", "b", "c")]
+                values = np.empty(shape, dtype=object)
+                values.ravel()[:] = [choices[i] for i in rng.integers(0, len(choices), size=values.size)]
+            elif kind == "b":
                 values = rng.integers(0, 2, size=shape).astype(bool)
             elif kind in "iu":
                 low, high = spec.value_range or (0, 9)

@@ -9,7 +9,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from kdeploy.common.native_log import native_stderr_filtered
-from kdeploy.contract.signature import Feed, ModelSignature
+from kdeploy.contract.signature import Feed, ModelSignature, TensorSpec
 
 
 class TFLiteBackend:
@@ -32,8 +32,7 @@ class TFLiteBackend:
             # LiteRT applies (and announces, on standard error) its CPU delegate at the first call: make that call
             # here, on one row of zeros, with the announcement dropped.
             with native_stderr_filtered():
-                runner(**{spec.name: np.zeros((1, *(d or 1 for d in spec.shape[1:])), spec.np_dtype)
-                          for spec in signature.inputs})
+                runner(**{spec.name: _blank(spec) for spec in signature.inputs})
             self._interpreters.append(interpreter)
             self._pool.put(runner)
 
@@ -53,3 +52,9 @@ class TFLiteBackend:
     def close(self) -> None:
         self._interpreters = []
         self._pool = queue.Queue()
+
+
+def _blank(spec: TensorSpec) -> np.ndarray:
+    """One row of zeros (empty strings for a string input)."""
+    shape = (1, *(d or 1 for d in spec.shape[1:]))
+    return np.full(shape, b"", dtype=object) if spec.is_string else np.zeros(shape, spec.np_dtype)

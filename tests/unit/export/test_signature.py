@@ -59,3 +59,37 @@ def test_feed_from_arrays_accepts_x_for_one_input_and_names_for_several():
         feed_from_arrays({"x": np.ones((4, 3))}, SIG)
     with pytest.raises(SignatureError, match="4 inputs but 3 labels"):
         feed_from_arrays({"x": np.ones((4, 3)), "y": np.arange(3)}, one)
+
+
+def test_string_dtype_is_in_the_table_with_each_protocols_name():
+    string = dtype_by_name("string")
+    assert (string.tf_enum, string.kserve, string.onnx) == (7, "BYTES", "tensor(string)")
+    assert string.numpy == np.dtype(object)
+
+
+def test_string_inputs_take_str_or_bytes_and_become_object_bytes():
+    spec = TensorSpec("words", "string", (None, 2), examples=("cat", "dog"))
+    for given in (np.array([["cat", "dog"]]), np.array([[b"cat", b"dog"]]), np.array([["cat", "dog"]], dtype=object)):
+        checked = spec.check(given)
+        assert checked.dtype == object and checked.tolist() == [[b"cat", b"dog"]]
+    with pytest.raises(SignatureError, match="input 'words': expected dtype string, got float32"):
+        spec.check(np.zeros((1, 2), np.float32))
+    with pytest.raises(SignatureError, match="non-string values"):
+        spec.check(np.array([[1, "a"]], dtype=object))
+
+
+def test_string_examples_round_trip_and_feed_generated_inputs():
+    sig = ModelSignature(inputs=(TensorSpec("words", "string", (None, 3), examples=("cat", "dog")),),
+                         outputs=(TensorSpec("p", "float32", (None, 2)),))
+    assert sig.to_json()["inputs"][0]["examples"] == ["cat", "dog"]
+    assert ModelSignature.from_json(sig.to_json()) == sig
+    feed = sig.generate_feed(4, np.random.default_rng(0))
+    assert feed["words"].shape == (4, 3) and set(feed["words"].ravel()) <= {b"cat", b"dog"}
+    assert sig.validate_feed(feed)["words"].dtype == object
+
+
+def test_manifests_without_strings_or_examples_still_load():
+    old = {"name": "serving_default", "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
+           "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 1]}]}
+    sig = ModelSignature.from_json(old)
+    assert sig.inputs[0].examples is None and sig.to_json() == old
