@@ -55,6 +55,8 @@ def triton_model_config(
 
 def _fill(target: Any, spec: TensorSpec, batched: bool, protos: Protos) -> None:
     target.name = spec.name
-    target.data_type = protos.enum_value("inference.DataType", "TYPE_" + dtype_by_name(spec.dtype).kserve)
+    # Triton's DataType names match KServe's datatypes but for strings: BYTES on the wire, TYPE_STRING in a config.
+    kserve = dtype_by_name(spec.dtype).kserve
+    target.data_type = protos.enum_value("inference.DataType", "TYPE_STRING" if kserve == "BYTES" else "TYPE_" + kserve)
     dims = spec.shape[1:] if batched else spec.shape
     target.dims.extend(-1 if d is None else d for d in dims)

@@ -7,12 +7,13 @@ form (`tensor_content`, `raw_output_contents`).
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
 import numpy as np
 
-from kdeploy.contract.signature import DTYPES, DType, TensorSpec, dtype_by_name, format_shape
+from kdeploy.contract.signature import DTYPES, STRING, DType, TensorSpec, dtype_by_name, format_shape
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid
 
 _BY_TF_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES}
@@ -72,6 +73,8 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
     shape = _check_shape(name, [d.size for d in proto.tensor_shape.dim])
     _check_against_spec(name, shape, spec)
     count = _elements(shape)
+    if spec.is_string:
+        return _strings_from_values(name, list(proto.string_val), shape, count, "string_val", repeat=True)
     dtype = want.numpy
     if max_bytes is not None and count * dtype.itemsize > max_bytes:
         raise ServeError(ErrorKind.TOO_LARGE,
@@ -114,6 +117,9 @@ def fill_tensor_proto(proto: Any, array: np.ndarray, encoding: str = "content") 
     proto.dtype = dtype.tf_enum
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
+    if dtype.name == STRING:  # TensorFlow never puts strings in tensor_content
+        proto.string_val.extend(_as_bytes(v) for v in array.ravel())
+        return
     if encoding == "content":
         proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         return
@@ -131,6 +137,10 @@ def ndarray_from_kserve(name: str, datatype: str, shape: list[int], contents: An
         raise invalid(f"input {name!r}: expected datatype {want.kserve}, got {datatype or 'none'}")
     shape_t = _check_shape(name, list(shape))
     count = _elements(shape_t)
+    if spec.is_string:
+        values = _split_length_prefixed(name, raw) if raw is not None else list(contents.bytes_contents)
+        return _strings_from_values(name, values, shape_t, count,
+                                    "raw_input_contents" if raw is not None else "contents.bytes_contents")
     if raw is not None:
         expected = count * want.numpy.itemsize
         if len(raw) != expected:
@@ -152,18 +162,93 @@ def kserve_datatype(array: np.ndarray) -> str:
 
 
 def raw_bytes(array: np.ndarray) -> bytes:
-    """Little-endian, C-ordered bytes of an array (KServe v2's raw_output_contents)."""
+    """Little-endian, C-ordered bytes of an array (KServe v2's raw_output_contents); for BYTES tensors each
+    element is its length as 4 little-endian bytes followed by its bytes, as Triton serialises them."""
     array = np.ascontiguousarray(array)
+    if array.dtype == object:
+        return b"".join(len(b).to_bytes(4, "little") + b for b in map(_as_bytes, array.ravel()))
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
+def _split_length_prefixed(name: str, raw: bytes) -> list[bytes]:
+    values, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise invalid(f"input {name!r}: raw_input_contents ends inside a BYTES element's 4-byte length")
+        length = int.from_bytes(raw[offset:offset + 4], "little")
+        offset += 4
+        if offset + length > len(raw):
+            raise invalid(f"input {name!r}: a BYTES element of {length} bytes runs past the end of raw_input_contents")
+        values.append(raw[offset:offset + length])
+        offset += length
+    return values
+
+
+def _strings_from_values(name: str, values: list[bytes], shape: tuple[int, ...], count: int, field: str,
+                         repeat: bool = False) -> np.ndarray:
+    """An object array of bytes; with `repeat` (TensorProto's rule) a short list repeats its last value."""
+    if len(values) > count or (len(values) < count and not (repeat and values)):
+        raise invalid(f"input {name!r}: {len(values)} strings in {field}; shape {list(shape)} needs {count}")
+    flat = np.empty(count, dtype=object)
+    flat[:len(values)] = values
+    if len(values) < count:
+        flat[len(values):] = values[-1]
+    return flat.reshape(shape)
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def json_value(array: np.ndarray) -> Any:
+    """An output as JSON: numbers as lists; strings as UTF-8 text, or TF Serving's `{"b64": ...}` when not text."""
+    array = np.asarray(array, dtype=object if isinstance(array, bytes | str) else None)
+    if array.dtype != object:
+        return array.tolist()
+
+    def text(value: Any) -> Any:
+        raw = _as_bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(raw).decode("ascii")}
+
+    return np.vectorize(text, otypes=[object])(array).tolist()
+
+
 def ndarray_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
-    """A JSON value (nested lists of numbers) as an array of the spec's dtype."""
+    """A JSON value (nested lists of numbers, or of strings for string inputs) as an array of the spec's dtype."""
+    if spec.is_string:
+        return _strings_from_json(name, value)
     try:
         array = np.asarray(value, dtype=spec.np_dtype)
     except (TypeError, ValueError) as exc:
         raise invalid(f"input {name!r}: cannot read the JSON value as {spec.dtype} "
                       f"with shape {format_shape(spec.shape)}: {exc}") from None
+    return array
+
+
+def _strings_from_json(name: str, value: Any) -> np.ndarray:
+    """Nested lists of strings (UTF-8) or TF Serving's `{"b64": "..."}` objects as an object array of bytes."""
+    def leaf(item: Any) -> bytes:
+        if isinstance(item, str):
+            return item.encode("utf-8")
+        if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
+            try:
+                return base64.b64decode(item["b64"], validate=True)
+            except ValueError:
+                raise invalid(f"input {name!r}: a b64 value is not base64") from None
+        raise invalid(f"input {name!r}: expected strings (or {{\"b64\": ...}}), got {type(item).__name__}")
+
+    def walk(item: Any) -> Any:
+        return [walk(i) for i in item] if isinstance(item, list) else leaf(item)
+
+    try:
+        array = np.array(walk(value), dtype=object)
+    except ValueError:
+        array = None
+    if array is None or any(isinstance(item, list) for item in array.ravel()):  # ragged lists
+        raise invalid(f"input {name!r}: the strings do not form a tensor (rows of different lengths)")
     return array
 
 

@@ -22,7 +22,7 @@ from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
 from kdeploy.serve.models import ServedVersion
 from kdeploy.serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid, not_found
-from kdeploy.wire.tensors import ndarray_from_json, tf_dtype_name
+from kdeploy.wire.tensors import json_value, ndarray_from_json, tf_dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ class RestApi:
         feed = _feed_from_columns(request["inputs"], signature)
         outputs = (await self.service.infer_async(served, feed)).outputs
         if len(outputs) == 1:
-            return {"outputs": next(iter(outputs.values())).tolist()}
-        return {"outputs": {name: value.tolist() for name, value in outputs.items()}}
+            return {"outputs": json_value(next(iter(outputs.values())))}
+        return {"outputs": {name: json_value(value) for name, value in outputs.items()}}
 
 
 def _spec(signature: ModelSignature, name: str) -> Any:
@@ -163,6 +163,6 @@ def _feed_from_columns(inputs: Any, signature: ModelSignature) -> dict[str, np.n
 
 def _rows(outputs: dict[str, np.ndarray]) -> list[Any]:
     if len(outputs) == 1:
-        return next(iter(outputs.values())).tolist()
+        return json_value(next(iter(outputs.values())))
     rows = batch_size(outputs)
-    return [{name: value[i].tolist() for name, value in outputs.items()} for i in range(rows)]
+    return [{name: json_value(value[i]) for name, value in outputs.items()} for i in range(rows)]

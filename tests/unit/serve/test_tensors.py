@@ -4,7 +4,14 @@ import pytest
 from kdeploy.contract.signature import TensorSpec
 from kdeploy.wire.errors import ErrorKind, ServeError
 from kdeploy.wire.protos.messages import load_protos
-from kdeploy.wire.tensors import fill_tensor_proto, ndarray_from_json, ndarray_from_kserve, ndarray_from_tensor_proto
+from kdeploy.wire.tensors import (
+    fill_tensor_proto,
+    json_value,
+    ndarray_from_json,
+    ndarray_from_kserve,
+    ndarray_from_tensor_proto,
+    raw_bytes,
+)
 
 PROTOS = load_protos()
 TensorProto = PROTOS.cls("tensorflow.TensorProto")
@@ -90,3 +97,37 @@ def test_typed_values_that_do_not_fit_the_dtype():
     spec = TensorSpec("b", "int8", (None, 2))
     with pytest.raises(ServeError, match="a value in int_val does not fit int8"):
         ndarray_from_tensor_proto("b", proto(6, [1, 2], int_val=[1, 300]), spec)
+
+
+STRINGS = TensorSpec("w", "string", (None, 2))
+
+
+def test_strings_in_every_wire_format():
+    words = np.array([[b"cat", "d\u00f6g".encode()], [b"", b"\xff\x00"]], dtype=object)
+    message = TensorProto()
+    fill_tensor_proto(message, words, "content")  # strings always go in string_val, as TensorFlow puts them
+    assert message.dtype == 7 and list(message.string_val) == list(words.ravel()) and not message.tensor_content
+    assert ndarray_from_tensor_proto("w", message, STRINGS).tolist() == words.tolist()
+    raw = raw_bytes(words)
+    assert raw[:7] == b"\x03\x00\x00\x00cat"  # Triton's BYTES layout: 4-byte little-endian length, then the bytes
+    assert ndarray_from_kserve("w", "BYTES", [2, 2], None, raw, STRINGS).tolist() == words.tolist()
+    typed = PROTOS.cls("inference.InferTensorContents")(bytes_contents=list(words.ravel()))
+    assert ndarray_from_kserve("w", "BYTES", [2, 2], typed, None, STRINGS).tolist() == words.tolist()
+    from_json = ndarray_from_json("w", [["cat", "d\u00f6g"], ["", {"b64": "/wA="}]], STRINGS)
+    assert from_json.tolist() == words.tolist()
+    assert json_value(words) == [["cat", "d\u00f6g"], ["", {"b64": "/wA="}]]
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: ndarray_from_kserve("w", "BYTES", [1, 2], None, b"\x05\x00\x00\x00ab", STRINGS), "runs past the end"),
+    (lambda: ndarray_from_kserve("w", "BYTES", [1, 2], None, b"\x01\x00", STRINGS), "4-byte length"),
+    (lambda: ndarray_from_kserve("w", "BYTES", [1, 2], None, b"\x01\x00\x00\x00a", STRINGS),
+     "1 strings in raw_input_contents; shape [1, 2] needs 2"),
+    (lambda: ndarray_from_json("w", [[1, 2]], STRINGS), "expected strings"),
+    (lambda: ndarray_from_json("w", [["a"], ["b", "c"]], STRINGS), "do not form a tensor"),
+])
+def test_string_errors_name_the_input(call, words):
+    with pytest.raises(ServeError) as error:
+        call()
+    assert error.value.kind is ErrorKind.INVALID_INPUT and "input 'w'" in error.value.message
+    assert words in error.value.message
