@@ -170,8 +170,9 @@ def run_serve(args: argparse.Namespace) -> int:
         reasons = "; ".join(f"model {name}: {reason}" for name, reason in problems.items())
         raise UsageError(f"nothing to serve ({reasons}); pass --wait-for-models to keep polling until a version "
                          "appears")
+    # Every version the server knows (a model with no version folder at all shows only under unservable=).
     versions = ",".join(f"{s.name}:{s.version}({s.state.name})" for name in running.models.model_names
-                        for s in running.models.statuses(name) if name not in problems)
+                        for s in running.models.statuses(name) if s.version > 0)
     rest = f"{config.host}:{running.rest_port}" if running.rest_port is not None else "off"
     metrics = f"{config.host}:{running.metrics_port}" if running.metrics_port is not None else "off"
     unservable = f" unservable={','.join(problems)}" if problems else ""
