@@ -119,9 +119,25 @@ def handlers(kind: str, version_dir: Path) -> dict[str, dict[str, tuple[Any, Any
         "ModelReady": lambda r, c: res["ModelReady"](ready=True),
         "ServerMetadata": lambda r, c: res["ServerMetadata"](name=kind, version="0"),
     }
+    metadata_response = protos.cls("tensorflow.serving.GetModelMetadataResponse")()
+    metadata_response.model_spec.name = manifest.name
+    signature_map = protos.cls("tensorflow.serving.SignatureDefMap")()
+    signature_def = signature_map.signature_def["serving_default"]
+    for specs, target in ((signature.inputs, signature_def.inputs), (signature.outputs, signature_def.outputs)):
+        for spec in specs:
+            info = target[spec.name]
+            info.name, info.dtype = spec.name, dtype_by_name(spec.dtype).tf_enum
+            for size in spec.shape:
+                info.tensor_shape.dim.add().size = -1 if size is None else size
+    metadata_response.metadata["signature_def"].Pack(signature_map)
     return {
         "inference.GRPCInferenceService": {name: (fn, req[name]) for name, fn in kserve.items()},
-        "tensorflow.serving.PredictionService": {"Predict": (predict, predict_request)},
+        "tensorflow.serving.PredictionService": {
+            "Predict": (predict, predict_request),
+            # perf_analyzer's TF Serving mode asks for the signature before it sends load.
+            "GetModelMetadata": (lambda r, c: metadata_response,
+                                 protos.cls("tensorflow.serving.GetModelMetadataRequest")),
+        },
     }
 
 

@@ -282,12 +282,15 @@ def ratio_table(results: dict) -> list[str]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or not b else a / b
 
+    def none_or_sum(a: float | None, b: float) -> float | None:
+        return None if a is None else a + b
+
     lines = ["| target | model | measured (KServe / TF Serving) |", "|---|---|---|"]
     for model in results["models"]:
         in_process_p50 = results["models"][model]["in_process"]["1"]["p50_us"]
         lines.append(f"| c1 p50 / (null p50 + in-process b1 p50) ≤ 1.15 | {model} | " + both(
             lambda p, m=model, ip=in_process_p50: ratio(cell(m, "kdeploy", p, 1, "p50_us"),
-                                                        (cell(m, "null", p, 1, "p50_us") or 0) + ip)) + " |")
+                                                        none_or_sum(cell(m, "null", p, 1, "p50_us"), ip))) + " |")
         lines.append(f"| c32 throughput / null ≥ 0.85 (small models) | {model} | " + both(
             lambda p, m=model: ratio(cell(m, "kdeploy", p, 32, "infer_per_s"), cell(m, "null", p, 32, "infer_per_s")))
             + " |")
