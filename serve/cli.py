@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from kdeploy.common.errors import UsageError
-from kdeploy.serve.config import BACKENDS, GRAPH_OPTIMIZATIONS, BatchingParameters, ServeConfig, VersionPolicy
+from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
+from kdeploy.serve.config import BACKENDS, BatchingParameters, ServeConfig, VersionPolicy
 from kdeploy.serve.configs import ConfigsConfig
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 

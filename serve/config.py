@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from kdeploy.common.errors import UsageError
+from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
-GRAPH_OPTIMIZATIONS: tuple[str, ...] = ("disable", "basic", "extended", "all")
-"""onnxruntime's graph optimisation levels, by the names `--graph-optimization` takes."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,8 @@ class ServeConfig:
         if self.poll_seconds < 0 or self.drain_seconds < 0 or self.drain_grace_seconds < 0:
             raise UsageError("--poll-seconds, --drain-seconds and --drain-grace-seconds must not be negative")
         if self.predict_tensor_encoding not in TENSOR_ENCODINGS:
-            raise UsageError(f"--predict-tensor-encoding {self.predict_tensor_encoding!r}: expected typed or content")
+            raise UsageError(f"--predict-tensor-encoding {self.predict_tensor_encoding!r}: "
+                             f"choose from {', '.join(TENSOR_ENCODINGS)}")
         if self.inline_max_micros < 0:
             raise UsageError("--inline-max-micros must not be negative")
         if self.workers < 1:

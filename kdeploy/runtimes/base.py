@@ -25,6 +25,8 @@ _BACKENDS: dict[str, str] = {
 }
 
 
+GRAPH_OPTIMIZATIONS: tuple[str, ...] = ("disable", "basic", "extended", "all")
+"""onnxruntime's graph optimisation levels, by the names kdeploy's options use (lowest to highest)."""
 TENSORFLOW_FORMATS = frozenset({"keras", "savedmodel"})
 """Formats whose runtime loads TensorFlow."""
 

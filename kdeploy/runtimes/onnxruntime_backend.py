@@ -10,15 +10,16 @@ import numpy as np
 import onnxruntime as ort
 
 from kdeploy.contract.signature import Feed, ModelSignature
+from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
 
 logger = logging.getLogger(__name__)
 
-GRAPH_OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+GRAPH_OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = dict(zip(GRAPH_OPTIMIZATIONS, (
+    ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+), strict=True))
 
 
 class OnnxRuntimeBackend:

@@ -1,8 +1,9 @@
 """Tensors on the wire and as NumPy arrays: TF Serving's TensorProto, KServe v2's tensors, TF Serving's JSON.
 
 Every decoder checks the element type and size against the signature's `TensorSpec` and raises an
-INVALID_INPUT `ServeError` naming the input, what was expected and what came. Encoders always use the compact
-form (`tensor_content`, `raw_output_contents`).
+INVALID_INPUT `ServeError` naming the input, what was expected and what came. Encoders write KServe's
+`raw_output_contents` and a TensorProto's `tensor_content` or typed field (`fill_tensor_proto`'s `encoding`);
+strings go in `string_val` and, for KServe, as 4-byte-length-prefixed BYTES.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def fill_tensor_proto(proto: Any, array: np.ndarray, encoding: str = "content") 
         proto.string_val.extend(_as_bytes(v) for v in array.ravel())
         return
     if encoding == "content":
-        proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        proto.tensor_content = raw_bytes(array)
         return
     flat = array.ravel()
     if dtype.name == "float16":  # TensorFlow keeps half floats as their bits in half_val
