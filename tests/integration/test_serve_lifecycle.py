@@ -128,14 +128,19 @@ def test_batching_merges_requests_and_metrics_count_them(exported_repo, tmp_path
             images = data["x"][:40]
         want = keras_outputs(exported_repo, "digits", {"image": images})["probabilities"]
         results: dict[int, np.ndarray] = {}
+        # The 20 requests must arrive together for the batcher to merge them: each client connects first, then all
+        # send at once (connecting one by one would spread them further apart than a 30 µs model takes to run).
+        start = threading.Barrier(20)
 
         def client(i: int) -> None:
             import tensorflow as tf
 
             channel, stub = predict_stub(proc.grpc)
             with channel:
-                rows = slice(i * 2, i * 2 + 2)
-                response = stub.Predict(predict_request("digits", images[rows]), timeout=30)
+                grpc.channel_ready_future(channel).result(timeout=30)
+                request = predict_request("digits", images[i * 2:i * 2 + 2])
+                start.wait(timeout=60)
+                response = stub.Predict(request, timeout=30)
                 results[i] = tf.make_ndarray(response.outputs["probabilities"])
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
