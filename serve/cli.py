@@ -156,7 +156,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def run_serve(args: argparse.Namespace) -> int:
     from kdeploy.common.logs import configure_logging
-    from kdeploy.serve.server import build_server
+    from kdeploy.serve.server import build_server, exit_process
 
     level = logging.DEBUG if args.verbose else logging.INFO
     configure_logging(level, args.log_format)
@@ -190,7 +190,7 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _already_draining)
     running.stop(release_ports=False)  # the process exits next
     print("kdeploy serve: stopped", file=sys.stderr, flush=True)
-    return 0
+    exit_process(0)
 
 
 def run_workers(config: ServeConfig, level: int, log_format: str) -> int:

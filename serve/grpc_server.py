@@ -9,8 +9,9 @@ accepting while onnxruntime runs without the GIL.
 Draining, as Kubernetes expects it: `drain()` makes every new RPC answer UNAVAILABLE (clients retry that code, on
 another replica) and waits for the RPCs accepted before that point. It does not stop gRPC's server: its shutdown
 cancels the calls it has received but not yet handed to the application, and those clients would see CANCELLED,
-which they do not retry. A process that exits after the drain closes its sockets instead, and a call still on the
-wire then fails UNAVAILABLE ("Socket closed"). `close()` stops the server for callers that go on running.
+which they do not retry. A process that exits after the drain (`server.exit_process`, which skips gRPC's shutdown at
+interpreter exit too) closes its sockets instead, and a call still on the wire then fails UNAVAILABLE ("Socket
+closed"). `close()` stops the server for callers that go on running.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def _free_port(host: str) -> int:
 def _worker(config: ServeConfig, log_level: int, log_format: str, ready: Any, index: int) -> None:
     """One worker process: serve until SIGTERM, then drain (runs in a fresh interpreter: spawn)."""
     from kdeploy.common.logs import configure_logging
-    from kdeploy.serve.server import build_server
+    from kdeploy.serve.server import build_server, exit_process
 
     configure_logging(log_level, log_format)
     stop = threading.Event()
@@ -47,7 +47,8 @@ def _worker(config: ServeConfig, log_level: int, log_format: str, ready: Any, in
     ready.put((index, os.getpid(), running.models.is_ready()))
     while not stop.wait(1.0):
         pass
-    running.stop(release_ports=False)  # the worker exits next
+    running.stop(release_ports=False)
+    exit_process(0)
 
 
 class WorkerPool:
