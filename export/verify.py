@@ -94,6 +94,8 @@ def verify_version(
     feed, labels, data_source = load_inputs(version_dir, manifest, config)
     schedule = batch_schedule(batch_size(feed), config.max_batch)
     changed = {p.split(":", 1)[0]: p.split(": ", 1)[1] for p in checksum_problems(version_dir, manifest)}
+    if manifest.source is None:
+        raise UsageError(f"{version_dir} has no source model to compare with (kdeploy did not export it)")
     if "keras" in changed:
         raise UsageError(f"the reference model {manifest.source.path} {changed['keras']}")
     unsafe = bool(manifest.export_options.get("unsafe", False))

@@ -15,7 +15,7 @@ from typing import Any
 
 from kdeploy.common.errors import UsageError
 from kdeploy.common.files import sha256_path, size_of_path, write_json_atomic
-from kdeploy.contract.signature import ModelSignature
+from kdeploy.contract.signature import DEFAULT_SIGNATURE, ModelSignature, SignatureError
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -66,11 +66,11 @@ class Artifact:
                    sha256=str(data["sha256"]), options=dict(data.get("options", {})))
 
 
-def artifact_files(version_dir: Path, fmt: str) -> list[Path]:
-    """The files on disk that make up one format's artifact."""
+def artifact_files(version_dir: Path, fmt: str, path: str | None = None) -> list[Path]:
+    """The files on disk that make up one format's artifact (`path`: its file, when not the default name)."""
     if fmt == "savedmodel":
         return [version_dir / name for name in SAVEDMODEL_FILES if (version_dir / name).exists()]
-    return [version_dir / ARTIFACT_PATHS[fmt]]
+    return [version_dir / (path or ARTIFACT_PATHS[fmt])]
 
 
 def _digest_of(paths: list[Path], root: Path) -> tuple[int, str]:
@@ -83,10 +83,12 @@ def _digest_of(paths: list[Path], root: Path) -> tuple[int, str]:
     return sum(size_of_path(p) for p in paths), digest.hexdigest()
 
 
-def describe_artifact(version_dir: Path, fmt: str, options: Mapping[str, Any] | None = None) -> Artifact:
+def describe_artifact(version_dir: Path, fmt: str, options: Mapping[str, Any] | None = None,
+                      path: str | None = None) -> Artifact:
     """Measure one format's files in `version_dir` (size and sha256) for the manifest."""
-    size, digest = _digest_of(artifact_files(version_dir, fmt), version_dir)
-    return Artifact(format=fmt, path=ARTIFACT_PATHS[fmt], bytes=size, sha256=digest, options=dict(options or {}))
+    size, digest = _digest_of(artifact_files(version_dir, fmt, path), version_dir)
+    return Artifact(format=fmt, path=path or ARTIFACT_PATHS[fmt], bytes=size, sha256=digest,
+                    options=dict(options or {}))
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,11 @@ class Manifest:
     name: str
     version: int
     signature: ModelSignature
-    source: Artifact
-    """The Keras model the formats were exported from, kept in the version as the parity reference."""
+    """The default signature (`serving_default`, or the only one): what a request that names none runs."""
+    source: Artifact | None
+    """The model the formats were exported from, kept in the version as the parity reference (its format is a
+    runtime's: `keras`, or `savedmodel` for a SavedModel source). None for a version kdeploy did not export, whose
+    manifest is read from the artifact itself (see `discovered`)."""
     artifacts: dict[str, Artifact]
     """Exported formats that were written, keyed by format name."""
     failed_formats: dict[str, str] = field(default_factory=dict)
@@ -108,6 +113,32 @@ class Manifest:
     tool_versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
+    other_signatures: tuple[ModelSignature, ...] = ()
+    """Further signatures of the artifact (a SavedModel may have several), served by name."""
+
+    @property
+    def discovered(self) -> bool:
+        """Whether this manifest was read from a bare artifact, not from a `manifest.json` kdeploy export wrote."""
+        return self.source is None
+
+    @property
+    def signatures(self) -> dict[str, ModelSignature]:
+        """Every signature by name, the default first."""
+        return {s.name: s for s in (self.signature, *self.other_signatures)}
+
+    def signature_named(self, name: str) -> ModelSignature:
+        """The signature a request names; "" (and `serving_default` when the default has another name) means the
+        default.
+
+        Raises:
+            SignatureError: for a name the version does not have, listing the ones it has.
+        """
+        if name in ("", DEFAULT_SIGNATURE) and name not in self.signatures:
+            return self.signature
+        found = self.signatures.get(name)
+        if found is None:
+            raise SignatureError(f"unknown signature {name!r}; this model serves {sorted(self.signatures)}")
+        return found
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,12 +147,13 @@ class Manifest:
             "version": self.version,
             "created_at": self.created_at,
             "signature": self.signature.to_json(),
-            "source": self.source.to_json(),
+            "source": self.source.to_json() if self.source is not None else None,
             "formats": {fmt: a.to_json() for fmt, a in self.artifacts.items()},
             "failed_formats": dict(self.failed_formats),
             "validation_data": self.validation_data,
             "export_options": dict(self.export_options),
             "tool_versions": dict(self.tool_versions),
+            **({"other_signatures": [s.to_json() for s in self.other_signatures]} if self.other_signatures else {}),
         }
 
     @classmethod
@@ -133,7 +165,7 @@ class Manifest:
             name=str(data["name"]),
             version=int(data["version"]),
             signature=ModelSignature.from_json(data["signature"]),
-            source=Artifact.from_json(data["source"]),
+            source=Artifact.from_json(data["source"]) if data["source"] is not None else None,
             artifacts={fmt: Artifact.from_json(a) for fmt, a in data["formats"].items()},
             failed_formats=dict(data.get("failed_formats", {})),
             validation_data=data.get("validation_data"),
@@ -141,6 +173,7 @@ class Manifest:
             tool_versions=dict(data.get("tool_versions", {})),
             created_at=str(data.get("created_at", "")),
             schema_version=schema,
+            other_signatures=tuple(ModelSignature.from_json(s) for s in data.get("other_signatures", ())),
         )
 
 
@@ -182,9 +215,9 @@ def checksum_problems(version_dir: Path, manifest: Manifest, formats: Sequence[s
         One message per artifact that is missing or changed; empty when all match.
     """
     problems = []
-    artifacts = [manifest.source, *manifest.artifacts.values()]
+    artifacts = [*([manifest.source] if manifest.source is not None else []), *manifest.artifacts.values()]
     for artifact in (a for a in artifacts if formats is None or a.format in formats):
-        files = artifact_files(Path(version_dir), artifact.format)
+        files = artifact_files(Path(version_dir), artifact.format, artifact.path)
         if not files or not all(f.exists() for f in files):
             problems.append(f"{artifact.format}: {artifact.path} is missing")
             continue

@@ -198,13 +198,31 @@ def _same_kind(got: np.dtype, want: np.dtype) -> bool:
     return got.kind == want.kind
 
 
+DEFAULT_SIGNATURE = "serving_default"
+"""The signature a request means when it names none (TF Serving's and Keras' default)."""
+
+METHODS: tuple[str, ...] = ("predict", "classify", "regress")
+"""What a signature computes, as TF Serving's SignatureDef `method_name` says (`tensorflow/serving/predict`).
+
+`classify` and `regress` signatures take serialized `tf.Example` strings and answer TF Serving's Classify and
+Regress (`classes`/`scores`, `outputs`); every signature answers Predict.
+"""
+METHOD_PREFIX = "tensorflow/serving/"
+
+
 @dataclass(frozen=True)
 class ModelSignature:
-    """The inputs and outputs of a model's `serving_default` signature, in order."""
+    """The inputs and outputs of one of a model's signatures (`serving_default` unless named), in order."""
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    name: str = field(default="serving_default")
+    name: str = field(default=DEFAULT_SIGNATURE)
+    method: str = "predict"
+    """One of `METHODS`."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SignatureError(f"signature {self.name!r}: method {self.method!r} is not one of {list(METHODS)}")
 
     @property
     def input_names(self) -> list[str]:
@@ -227,18 +245,22 @@ class ModelSignature:
         raise SignatureError(f"unknown output {name!r}; the model's outputs are {self.output_names}")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
         }
+        if self.method != "predict":
+            out["method"] = self.method
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelSignature:
         return cls(
             inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
             outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
-            name=str(data.get("name", "serving_default")),
+            name=str(data.get("name", DEFAULT_SIGNATURE)),
+            method=str(data.get("method", "predict")),
         )
 
     def validate_feed(self, feed: Feed, *, cast: bool = False) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from kdeploy.contract.manifest import (
     write_manifest,
 )
 from kdeploy.contract.repository import ModelRepository, resolve_version_dir
-from kdeploy.contract.signature import ModelSignature, TensorSpec
+from kdeploy.contract.signature import ModelSignature, SignatureError, TensorSpec
 
 SIG = ModelSignature(inputs=(TensorSpec("x", "float32", (None, 2)),), outputs=(TensorSpec("y", "float32", (None, 1)),))
 
@@ -40,6 +40,24 @@ def test_manifest_round_trip_and_checksums(tmp_path):
     data = json.loads((folder / "manifest.json").read_text())
     assert data["signature"]["inputs"][0] == {"name": "x", "dtype": "float32", "shape": [-1, 2]}
     assert data["formats"]["onnx"]["bytes"] == len(b"onnx bytes")
+
+
+def test_several_signatures_and_no_source_round_trip(tmp_path):
+    classify = ModelSignature(inputs=(TensorSpec("inputs", "string", (None,)),),
+                              outputs=(TensorSpec("scores", "float32", (None, 3)),), name="classify_x",
+                              method="classify")
+    manifest = Manifest(name="m", version=1, signature=SIG, source=None, artifacts={},
+                        other_signatures=(classify,))
+    write_manifest(tmp_path, manifest)
+    again = read_manifest(tmp_path)
+    assert again == manifest and again.discovered
+    assert again.signature_named("") == SIG
+    assert again.signature_named("serving_default") == SIG
+    assert again.signature_named("classify_x").method == "classify"
+    with pytest.raises(SignatureError, match=r"unknown signature 'nope'.*classify_x"):
+        again.signature_named("nope")
+    with pytest.raises(SignatureError, match="method 'guess'"):
+        ModelSignature(inputs=SIG.inputs, outputs=SIG.outputs, method="guess")
 
 
 def test_changed_files_are_named(tmp_path):
