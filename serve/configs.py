@@ -13,11 +13,12 @@ from google.protobuf import text_format
 
 from kdeploy.common.errors import UsageError
 from kdeploy.common.files import write_text_atomic
-from kdeploy.contract.manifest import Manifest, read_manifest
+from kdeploy.contract.manifest import MANIFEST_FILE, Manifest, bare_artifact_path, manifest_of_artifact, read_manifest
 from kdeploy.contract.repository import ModelRepository
+from kdeploy.runtimes.base import load_backend, signatures_of
 from kdeploy.serve.config import BatchingParameters, VersionPolicy
 from kdeploy.serve.sources import sources_from_repository
-from kdeploy.serve.triton_config import triton_model_config
+from kdeploy.serve.triton_config import TRITON_CONFIG_FILE, triton_model_config
 from kdeploy.wire.protos.messages import Protos, load_protos
 
 logger = logging.getLogger(__name__)
@@ -52,23 +53,57 @@ class ConfigsConfig:
             raise UsageError("--max-batch-size must be at least 1 and --batch-timeout-micros not negative")
 
 
-def _latest_manifests(repository: Path, names: tuple[str, ...]) -> list[Manifest]:
-    """The manifest of each model's highest version (every model in the repository, or those named)."""
+@dataclass(frozen=True)
+class LatestVersion:
+    """A model's highest version: its manifest, or None when kdeploy did not export it (a bare artifact)."""
+
+    name: str
+    version: int
+    folder: Path
+    manifest: Manifest | None
+
+    def has(self, fmt: str) -> bool:
+        """Whether the version holds an artifact of format `fmt`."""
+        if self.manifest is not None:
+            return fmt in self.manifest.artifacts
+        return bare_artifact_path(self.folder, fmt) is not None
+
+    def described(self, fmt: str) -> Manifest:
+        """The manifest, or one read from the bare `fmt` artifact by its runtime."""
+        if self.manifest is not None:
+            return self.manifest
+        path = bare_artifact_path(self.folder, fmt)
+        if path is None:
+            raise UsageError(f"{self.folder} has no {fmt} artifact")
+        backend = load_backend(fmt, self.folder, None, artifact_path=path)
+        try:
+            return manifest_of_artifact(self.name, self.version, self.folder, fmt, path, signatures_of(backend))
+        finally:
+            backend.close()
+
+
+def _latest_versions(repository: Path, names: tuple[str, ...]) -> list[LatestVersion]:
+    """Each model's highest version (every model in the repository, or those named)."""
     repo = ModelRepository(repository)
-    sources = sources_from_repository(repository, names, VersionPolicy())
-    return [read_manifest(repo.version_dir(s.name, repo.latest_version(s.name))) for s in sources]
+    latest = []
+    for source in sources_from_repository(repository, names, VersionPolicy()):
+        version = repo.latest_version(source.name)
+        folder = repo.version_dir(source.name, version)
+        manifest = read_manifest(folder) if (folder / MANIFEST_FILE).exists() else None
+        latest.append(LatestVersion(source.name, version, folder, manifest))
+    return latest
 
 
-def tfserving_model_config(protos: Protos, manifests: list[Manifest], config: ConfigsConfig) -> str:
+def tfserving_model_config(protos: Protos, models: list[LatestVersion], config: ConfigsConfig) -> str:
     """models.config (ModelServerConfig text format) listing every model's SavedModel base path and policy."""
     message = protos.cls("tensorflow.serving.ModelServerConfig")()
-    for manifest in manifests:
-        if "savedmodel" not in manifest.artifacts:
-            logger.warning("model %s has no SavedModel: TF Serving cannot serve it", manifest.name)
+    for model in models:
+        if not model.has("savedmodel"):
+            logger.warning("model %s has no SavedModel: TF Serving cannot serve it", model.name)
             continue
         entry = message.model_config_list.config.add()
-        entry.name = manifest.name
-        entry.base_path = f"{config.base_path.rstrip('/')}/{manifest.name}"
+        entry.name = model.name
+        entry.base_path = f"{config.base_path.rstrip('/')}/{model.name}"
         entry.model_platform = "tensorflow"
         config.policy.fill_proto(entry.model_version_policy)
     return text_format.MessageToString(message)
@@ -134,25 +169,30 @@ def write_configs(config: ConfigsConfig) -> list[Path]:
     """
     config.check()
     protos = load_protos()
-    manifests = _latest_manifests(config.repository, config.models)
+    models = _latest_versions(config.repository, config.models)
     tfserving = config.out_dir / "tfserving"
     files = {
-        tfserving / "models.config": tfserving_model_config(protos, manifests, config),
+        tfserving / "models.config": tfserving_model_config(protos, models, config),
         tfserving / "batching_parameters.txt": batching_parameters(protos, config),
         tfserving / "monitoring.config": monitoring_config(protos),
         tfserving / "README.md": tfserving_readme(config),
     }
-    for manifest in manifests:
-        if "onnx" not in manifest.artifacts:
-            logger.warning("model %s has no ONNX file: Triton's onnxruntime backend cannot serve it", manifest.name)
+    for model in models:
+        if not model.has("onnx"):
+            logger.warning("model %s has no ONNX file: Triton's onnxruntime backend cannot serve it", model.name)
             continue
-        message = triton_model_config(protos, manifest, backend_format="onnx", policy=config.policy,
+        own = Path(config.repository) / model.name / TRITON_CONFIG_FILE
+        if model.manifest is None and own.is_file():
+            # The model came with its own Triton configuration: keep it, and hand Triton a copy of it.
+            files[config.out_dir / "triton" / model.name / TRITON_CONFIG_FILE] = own.read_text(encoding="utf-8")
+            continue
+        message = triton_model_config(protos, model.described("onnx"), backend_format="onnx", policy=config.policy,
                                       max_batch_size=config.max_batch_size,
                                       max_queue_delay_microseconds=config.batch_timeout_micros)
         text = text_format.MessageToString(message)
-        files[config.out_dir / "triton" / manifest.name / "config.pbtxt"] = text
+        files[config.out_dir / "triton" / model.name / TRITON_CONFIG_FILE] = text
         if config.triton_into_repository:
-            files[Path(config.repository) / manifest.name / "config.pbtxt"] = text
+            files[own] = text
     for path, text in files.items():
         write_text_atomic(path, text)
     return list(files)

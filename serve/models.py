@@ -21,20 +21,30 @@ from pathlib import Path
 import numpy as np
 
 from kdeploy.common.errors import KdeployError
-from kdeploy.contract.manifest import MANIFEST_FILE, Manifest, checksum_problems, read_manifest
+from kdeploy.contract.manifest import (
+    ARTIFACT_PATHS,
+    MANIFEST_FILE,
+    Manifest,
+    bare_artifact_path,
+    checksum_problems,
+    manifest_of_artifact,
+    read_manifest,
+)
 from kdeploy.contract.repository import version_numbers
 from kdeploy.contract.signature import ModelSignature, load_data_file, slice_feed
-from kdeploy.runtimes.base import Backend
+from kdeploy.runtimes.base import Backend, signatures_of
 from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
 from kdeploy.serve.config import ModelSource
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.statistics import VersionStatistics
+from kdeploy.serve.triton_config import TRITON_CONFIG_FILE, apply_triton_config
 from kdeploy.wire.errors import not_found, unavailable
 
 logger = logging.getLogger(__name__)
 
-BackendLoader = Callable[[Path, Manifest], Backend]
-"""Loads a version folder's artifact (for the server's backend) given its manifest."""
+BackendLoader = Callable[[Path, Manifest | None], Backend]
+"""Loads a version folder's artifact (for the server's backend) given its manifest; None for a version kdeploy did
+not export, whose backend reads the signatures from the artifact."""
 
 WARM_UP_TIMED_RUNS = 5
 """One-row runs timed at warm-up (the fastest counts)."""
@@ -71,6 +81,8 @@ class ServedVersion:
     """Triton's ModelStatistics counters of this version (requests and runtime executions)."""
     row_seconds: float = 0.0
     """The runtime's time for one row, measured at warm-up: whether a request is run inline on the event loop."""
+    max_batch_size: int = 0
+    """Largest batch a request may carry (a Triton config.pbtxt's max_batch_size); 0: no limit."""
     fingerprint: tuple = ()
     """What the folder looked like when it was loaded (a failed version is retried when this changes)."""
     inflight: int = 0
@@ -171,9 +183,10 @@ class ModelManager:
 
     def _poll_model(self, source: ModelSource) -> bool:
         on_disk = version_numbers(source.base_path)
-        # A folder without its manifest is still being written (or is not a version): the policy chooses among the
-        # complete ones, so a half-copied newest folder does not leave the model with nothing to serve.
-        complete = [v for v in on_disk if (source.base_path / str(v) / MANIFEST_FILE).exists()]
+        # A folder with neither a manifest nor an artifact for this backend is still being written (or is not a
+        # version): the policy chooses among the complete ones, so a half-copied newest folder does not leave the
+        # model with nothing to serve. A version kdeploy did not export is served from its artifact alone.
+        complete = [v for v in on_disk if self._servable(source.base_path / str(v))]
         wanted = source.policy.select(complete)
         known = self._versions[source.name]
         changed = False
@@ -195,17 +208,19 @@ class ModelManager:
                 changed = True
         return changed
 
-    @staticmethod
-    def _folder_problem(source: ModelSource, on_disk: list[int], complete: list[int]) -> str | None:
-        """Why a model folder offers nothing to load, or None when it holds a version with a manifest."""
+    def _servable(self, version_dir: Path) -> bool:
+        return (version_dir / MANIFEST_FILE).exists() or bare_artifact_path(version_dir, self._format) is not None
+
+    def _folder_problem(self, source: ModelSource, on_disk: list[int], complete: list[int]) -> str | None:
+        """Why a model folder offers nothing to load, or None when it holds a version to load."""
         if complete:
             return None
         if not source.base_path.is_dir():
             return f"{source.base_path} is not a folder"
         if not on_disk:
             return f"no version folder (a positive integer) in {source.base_path}"
-        return (f"no version in {source.base_path} has a manifest.json (versions {on_disk}): "
-                "not written by kdeploy export, or still being copied")
+        return (f"no version in {source.base_path} (versions {on_disk}) has a manifest.json or an artifact for "
+                f"--backend {self._format} ({ARTIFACT_PATHS[self._format]}): still being copied, or another format")
 
     def _note_problem(self, source: ModelSource, problem: str | None) -> None:
         """Log a model's folder problem once when it appears or changes, and keep it for status reports."""
@@ -243,16 +258,18 @@ class ModelManager:
         self._set_state(served, VersionState.LOADING)
         started = time.perf_counter()
         try:
-            manifest = read_manifest(served.path)
-            if self._format not in manifest.artifacts:
-                reason = manifest.failed_formats.get(self._format, "not exported")
-                raise KdeployError(f"version has no {self._format} artifact ({reason})")
-            problems = checksum_problems(served.path, manifest, formats=[self._format])
-            if problems:
-                raise KdeployError("; ".join(problems))
-            backend = self._load_backend(served.path, manifest)
+            manifest, backend = self._open(source, served)
             batching = self._batching_for(source)
-            served.row_seconds = self._warm_up(backend, manifest, served.path, batching)
+            try:
+                served.row_seconds = self._warm_up(backend, manifest, served.path, batching)
+            except Exception as exc:
+                if not manifest.discovered:
+                    raise
+                # Generated inputs may not suit a model kdeploy did not export (a signature over serialized
+                # tf.Example strings): serve it unwarmed, on the executor's threads.
+                logger.warning("model %s version %d: warm-up on generated inputs failed (%s); serving it unwarmed",
+                               source.name, version, exc, extra={"model": source.name, "version": version})
+                served.row_seconds = float("inf")
         except Exception as exc:  # any failure leaves this version unloaded and the server running
             served.error = str(exc) or type(exc).__name__
             self._set_state(served, VersionState.END)
@@ -270,6 +287,33 @@ class ModelManager:
         logger.info("model %s version %d loaded and warmed up in %.2f s (%s%s)", source.name, version,
                     served.load_seconds, self._format, ", batching" if batching else "",
                     extra={"model": source.name, "version": version, "seconds": round(served.load_seconds, 3)})
+
+    def _open(self, source: ModelSource, served: ServedVersion) -> tuple[Manifest, Backend]:
+        """The version's manifest and its loaded runtime: from `manifest.json`, or from the artifact alone (and the
+        model folder's Triton config.pbtxt, when there is one) for a version kdeploy did not export."""
+        if not (served.path / MANIFEST_FILE).exists():
+            artifact = bare_artifact_path(served.path, self._format)
+            if artifact is None:
+                raise KdeployError(f"no manifest.json and no {self._format} artifact in {served.path}")
+            backend = self._load_backend(served.path, None)
+            manifest = manifest_of_artifact(source.name, served.version, served.path, self._format, artifact,
+                                            signatures_of(backend))
+            config_file = source.base_path / TRITON_CONFIG_FILE
+            if config_file.is_file():
+                try:
+                    manifest, served.max_batch_size = apply_triton_config(manifest, config_file)
+                except Exception:
+                    backend.close()
+                    raise
+            return manifest, backend
+        manifest = read_manifest(served.path)
+        if self._format not in manifest.artifacts:
+            reason = manifest.failed_formats.get(self._format, "not exported")
+            raise KdeployError(f"version has no {self._format} artifact ({reason})")
+        problems = checksum_problems(served.path, manifest, formats=[self._format])
+        if problems:
+            raise KdeployError("; ".join(problems))
+        return manifest, self._load_backend(served.path, manifest)
 
     def _batching_for(self, source: ModelSource) -> BatchingParameters | None:
         if self._batching is None:

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from kdeploy.common.errors import UsageError
-from kdeploy.contract.manifest import Manifest
+from kdeploy.contract.manifest import Manifest, bare_artifact_path
 from kdeploy.runtimes.base import Backend, load_backend
 from kdeploy.serve.adapters.kserve_v2 import KServeV2Adapter
 from kdeploy.serve.adapters.rest import RestApi
@@ -38,7 +38,7 @@ MODEL_SERVICE = "tensorflow.serving.ModelService"
 KSERVE_SERVICE = "inference.GRPCInferenceService"
 
 
-def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest], Backend]:
+def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest | None], Backend]:
     """How the server loads a version for its backend, with the runtime settings from the config."""
     options: dict[str, Any] = {}
     if config.backend == "onnx":
@@ -47,8 +47,12 @@ def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest], Backend]:
     elif config.backend == "tflite":
         options = {"num_threads": config.intra_op_threads or None, "pool_size": config.tflite_interpreters}
 
-    def load(version_dir: Path, manifest: Manifest) -> Backend:
-        return load_backend(config.backend, version_dir, manifest.signature, **options)
+    def load(version_dir: Path, manifest: Manifest | None) -> Backend:
+        if manifest is None:  # a version kdeploy did not export: the runtime reads the artifact's signatures
+            return load_backend(config.backend, version_dir, None,
+                                artifact_path=bare_artifact_path(version_dir, config.backend), **options)
+        return load_backend(config.backend, version_dir, manifest.signature,
+                            artifact_path=manifest.artifacts[config.backend].path, **options)
 
     return load
 
@@ -182,7 +186,8 @@ def build_server(config: ServeConfig) -> RunningServer:
                           metrics=metrics, drain_seconds=config.drain_seconds)
     executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")
     service = InferenceService(models, metrics, executor=executor,
-                               inline_max_seconds=config.inline_max_micros / 1e6)
+                               inline_max_seconds=config.inline_max_micros / 1e6,
+                               reshape_inputs=config.backend == "savedmodel")
     tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes,
                                  tensor_encoding=config.predict_tensor_encoding)
     kserve = KServeV2Adapter(service, protos, config.backend)

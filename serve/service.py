@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.contract.signature import Feed, SignatureError, batch_size
+from kdeploy.contract.signature import DEFAULT_SIGNATURE, Feed, ModelSignature, SignatureError, batch_size
+from kdeploy.runtimes.base import infer_signature
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager, ServedVersion
 from kdeploy.serve.statistics import StatisticsSnapshot
@@ -24,7 +25,6 @@ from kdeploy.wire.errors import ErrorKind, ServeError, invalid
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
 NO_DEADLINE_SECONDS = 86_400.0
 
 
@@ -51,6 +51,7 @@ class _Call:
     """A validated request on its way through the service."""
 
     served: ServedVersion
+    signature: ModelSignature
     feed: dict[str, np.ndarray]
     wanted: list[str]
     started: int
@@ -68,18 +69,22 @@ class InferenceService:
     """Runs requests against the models of a `ModelManager`."""
 
     def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None, *,
-                 executor: Executor | None = None, inline_max_seconds: float = 0.0) -> None:
+                 executor: Executor | None = None, inline_max_seconds: float = 0.0,
+                 reshape_inputs: bool = False) -> None:
         """
         Args:
             models: the versions to serve.
             metrics: where requests and runtime calls are counted.
             executor: threads that run heavier models for `infer_async` (None: every model runs inline).
             inline_max_seconds: models whose one-row run takes at most this long run inline on the event loop.
+            reshape_inputs: give an input of another shape the signature's shape when its values fill it exactly
+                (`[3]` into `[-1, 1]`), as TF Serving accepts for a SavedModel; otherwise such an input is refused.
         """
         self.models = models
         self.metrics = metrics
         self._executor = executor
         self._inline_max_seconds = inline_max_seconds
+        self._reshape = reshape_inputs
 
     def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
         """The version that serves a request, counted in-flight (so it is not unloaded) for the `with` block.
@@ -99,6 +104,7 @@ class InferenceService:
         feed: Feed,
         output_names: Sequence[str] = (),
         deadline: float | None = None,
+        signature_name: str = "",
     ) -> InferenceResult:
         """Validate `feed` against the version's signature, run it, and keep the asked-for outputs.
 
@@ -107,19 +113,20 @@ class InferenceService:
             feed: inputs by name.
             output_names: outputs to return (default: all).
             deadline: `time.monotonic()` time after which the caller no longer wants the answer.
+            signature_name: the signature to run ("" or `serving_default`: the version's default).
 
         Raises:
             ServeError: INVALID_INPUT for a feed or output name that does not fit; DEADLINE when the deadline
                 passed before the request was computed; UNAVAILABLE when the batching queue is full; INTERNAL
                 when the backend fails.
         """
-        call = self._begin(served, feed, output_names)
+        call = self._begin(served, feed, output_names, signature_name)
         try:
-            if served.batcher is not None:
+            if served.batcher is not None and call.signature is served.signature:
                 outputs, queued = served.batcher.infer(call.feed, deadline)
             else:
                 self._check_deadline(served, deadline)
-                outputs, queued = self._run_direct(served, call.feed), 0.0
+                outputs, queued = self._run_direct(served, call.feed, call.signature), 0.0
         except BaseException:  # a refusal, a deadline, a runtime error, a cancelled call: all count as failures
             served.stats.record_failure(time.perf_counter_ns() - call.started)
             raise
@@ -131,6 +138,7 @@ class InferenceService:
         feed: Feed,
         output_names: Sequence[str] = (),
         deadline: float | None = None,
+        signature_name: str = "",
     ) -> InferenceResult:
         """`infer` for the event loop. A model whose one-row run is at most `inline_max_seconds` (measured at
         warm-up) runs right here: a thread hand-off would cost more than the run. Heavier ones run on the executor's
@@ -139,39 +147,45 @@ class InferenceService:
         Raises:
             ServeError: as `infer`.
         """
-        call = self._begin(served, feed, output_names)
+        call = self._begin(served, feed, output_names, signature_name)
         try:
-            if served.batcher is not None:
+            if served.batcher is not None and call.signature is served.signature:
                 outputs, queued = await served.batcher.infer_async(call.feed, deadline)
             else:
                 self._check_deadline(served, deadline)
                 if self._executor is None or served.row_seconds <= self._inline_max_seconds:
-                    outputs = self._run_direct(served, call.feed)
+                    outputs = self._run_direct(served, call.feed, call.signature)
                 else:
                     loop = asyncio.get_running_loop()
-                    outputs = await loop.run_in_executor(self._executor, self._run_direct, served, call.feed)
+                    outputs = await loop.run_in_executor(self._executor, self._run_direct, served, call.feed,
+                                                         call.signature)
                 queued = 0.0
         except BaseException:  # a refusal, a deadline, a runtime error, a cancelled call: all count as failures
             served.stats.record_failure(time.perf_counter_ns() - call.started)
             raise
         return self._finish(call, outputs, queued)
 
-    def _begin(self, served: ServedVersion, feed: Feed, output_names: Sequence[str]) -> _Call:
+    def _begin(self, served: ServedVersion, feed: Feed, output_names: Sequence[str], signature_name: str) -> _Call:
         """Validate the feed and the asked-for outputs (counted as a failure when they do not fit)."""
         started = time.perf_counter_ns()
         signature = served.signature
         try:
-            if not feed:
-                raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
             try:
-                checked = signature.validate_feed(feed)
+                if signature_name and signature_name != signature.name:
+                    signature = served.loaded()[0].signature_named(signature_name)
+                if not feed:
+                    raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
+                checked = signature.validate_feed(feed, reshape=self._reshape)
                 wanted = [signature.output(n).name for n in output_names] or signature.output_names
             except SignatureError as exc:
                 raise invalid(str(exc)) from None
+            if served.max_batch_size and batch_size(checked) > served.max_batch_size:
+                raise invalid(f"model {served.name!r} takes at most {served.max_batch_size} rows per request "
+                              f"(max_batch_size in its config.pbtxt), got {batch_size(checked)}")
         except ServeError:
             served.stats.record_failure(time.perf_counter_ns() - started)
             raise
-        return _Call(served, checked, wanted, started, time.perf_counter_ns())
+        return _Call(served, signature, checked, wanted, started, time.perf_counter_ns())
 
     @staticmethod
     def _check_deadline(served: ServedVersion, deadline: float | None) -> None:
@@ -189,10 +203,12 @@ class InferenceService:
                                          output_ns=finished - computed, rows=batch_size(call.feed))
         return result
 
-    def _run_direct(self, served: ServedVersion, feed: Feed) -> dict[str, np.ndarray]:
+    def _run_direct(self, served: ServedVersion, feed: Feed,
+                    signature: ModelSignature | None = None) -> dict[str, np.ndarray]:
         started = time.perf_counter_ns()
         try:
-            outputs = served.loaded()[1].infer(feed)
+            backend = served.loaded()[1]
+            outputs = backend.infer(feed) if signature is None else infer_signature(backend, signature, feed)
         except Exception:
             logger.exception("backend failed on model %s version %d", served.name, served.version,
                              extra={"model": served.name, "version": served.version})

@@ -73,6 +73,25 @@ def artifact_files(version_dir: Path, fmt: str, path: str | None = None) -> list
     return [version_dir / (path or ARTIFACT_PATHS[fmt])]
 
 
+ARTIFACT_SUFFIXES: dict[str, str] = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
+def bare_artifact_path(version_dir: Path, fmt: str) -> str | None:
+    """The artifact of format `fmt` in a version folder kdeploy did not export, relative to it, or None.
+
+    The default names first (`saved_model.pb`, `model.onnx`, `model.tflite`: TF Serving's and Triton's); else the
+    folder's only file with the format's suffix (a bare `mobilenet.tflite`).
+    """
+    version_dir = Path(version_dir)
+    if (version_dir / ARTIFACT_PATHS[fmt]).is_file():
+        return ARTIFACT_PATHS[fmt]
+    suffix = ARTIFACT_SUFFIXES.get(fmt)
+    if suffix is None or not version_dir.is_dir():
+        return None
+    candidates = sorted(p.name for p in version_dir.iterdir() if p.is_file() and p.name.endswith(suffix))
+    return candidates[0] if len(candidates) == 1 else None
+
+
 def _digest_of(paths: list[Path], root: Path) -> tuple[int, str]:
     if len(paths) == 1 and paths[0].is_file():
         return size_of_path(paths[0]), sha256_path(paths[0])
@@ -175,6 +194,24 @@ class Manifest:
             schema_version=schema,
             other_signatures=tuple(ModelSignature.from_json(s) for s in data.get("other_signatures", ())),
         )
+
+
+def manifest_of_artifact(name: str, version: int, version_dir: Path, fmt: str, path: str,
+                         signatures: Sequence[ModelSignature]) -> Manifest:
+    """The manifest of a version kdeploy did not export, from its one artifact and the signatures read from it.
+
+    Args:
+        name: the model's name.
+        version: the version number.
+        version_dir: the version folder.
+        fmt: the artifact's format.
+        path: the artifact's path in the folder (see `bare_artifact_path`).
+        signatures: the artifact's signatures, the default first.
+    """
+    if not signatures:
+        raise ManifestError(f"{Path(version_dir) / path} has no signature to serve")
+    return Manifest(name=name, version=version, signature=signatures[0], other_signatures=tuple(signatures[1:]),
+                    source=None, artifacts={fmt: describe_artifact(Path(version_dir), fmt, path=path)})
 
 
 def write_manifest(version_dir: Path, manifest: Manifest) -> Path:

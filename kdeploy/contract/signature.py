@@ -9,6 +9,7 @@ tensor is the batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,30 @@ def dtype_by_name(name: str) -> DType:
     raise SignatureError(f"unsupported dtype {name!r}; supported: {', '.join(d.name for d in DTYPES)}")
 
 
+def dtype_by_tf_enum(value: int) -> DType:
+    """The `DType` of a `tensorflow.DataType` enum value (a SignatureDef's `TensorInfo.dtype`).
+
+    Raises:
+        SignatureError: for a TensorFlow type kdeploy does not handle (resource, variant, complex, bfloat16).
+    """
+    for dtype in DTYPES:
+        if dtype.tf_enum == value:
+            return dtype
+    raise SignatureError(f"unsupported TensorFlow dtype enum {value}; supported: {', '.join(d.name for d in DTYPES)}")
+
+
+def dtype_by_onnx(type_string: str) -> DType:
+    """The `DType` of an onnxruntime type string (`tensor(float)`).
+
+    Raises:
+        SignatureError: for a type kdeploy does not handle (sequences, maps, bfloat16).
+    """
+    for dtype in DTYPES:
+        if dtype.onnx == type_string:
+            return dtype
+    raise SignatureError(f"unsupported ONNX type {type_string!r}; supported: {', '.join(d.onnx for d in DTYPES)}")
+
+
 Shape = tuple[int | None, ...]
 
 
@@ -100,6 +125,9 @@ class TensorSpec:
     """Inclusive range of valid values, when known (token ids below an Embedding's vocabulary size)."""
     examples: tuple[str, ...] | None = None
     """Some valid values of a string input (from a StringLookup's vocabulary), used to generate inputs."""
+    any_shape: bool = False
+    """The model leaves the rank open (a TF1 placeholder without shape): any shape with a leading batch dimension
+    is accepted, and `shape` is `(None,)`."""
 
     def __post_init__(self) -> None:
         dtype_by_name(self.dtype)
@@ -124,6 +152,8 @@ class TensorSpec:
             out["range"] = list(self.value_range)
         if self.examples is not None:
             out["examples"] = list(self.examples)
+        if self.any_shape:
+            out["any_shape"] = True
         return out
 
     @classmethod
@@ -136,15 +166,19 @@ class TensorSpec:
             shape=tuple(None if int(d) < 0 else int(d) for d in data["shape"]),
             value_range=(float(rng[0]), float(rng[1])) if rng is not None else None,
             examples=tuple(str(e) for e in examples) if examples is not None else None,
+            any_shape=bool(data.get("any_shape", False)),
         )
 
-    def check(self, array: np.ndarray, *, cast: bool = False) -> np.ndarray:
+    def check(self, array: np.ndarray, *, cast: bool = False, reshape: bool = False) -> np.ndarray:
         """Return `array` if it fits this spec (optionally cast to its dtype), else raise.
 
         Args:
             array: a batch of values for this tensor.
             cast: convert a different numeric dtype of the same kind (float64 to float32, int64 to int32)
                 instead of refusing it.
+            reshape: give an array of another shape this spec's shape when its values fill it exactly with the
+                batch dimension inferred (`[3]` into `[-1, 1]`). TF Serving feeds such a tensor to the graph as it
+                is; a SavedModel's signature function refuses it, so the savedmodel backend reshapes instead.
 
         Raises:
             SignatureError: naming the tensor, what was expected and what came.
@@ -158,12 +192,16 @@ class TensorSpec:
                     f"input {self.name!r}: expected dtype {self.dtype}, got {array.dtype.name}"
                 )
             array = array.astype(self.np_dtype)
-        if array.ndim != len(self.shape) or any(
-            want is not None and got != want for want, got in zip(self.shape, array.shape)
-        ):
-            raise SignatureError(
-                f"input {self.name!r}: expected shape {format_shape(self.shape)}, got {list(array.shape)}"
-            )
+        if self.any_shape:
+            if array.ndim == 0:
+                raise SignatureError(f"input {self.name!r}: expected a batch (at least one dimension), got a scalar")
+        elif not self._fits(array.shape):
+            if reshape:
+                array = self._reshaped(array)
+            if not self._fits(array.shape):
+                raise SignatureError(
+                    f"input {self.name!r}: expected shape {format_shape(self.shape)}, got {list(array.shape)}"
+                )
         if self.value_range is not None and array.dtype.kind in "iu" and array.size:
             # Token ids beyond an Embedding's vocabulary are a client error, not a runtime failure.
             low, high = array.min(), array.max()
@@ -174,6 +212,27 @@ class TensorSpec:
                 )
         return array
 
+
+    def _fits(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.shape) and all(w is None or got == w for w, got in zip(self.shape, shape))
+
+    def _reshape_target(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """This spec's shape for values of `shape`, when only the batch dimension is dynamic and they fill rows."""
+        dims = [d for d in self.shape[1:] if d is not None]
+        if self.shape[0] is not None or len(dims) != len(self.shape) - 1 or not shape:
+            return None
+        size, row = math.prod(shape), math.prod(dims)
+        if row == 0 or size == 0 or size % row:
+            return None
+        return (size // row, *dims)
+
+    def _reshaped(self, array: np.ndarray) -> np.ndarray:
+        target = self._reshape_target(array.shape)
+        return array if target is None else array.reshape(target)
+
+    def may_take(self, shape: tuple[int, ...]) -> bool:
+        """Whether values of `shape` could pass `check` (with `reshape`): a cheap test before decoding them."""
+        return self.any_shape or self._fits(shape) or self._reshape_target(shape) is not None
 
     def _strings(self, array: np.ndarray) -> np.ndarray:
         """An object array of bytes (what TensorFlow takes and returns) from bytes, str (UTF-8) or object arrays.
@@ -263,8 +322,9 @@ class ModelSignature:
             method=str(data.get("method", "predict")),
         )
 
-    def validate_feed(self, feed: Feed, *, cast: bool = False) -> dict[str, np.ndarray]:
-        """Check a feed against the inputs: every input present, nothing extra, one batch size.
+    def validate_feed(self, feed: Feed, *, cast: bool = False, reshape: bool = False) -> dict[str, np.ndarray]:
+        """Check a feed against the inputs: every input present, nothing extra, one batch size (see
+        `TensorSpec.check` for `cast` and `reshape`).
 
         Returns:
             The feed in signature order, cast when `cast` is set.
@@ -279,7 +339,7 @@ class ModelSignature:
         for spec in self.inputs:
             if spec.name not in feed:
                 raise SignatureError(f"missing input {spec.name!r}; the model's inputs are {self.input_names}")
-            checked[spec.name] = spec.check(feed[spec.name], cast=cast)
+            checked[spec.name] = spec.check(feed[spec.name], cast=cast, reshape=reshape)
         batch_sizes = {name: a.shape[0] for name, a in checked.items()}
         if len(set(batch_sizes.values())) > 1:
             raise SignatureError(f"inputs disagree on the batch size: {batch_sizes}")

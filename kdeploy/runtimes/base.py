@@ -50,17 +50,39 @@ class Backend(Protocol):
         ...
 
 
-def load_backend(fmt: str, version_dir: Path, signature: ModelSignature, **options: Any) -> Backend:
+def load_backend(fmt: str, version_dir: Path, signature: ModelSignature | None, *, artifact_path: str | None = None,
+                 **options: Any) -> Backend:
     """Load format `fmt` from a version folder with its runtime.
 
     Args:
         fmt: `keras`, `savedmodel`, `tflite` or `onnx`.
         version_dir: the version folder holding the artifact.
-        signature: the manifest's signature, which names the tensors.
+        signature: the manifest's signature, which names the tensors; None to read the signatures from the
+            artifact itself (a model kdeploy did not export: see `signatures_of`).
+        artifact_path: the artifact's file in the folder, when not the format's default name.
         options: runtime settings for that backend's constructor (threads, providers).
     """
     if fmt in TENSORFLOW_FORMATS:
         import_tensorflow_quietly()
     module_name, _, class_name = _BACKENDS[fmt].partition(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)
-    return backend_class(Path(version_dir) / ARTIFACT_PATHS[fmt], signature, **options)
+    return backend_class(Path(version_dir) / (artifact_path or ARTIFACT_PATHS[fmt]), signature, **options)
+
+
+def signatures_of(backend: Backend) -> tuple[ModelSignature, ...]:
+    """Every signature a loaded backend serves, its default first (only a SavedModel has several)."""
+    return tuple(getattr(backend, "signatures", (backend.signature,)))
+
+
+def infer_signature(backend: Backend, signature: ModelSignature, feed: Feed) -> dict[str, np.ndarray]:
+    """Run `feed` through one of the backend's signatures (the default one through `infer`).
+
+    Raises:
+        KeyError: when the backend has no such signature.
+    """
+    if signature.name == backend.signature.name:
+        return backend.infer(feed)
+    run = getattr(backend, "infer_signature", None)
+    if run is None:
+        raise KeyError(f"the {backend.format} runtime serves one signature, {backend.signature.name!r}")
+    return run(signature, feed)

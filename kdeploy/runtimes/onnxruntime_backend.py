@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from kdeploy.contract.signature import Feed, ModelSignature
+from kdeploy.contract.signature import Feed, ModelSignature, TensorSpec, dtype_by_onnx
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class OnnxRuntimeBackend:
     def __init__(
         self,
         path: Path,
-        signature: ModelSignature,
+        signature: ModelSignature | None,
         *,
         intra_op_threads: int = 0,
         providers: Sequence[str] = ("CPUExecutionProvider",),
@@ -45,8 +45,8 @@ class OnnxRuntimeBackend:
         for missing in (p for p in providers if p not in available):
             logger.warning("onnxruntime provider %s is not available here; using %s", missing, chosen or "CPU")
         self._session = ort.InferenceSession(str(path), options, providers=chosen or ["CPUExecutionProvider"])
-        self._signature = signature
-        self._output_names = signature.output_names
+        self._signature = signature if signature is not None else signature_of_session(self._session)
+        self._output_names = self._signature.output_names
 
     @property
     def signature(self) -> ModelSignature:
@@ -58,3 +58,17 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         self._session = None
+
+
+def signature_of_session(session: ort.InferenceSession) -> ModelSignature:
+    """The signature an ONNX graph declares: its inputs and outputs with their types, symbolic dimensions dynamic.
+
+    Raises:
+        SignatureError: for a type kdeploy does not handle, or a scalar (no batch dimension).
+    """
+    def spec(arg: ort.NodeArg) -> TensorSpec:
+        shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in (arg.shape or ()))
+        return TensorSpec(arg.name, dtype_by_onnx(arg.type).name, shape)
+
+    return ModelSignature(inputs=tuple(spec(a) for a in session.get_inputs()),
+                          outputs=tuple(spec(a) for a in session.get_outputs()))

@@ -53,8 +53,9 @@ def _check_shape(name: str, shape: list[int]) -> tuple[int, ...]:
 
 
 def _check_against_spec(name: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
-    """Rank and fixed dimensions, checked before any values are decoded or expanded."""
-    if len(shape) != len(spec.shape) or any(w is not None and g != w for w, g in zip(spec.shape, shape)):
+    """Rank and fixed dimensions, checked before any values are decoded or expanded (the service checks again,
+    after a savedmodel backend's reshaping)."""
+    if not spec.may_take(shape):
         raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got {list(shape)}")
 
 

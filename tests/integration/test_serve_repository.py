@@ -14,7 +14,8 @@ from tests.conftest import start_server
 
 @pytest.fixture
 def mixed_repo(exported_repo, tmp_path):
-    """`digits` (good), `empty` (no version folder) and `foreign` (a version folder without a manifest)."""
+    """`digits` (good), `empty` (no version folder) and `foreign` (a version folder without a manifest or an ONNX
+    file, so nothing for the onnx backend)."""
     shutil.copytree(exported_repo / "digits", tmp_path / "digits")
     (tmp_path / "empty").mkdir()
     (tmp_path / "foreign" / "7").mkdir(parents=True)
@@ -39,7 +40,8 @@ def test_the_good_model_is_served_and_the_broken_ones_named_with_their_reasons(m
         assert proc.stop() == 0
     log = proc.log()
     assert "model empty cannot be served: no version folder" in log
-    assert "model foreign cannot be served: no version in" in log and "has a manifest.json (versions [7])" in log
+    assert "model foreign cannot be served: no version in" in log
+    assert "(versions [7]) has a manifest.json or an artifact for --backend onnx (model.onnx)" in log
 
 
 def test_nothing_to_serve_is_exit_2_with_the_reasons(tmp_path):

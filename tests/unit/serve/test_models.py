@@ -303,7 +303,7 @@ def test_a_model_with_nothing_to_load_is_reported_end_with_the_reason_once(tmp_p
     problems = manager.problems()
     assert set(problems) == {"empty", "foreign", "missing"}
     assert problems["empty"].startswith("no version folder (a positive integer) in ")
-    assert "has a manifest.json (versions [3])" in problems["foreign"]
+    assert "(versions [3]) has a manifest.json or an artifact for --backend onnx (model.onnx)" in problems["foreign"]
     assert problems["missing"].endswith("missing is not a folder")
     [status] = manager.statuses("empty")
     assert status.state is END and status.error == problems["empty"]
