@@ -135,7 +135,8 @@ def resolve_version_dir(path: Path, version: int | None = None) -> Path:
         raise UsageError(f"{path} does not exist")
     if not path.is_dir():
         raise UsageError(f"{path} is not a directory (expected REPO/NAME or REPO/NAME/VERSION)")
-    if path.name.isdigit() and (path / "manifest.json").exists():
+    # A version folder: it has a manifest, or (a version kdeploy did not export) no version folders of its own.
+    if path.name.isdigit() and ((path / "manifest.json").exists() or not version_numbers(path)):
         if version is not None and int(path.name) != version:
             raise UsageError(f"{path} is version {path.name}, but --version {version} was asked for")
         return path

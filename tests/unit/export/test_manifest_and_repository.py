@@ -125,6 +125,10 @@ def test_resolve_version_dir(tmp_path):
         resolve_version_dir(tmp_path / "m", 7)
     with pytest.raises(UsageError, match="does not exist"):
         resolve_version_dir(tmp_path / "missing")
+    bare = tmp_path / "tfs" / "123"  # a TF Serving version folder: saved_model.pb, no manifest
+    bare.mkdir(parents=True)
+    (bare / "saved_model.pb").write_bytes(b"pb")
+    assert resolve_version_dir(bare) == bare and resolve_version_dir(tmp_path / "tfs") == bare
 
 
 def test_published_versions_and_atomic_files_are_readable_by_others(tmp_path):

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from kdeploy.contract.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name, feed_from_arrays
+from kdeploy.contract.signature import (
+    ModelSignature,
+    SignatureError,
+    TensorSpec,
+    dtype_by_name,
+    dtype_by_onnx,
+    dtype_by_tf_enum,
+    feed_from_arrays,
+)
 
 SIG = ModelSignature(
     inputs=(TensorSpec("image", "float32", (None, 8, 8, 1)), TensorSpec("tokens", "int32", (None, 5), (0, 49))),
@@ -93,3 +101,36 @@ def test_manifests_without_strings_or_examples_still_load():
            "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 1]}]}
     sig = ModelSignature.from_json(old)
     assert sig.inputs[0].examples is None and sig.to_json() == old
+
+
+def test_reshape_gives_values_the_signature_shape_only_when_they_fill_whole_rows():
+    spec = TensorSpec("x", "float32", (None, 1))
+    np.testing.assert_array_equal(spec.check(np.array([2.0, 3.0], np.float32), reshape=True), [[2.0], [3.0]])
+    with pytest.raises(SignatureError, match=r"expected shape \[-1, 1\], got \[2\]"):
+        spec.check(np.array([2.0, 3.0], np.float32))  # other backends keep the clear error
+    wide = TensorSpec("x", "float32", (None, 2, 3))
+    assert wide.check(np.zeros(12, np.float32), reshape=True).shape == (2, 2, 3)
+    with pytest.raises(SignatureError, match=r"got \[5\]"):
+        wide.check(np.zeros(5, np.float32), reshape=True)  # 5 values fill no whole row of 6
+    dynamic = TensorSpec("x", "float32", (None, None))
+    with pytest.raises(SignatureError, match=r"got \[4\]"):
+        dynamic.check(np.zeros(4, np.float32), reshape=True)  # two dynamic dimensions: no single answer
+    assert spec.may_take((3,)) and not spec.may_take((0,)) and not wide.may_take((5,))
+
+
+def test_a_tensor_of_unknown_rank_takes_any_batch():
+    spec = TensorSpec("examples", "string", (None,), any_shape=True)
+    assert spec.check(np.array([[b"a", b"b"]], dtype=object)).shape == (1, 2)
+    assert spec.may_take((4, 5, 6))
+    with pytest.raises(SignatureError, match="got a scalar"):
+        spec.check(np.array(b"a", dtype=object))
+    assert TensorSpec.from_json(spec.to_json()) == spec and spec.to_json()["any_shape"] is True
+
+
+def test_dtypes_by_tensorflow_enum_and_onnx_type():
+    assert dtype_by_tf_enum(1).name == "float32" and dtype_by_tf_enum(7).name == "string"
+    assert dtype_by_onnx("tensor(int64)").name == "int64"
+    with pytest.raises(SignatureError, match="enum 20"):
+        dtype_by_tf_enum(20)  # DT_RESOURCE
+    with pytest.raises(SignatureError, match="seq"):
+        dtype_by_onnx("seq(tensor(float))")
