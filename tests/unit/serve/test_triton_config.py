@@ -17,7 +17,7 @@ def _apply(tmp_path, text):
 
 
 def test_dims_the_graph_leaves_open_are_fixed_by_the_config(tmp_path):
-    manifest, batch = _apply(tmp_path, 'max_batch_size: 8\ninput [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]')
+    manifest, batch = _apply(tmp_path, 'max_batch_size: 8 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [16] } ]')
     assert batch == 8 and manifest.signature.inputs[0].shape == (None, 16)
     assert manifest.signature.outputs == GRAPH.signature.outputs  # left out of the config: the graph's own
     manifest, batch = _apply(tmp_path, 'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4, 16 ] } ]')
