@@ -9,7 +9,7 @@ from typing import Any
 from kdeploy.contract.signature import SignatureError, dtype_by_name
 from kdeploy.serve.models import ServedVersion, VersionState
 from kdeploy.serve.service import InferenceService, deadline_of
-from kdeploy.serve.triton_config import PLATFORMS, triton_model_config
+from kdeploy.serve.triton_config import DEFAULT_MAX_BATCH_SIZE, PLATFORMS, triton_model_config
 from kdeploy.wire.errors import ServeError, invalid
 from kdeploy.wire.protos.messages import Protos
 from kdeploy.wire.tensors import kserve_datatype, ndarray_from_kserve, raw_bytes
@@ -113,6 +113,7 @@ class KServeV2Adapter:
     def ModelConfig(self, request: Any, context: Any) -> Any:
         served = self._resolve(request.name, request.version)
         config = triton_model_config(self._protos, served.loaded()[0], backend_format=self._format,
+                                     max_batch_size=served.max_batch_size or DEFAULT_MAX_BATCH_SIZE,
                                      dynamic_batching=False)
         response = self._responses["ModelConfig"]()
         response.config.CopyFrom(config)

@@ -95,6 +95,8 @@ def test_triton_onnx_layout_with_and_without_config(tmp_path):
         with pytest.raises(InferenceServerException, match="at most 2 rows") as refused:
             client.infer("limited", [tensor])
         assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+        config = client.get_model_config("limited").config
+        assert config.max_batch_size == 2 and list(config.input[0].dims) == [3]
         np.testing.assert_allclose(tfs_predict(proc.grpc, "plain", {"features": ROWS})["scores"], linear(ROWS),
                                    rtol=1e-6)
         log = proc.log()
