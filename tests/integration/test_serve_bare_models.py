@@ -150,3 +150,26 @@ def test_configs_and_model_config_file_on_a_repository_kdeploy_did_not_write(tmp
         np.testing.assert_allclose(tfs_predict(proc.grpc, "hp2", {"x": X})["y"], half_plus_two(X))
     finally:
         assert proc.stop() == 0
+
+
+def test_verify_runs_and_cross_checks_the_artifacts_of_a_version_without_manifest(tmp_path, tf_serving_base):
+    import shutil
+
+    from kdeploy.export.verify import VerifyConfig
+    from kdeploy.export.verify_bare import verify_bare_version
+
+    version = tmp_path / "hp2" / "7"
+    shutil.copytree(tf_serving_base / "hp2" / "123", version)
+    write_tflite_from_savedmodel(version, version / "model.tflite")
+    lines: list[str] = []
+    report = verify_bare_version(version, VerifyConfig(samples=40, max_batch=16, report_dir=tmp_path / "report"),
+                                 progress=lines.append)
+    assert report.passed, report.failures
+    assert report.reference == "savedmodel" and [f.format for f in report.formats] == ["savedmodel", "tflite"]
+    assert report.formats[1].outputs[0].max_abs < 1e-5 and report.batch_sizes == [1, 8, 16, 15]
+    assert (tmp_path / "report" / "parity.json").is_file() and not (version / "parity.json").exists()
+
+    (version / "model.onnx").write_bytes(b"garbage")  # an artifact that does not load fails, the others still run
+    report = verify_bare_version(version, VerifyConfig(samples=8, report_dir=tmp_path / "report"))
+    assert not report.passed and [f.format for f in report.formats] == ["savedmodel", "tflite", "onnx"]
+    assert report.failures[0].startswith("onnx: could not run:"), report.failures

@@ -53,3 +53,21 @@ def test_nan_fails_and_shape_mismatch_fails():
     ref = np.ones((2, 3), np.float32) * 2.0
     assert not compare_output("y", ref, np.full((2, 3), np.nan, np.float32), DEFAULT_TOLERANCES["fp32"], None).passed
     assert not compare_output("y", ref, np.ones((3, 3), np.float32), DEFAULT_TOLERANCES["fp32"], None).passed
+
+
+def test_an_answer_that_breaks_its_own_signature_is_named():
+    from kdeploy.contract.signature import ModelSignature, TensorSpec
+    from kdeploy.export.verify_bare import signature_problems
+
+    signature = ModelSignature(inputs=(TensorSpec("x", "float32", (None, 2)),),
+                               outputs=(TensorSpec("y", "float32", (None, 2)), TensorSpec("z", "int64", (None,))))
+    good = {"y": np.zeros((3, 2), np.float32), "z": np.zeros(3, np.int64)}
+    assert signature_problems(signature, good, 3) == []
+    bad = {"y": np.array([[np.nan, 1.0]] * 3, np.float64)}
+    assert signature_problems(signature, bad, 3) == [
+        "output 'y' is float64, the signature says float32",
+        "output 'y' has non-finite values (NaN or inf)",
+        "output 'z' is missing from the answer",
+    ]
+    assert signature_problems(signature, {**good, "y": np.zeros((3, 5), np.float32)}, 3) == [
+        "output 'y' has shape [3, 5] for 3 rows, the signature says [-1, 2]"]
