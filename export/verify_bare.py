@@ -55,7 +55,7 @@ def signature_problems(signature: ModelSignature, outputs: Mapping[str, np.ndarr
     return problems
 
 
-def verify_bare_version(version_dir: Path, config: VerifyConfig = VerifyConfig(),
+def verify_bare_version(version_dir: Path, config: VerifyConfig | None = None,
                         progress: Callable[[str], None] = logger.info) -> ParityReport:
     """Run and cross-check the artifacts of a version without a manifest; writes the parity reports like
     `verify_version`.
@@ -64,6 +64,7 @@ def verify_bare_version(version_dir: Path, config: VerifyConfig = VerifyConfig()
         UsageError: when the folder has no artifact kdeploy can read.
     """
     started = time.perf_counter()
+    config = config or VerifyConfig()
     version_dir = Path(version_dir)
     found = {fmt: path for fmt in FORMATS if (path := bare_artifact_path(version_dir, fmt)) is not None}
     if not found:
