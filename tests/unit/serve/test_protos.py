@@ -31,6 +31,20 @@ def _assert_subset(ours, official, path=""):
         _assert_subset(nested, official.nested_types_by_name[nested.name], path)
 
 
+COMPLETE_COPIES = {
+    "tensorflow_serving.apis.classification_pb2": ["Class", "Classifications", "ClassificationResult",
+                                                   "ClassificationRequest", "ClassificationResponse"],
+    "tensorflow_serving.apis.regression_pb2": ["Regression", "RegressionResult", "RegressionRequest",
+                                               "RegressionResponse"],
+    "tensorflow_serving.apis.inference_pb2": ["InferenceTask", "InferenceResult", "MultiInferenceRequest",
+                                              "MultiInferenceResponse"],
+    "tensorflow_serving.apis.input_pb2": ["ExampleList", "ExampleListWithContext", "Input"],
+    "tensorflow.core.example.example_pb2": ["Example"],
+    "tensorflow.core.example.feature_pb2": ["BytesList", "FloatList", "Int64List", "Feature", "Features"],
+}
+"""Messages vendored whole: every official field is declared too, not only a subset."""
+
+
 @pytest.mark.parametrize("module, names", [
     ("tensorflow_serving.apis.predict_pb2", ["PredictRequest", "PredictResponse"]),
     ("tensorflow_serving.apis.get_model_metadata_pb2",
@@ -46,6 +60,7 @@ def _assert_subset(ours, official, path=""):
                                        "ServerMetadataResponse", "ModelReadyRequest", "ModelConfigResponse"]),
     ("tritonclient.grpc.model_config_pb2", ["ModelConfig", "ModelInput", "ModelOutput", "ModelDynamicBatching",
                                             "ModelVersionPolicy", "ModelInstanceGroup"]),
+    *COMPLETE_COPIES.items(),
 ])
 def test_messages_match_the_official_definitions(module, names):
     official = pytest.importorskip(module)
@@ -54,6 +69,25 @@ def test_messages_match_the_official_definitions(module, names):
     for name in names:
         ours = protos.pool.FindMessageTypeByName(f"{package}.{name}")
         _assert_subset(ours, official.DESCRIPTOR.message_types_by_name[name])
+
+
+@pytest.mark.parametrize("module, names", COMPLETE_COPIES.items())
+def test_complete_copies_declare_every_official_field(module, names):
+    official = pytest.importorskip(module)
+    protos = load_protos()
+    for name in names:
+        ours = protos.pool.FindMessageTypeByName(f"{official.DESCRIPTOR.package}.{name}")
+        theirs = official.DESCRIPTOR.message_types_by_name[name]
+        assert _fields(ours) == _fields(theirs), name
+        assert [o.name for o in ours.oneofs] == [o.name for o in theirs.oneofs], name
+
+
+def test_prediction_service_declares_every_official_rpc():
+    official = pytest.importorskip("tensorflow_serving.apis.prediction_service_pb2")
+    theirs = official.DESCRIPTOR.services_by_name["PredictionService"]
+    ours = load_protos().pool.FindServiceByName("tensorflow.serving.PredictionService")
+    assert {m.name: (m.input_type.full_name, m.output_type.full_name) for m in ours.methods} == {
+        m.name: (m.input_type.full_name, m.output_type.full_name) for m in theirs.methods}
 
 
 def test_enums_match():
