@@ -12,6 +12,7 @@ from kdeploy.wire.errors import ErrorKind
 
 GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
@@ -22,6 +23,7 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
 
 HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_INPUT: 400,
+    ErrorKind.FAILED_PRECONDITION: 400,  # as TF Serving's REST maps it
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.UNAVAILABLE: 503,
@@ -31,8 +33,9 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 }
 
 HTTP_TO_GRPC_NAME: dict[int, str] = {200: "OK"} | {
-    code: GRPC_STATUS[kind].name for kind, code in HTTP_STATUS.items()
+    code: GRPC_STATUS[kind].name for kind, code in reversed(HTTP_STATUS.items())
 }
-"""REST answers counted under the gRPC status name of the same error, so one metric covers every protocol."""
+"""REST answers counted under the gRPC status name of the same error, so one metric covers every protocol (an HTTP
+status several kinds share counts under the first kind's: 400 is INVALID_ARGUMENT)."""
 
 INTERNAL_MESSAGE = "internal error while serving the request; the server log has the details"

@@ -64,10 +64,18 @@ def _grpc_methods() -> dict[str, list[Method]]:
     def tfs_version(response: Any) -> str:
         return str(response.model_spec.version.value)
 
+    def multi_model(request: Any) -> str:
+        return request.tasks[0].model_spec.name if request.tasks else ""
+
+    def multi_version(response: Any) -> str:
+        return str(response.results[0].model_spec.version.value) if response.results else ""
+
     tfs, ksv2 = "tfserving-grpc", "kserve-grpc"
     return {
-        PREDICTION_SERVICE: [Method(PREDICTION_SERVICE, "Predict", tfs, tfs_model, tfs_version),
-                             Method(PREDICTION_SERVICE, "GetModelMetadata", tfs)],
+        PREDICTION_SERVICE: [Method(PREDICTION_SERVICE, name, tfs, tfs_model, tfs_version)
+                             for name in ("Predict", "Classify", "Regress")]
+        + [Method(PREDICTION_SERVICE, "MultiInference", tfs, multi_model, multi_version),
+           Method(PREDICTION_SERVICE, "GetModelMetadata", tfs)],
         MODEL_SERVICE: [Method(MODEL_SERVICE, "GetModelStatus", tfs)],
         KSERVE_SERVICE: [Method(KSERVE_SERVICE, "ModelInfer", ksv2, lambda r: r.model_name, lambda r: r.model_version)]
         + [Method(KSERVE_SERVICE, name, ksv2) for name in ("ServerLive", "ServerReady", "ModelReady",

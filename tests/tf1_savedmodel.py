@@ -92,4 +92,5 @@ def tf_outputs(path: Path, signature: str, **inputs: object) -> dict[str, np.nda
     import tensorflow as tf
 
     function = tf.saved_model.load(str(path)).signatures[signature]
+    # Lists of bytes, not NumPy "S" arrays, which drop the trailing NUL bytes a serialized tf.Example may end with.
     return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}

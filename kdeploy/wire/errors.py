@@ -11,6 +11,9 @@ import enum
 
 class ErrorKind(enum.Enum):
     INVALID_INPUT = "invalid_input"
+    FAILED_PRECONDITION = "failed_precondition"
+    """The request is well-formed but asks for what the model does not have in that form (TF Serving's answer to a
+    Predict naming a signature the model lacks)."""
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"

@@ -1,9 +1,11 @@
 """TF Serving's REST API: requests in, (HTTP status, JSON body) out, independent of the HTTP server.
 
 `serve/rest_server.py` serves it over HTTP (aiohttp, on the gRPC front end's event loop). Routes:
-`GET /v1/models/NAME[/versions/V | /labels/L]`, the same with `/metadata`, and `POST ...:predict` in the row
-(`instances`) and columnar (`inputs`) formats. Errors are `{"error": "..."}` with the status that
-`kdeploy.serve.errors.HTTP_STATUS` gives for the error's kind.
+`GET /v1/models/NAME[/versions/V | /labels/L]`, the same with `/metadata` (every signature), `POST ...:predict` in
+the row (`instances`) and columnar (`inputs`) formats, and `POST ...:classify` and `...:regress` with tf.Examples
+as JSON (`{"examples": [{"feature": value or [values]}], "context": {...}}`). Each POST may name a
+`signature_name`. Errors are `{"error": "..."}` with the status that `kdeploy.serve.errors.HTTP_STATUS` gives for
+the error's kind.
 """
 
 from __future__ import annotations
@@ -16,20 +18,32 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.contract.signature import ModelSignature, SignatureError, batch_size, dtype_by_name
+from kdeploy.contract.signature import (
+    DEFAULT_SIGNATURE,
+    METHOD_PREFIX,
+    ModelSignature,
+    SignatureError,
+    batch_size,
+    dtype_by_name,
+)
+from kdeploy.serve.adapters import tasks
+from kdeploy.serve.adapters.tfserving import signature_tensor_names
 from kdeploy.serve.errors import HTTP_STATUS, HTTP_TO_GRPC_NAME, INTERNAL_MESSAGE
 from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
 from kdeploy.serve.models import ServedVersion
-from kdeploy.serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name
+from kdeploy.serve.service import InferenceService
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid, not_found
+from kdeploy.wire.examples import fill_example_from_json
+from kdeploy.wire.protos.messages import load_protos
 from kdeploy.wire.tensors import json_value, ndarray_from_json, tf_dtype_name
 
 logger = logging.getLogger(__name__)
 
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|:predict)?$"
+    r"(?P<tail>/metadata|:predict|:classify|:regress)?$"
 )
+_INFERENCE = (":predict", ":classify", ":regress")
 
 
 class RestApi:
@@ -41,6 +55,7 @@ class RestApi:
         self.max_body_bytes = max_body_bytes
         self._metrics = metrics
         self._known = known_models
+        self._Example = load_protos().cls("tensorflow.Example")
 
     async def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
         """Answer one request: (HTTP status, JSON body)."""
@@ -57,7 +72,7 @@ class RestApi:
 
     def _count(self, path: str, status: int, started: float) -> None:
         match = _ROUTE.match(path.split("?", 1)[0])
-        if self._metrics is None or not match or match["tail"] != ":predict":
+        if self._metrics is None or not match or match["tail"] not in _INFERENCE:
             return
         model = match["name"] if match["name"] in self._known else UNKNOWN_MODEL
         code = HTTP_TO_GRPC_NAME.get(status, "UNKNOWN")
@@ -67,14 +82,21 @@ class RestApi:
     async def _route(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
         match = _ROUTE.match(path.split("?", 1)[0])
         if not match:
-            raise not_found(f"no such endpoint {path!r}; expected /v1/models/NAME[/versions/V][/metadata|:predict]")
+            raise not_found(f"no such endpoint {path!r}; expected "
+                            "/v1/models/NAME[/versions/V][/metadata|:predict|:classify|:regress]")
         name, tail = match["name"], match["tail"]
         version = int(match["version"]) if match["version"] else None
-        if tail == ":predict":
+        if tail in _INFERENCE:
             if method != "POST":
-                raise ServeError(ErrorKind.INVALID_INPUT, ":predict takes POST")
+                raise ServeError(ErrorKind.INVALID_INPUT, f"{tail} takes POST")
+            request = _json_object(body or b"")
+            signature_name = request.get("signature_name", "")
+            if not isinstance(signature_name, str):
+                raise invalid("'signature_name' must be a string")
             with self.service.serving(name, version, match["label"]) as served:
-                return await self._predict(served, body or b"")
+                if tail == ":predict":
+                    return await self._predict(served, request, signature_name)
+                return await self._classify_or_regress(served, request, signature_name, tail[1:])
         if method != "GET":
             raise ServeError(ErrorKind.INVALID_INPUT, f"{path} takes GET")
         if tail == "/metadata":
@@ -93,42 +115,85 @@ class RestApi:
         ]}
 
     def _metadata(self, served: ServedVersion) -> dict[str, Any]:
-        signature = served.signature
-
-        def info(specs: Any, names: list[str]) -> dict[str, Any]:
-            return {spec.name: {"dtype": tf_dtype_name(dtype_by_name(spec.dtype).tf_enum), "name": tensor_name,
-                                "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""}
-                                                         for d in spec.shape], "unknown_rank": False}}
-                    for spec, tensor_name in zip(specs, names)}
-
-        signature_def = {
-            "inputs": info(signature.inputs, [f"serving_default_{s.name}:0" for s in signature.inputs]),
-            "outputs": info(signature.outputs, [f"StatefulPartitionedCall:{i}" for i in range(len(signature.outputs))]),
-            "method_name": "tensorflow/serving/predict",
-        }
+        signatures = served.loaded()[0].signatures
         return {"model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
-                "metadata": {"signature_def": {"signature_def": {DEFAULT_SIGNATURE: signature_def}}}}
+                "metadata": {"signature_def": {"signature_def": {
+                    name: _signature_def_json(signature) for name, signature in signatures.items()}}}}
 
-    async def _predict(self, served: ServedVersion, body: bytes) -> dict[str, Any]:
+    async def _predict(self, served: ServedVersion, request: dict[str, Any], signature_name: str) -> dict[str, Any]:
         try:
-            request = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise invalid(f"the request body is not JSON: {exc}") from None
-        if not isinstance(request, dict):
-            raise invalid("the request body must be a JSON object with 'instances' or 'inputs'")
-        check_signature_name(request.get("signature_name", ""))
-        signature = served.signature
+            signature = tasks.signature_of(served, signature_name)
+        except SignatureError as exc:
+            raise invalid(f'Serving signature name: "{signature_name or DEFAULT_SIGNATURE}" not found in signature '
+                          f"def ({exc})") from None
         if ("instances" in request) == ("inputs" in request):
             raise invalid("the request must have exactly one of 'instances' (row format) or 'inputs' (columnar)")
         if "instances" in request:
             feed = _feed_from_instances(request["instances"], signature)
-            outputs = (await self.service.infer_async(served, feed)).outputs
+            outputs = (await self.service.infer_async(served, feed, signature_name=signature.name)).outputs
             return {"predictions": _rows(outputs)}
         feed = _feed_from_columns(request["inputs"], signature)
-        outputs = (await self.service.infer_async(served, feed)).outputs
+        outputs = (await self.service.infer_async(served, feed, signature_name=signature.name)).outputs
         if len(outputs) == 1:
             return {"outputs": json_value(next(iter(outputs.values())))}
         return {"outputs": {name: json_value(value) for name, value in outputs.items()}}
+
+    async def _classify_or_regress(self, served: ServedVersion, request: dict[str, Any], signature_name: str,
+                                   method: str) -> dict[str, Any]:
+        """TF Serving's `:classify` and `:regress`: `{"results": [[[label, score], ...], ...]}` and
+        `{"results": [value, ...]}`."""
+        signature = tasks.task_signature(served, signature_name, method)
+        examples = self._examples_from_json(request, method)
+        if method == tasks.CLASSIFY:
+            found = await tasks.classify(self.service, served, signature, examples, None)
+            return {"results": [[[label, score] for label, score in row] for row in found.rows()]}
+        return {"results": await tasks.regress(self.service, served, signature, examples, None)}
+
+    def _examples_from_json(self, request: dict[str, Any], method: str) -> np.ndarray:
+        """Serialized tf.Examples from the request's `examples` (each after the serialized `context`, when given, as
+        TF Serving merges them)."""
+        context = b""
+        if "context" in request:
+            example = self._Example()
+            fill_example_from_json(example, request["context"])
+            context = example.SerializeToString()
+        values = request.get("examples")
+        if values is None:
+            raise invalid(f"When method is {method}, key 'examples' is expected and was not found")
+        if not isinstance(values, list):
+            raise invalid("Expecting 'examples' value to be an list/array")
+        if not values:
+            raise invalid("'examples' value is an empty array")
+        batch = np.empty(len(values), dtype=object)
+        for index, value in enumerate(values):
+            example = self._Example()
+            fill_example_from_json(example, value)
+            batch[index] = context + example.SerializeToString()
+        return batch
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid(f"the request body is not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise invalid("the request body must be a JSON object")
+    return request
+
+
+def _signature_def_json(signature: ModelSignature) -> dict[str, Any]:
+    """One SignatureDef as TF Serving's REST metadata writes it."""
+    input_names, output_names = signature_tensor_names(signature)
+
+    def info(specs: Any, names: list[str]) -> dict[str, Any]:
+        return {spec.name: {"dtype": tf_dtype_name(dtype_by_name(spec.dtype).tf_enum), "name": tensor_name,
+                            "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""}
+                                                     for d in spec.shape], "unknown_rank": False}}
+                for spec, tensor_name in zip(specs, names)}
+
+    return {"inputs": info(signature.inputs, input_names), "outputs": info(signature.outputs, output_names),
+            "method_name": METHOD_PREFIX + signature.method}
 
 
 def _spec(signature: ModelSignature, name: str) -> Any:
@@ -142,7 +207,8 @@ def _feed_from_instances(instances: Any, signature: ModelSignature) -> dict[str,
     if not isinstance(instances, list) or not instances:
         raise invalid("'instances' must be a non-empty list of rows")
     names = signature.input_names
-    if all(isinstance(row, dict) for row in instances):
+    # Objects name the inputs, except TF Serving's {"b64": "..."}, which is one value of a single string input.
+    if all(isinstance(row, dict) and not _is_b64(row) for row in instances):
         keys = set(instances[0])
         if any(set(row) != keys for row in instances):
             raise invalid("every instance must name the same inputs")
@@ -150,6 +216,10 @@ def _feed_from_instances(instances: Any, signature: ModelSignature) -> dict[str,
     if len(names) != 1:
         raise invalid(f"the model has inputs {names}: each instance must be an object naming them")
     return {names[0]: ndarray_from_json(names[0], instances, signature.inputs[0])}
+
+
+def _is_b64(value: dict[str, Any]) -> bool:
+    return set(value) == {"b64"} and isinstance(value["b64"], str)
 
 
 def _feed_from_columns(inputs: Any, signature: ModelSignature) -> dict[str, np.ndarray]:

@@ -1,18 +1,30 @@
-"""TF Serving's gRPC API: `tensorflow.serving.PredictionService` (Predict, GetModelMetadata) and
-`tensorflow.serving.ModelService` (GetModelStatus). Each RPC is decode → service → encode."""
+"""TF Serving's gRPC API: `tensorflow.serving.PredictionService` (Predict, Classify, Regress, MultiInference,
+GetModelMetadata) and `tensorflow.serving.ModelService` (GetModelStatus). Each RPC is decode → service → encode.
+
+Every signature of a version is served: Predict runs the one `model_spec.signature_name` names (default
+`serving_default`), Classify and Regress those that classify or regress tf.Examples (see `adapters/tasks.py`), and
+GetModelMetadata lists them all.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kdeploy.contract.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name
+from kdeploy.contract.signature import (
+    DEFAULT_SIGNATURE,
+    METHOD_PREFIX,
+    ModelSignature,
+    SignatureError,
+    TensorSpec,
+    dtype_by_name,
+)
+from kdeploy.serve.adapters import tasks
 from kdeploy.serve.models import ServedVersion, VersionState
-from kdeploy.serve.service import DEFAULT_SIGNATURE, InferenceService, check_signature_name, deadline_of
-from kdeploy.wire.errors import invalid
+from kdeploy.serve.service import InferenceService, deadline_of
+from kdeploy.wire.errors import ErrorKind, ServeError, invalid
+from kdeploy.wire.examples import examples_from_input
 from kdeploy.wire.protos.messages import Protos
 from kdeploy.wire.tensors import fill_tensor_proto, ndarray_from_tensor_proto
-
-PREDICT_METHOD = "tensorflow/serving/predict"
 
 
 class TfServingAdapter:
@@ -33,11 +45,17 @@ class TfServingAdapter:
         self._max_bytes = max_tensor_bytes
         self._encoding = tensor_encoding
         self._PredictResponse = protos.cls("tensorflow.serving.PredictResponse")
+        self._ClassificationResponse = protos.cls("tensorflow.serving.ClassificationResponse")
+        self._RegressionResponse = protos.cls("tensorflow.serving.RegressionResponse")
+        self._MultiInferenceResponse = protos.cls("tensorflow.serving.MultiInferenceResponse")
         self._MetadataResponse = protos.cls("tensorflow.serving.GetModelMetadataResponse")
         self._SignatureDefMap = protos.cls("tensorflow.serving.SignatureDefMap")
         self._StatusResponse = protos.cls("tensorflow.serving.GetModelStatusResponse")
         self.request_types = {
             "Predict": protos.cls("tensorflow.serving.PredictRequest"),
+            "Classify": protos.cls("tensorflow.serving.ClassificationRequest"),
+            "Regress": protos.cls("tensorflow.serving.RegressionRequest"),
+            "MultiInference": protos.cls("tensorflow.serving.MultiInferenceRequest"),
             "GetModelMetadata": protos.cls("tensorflow.serving.GetModelMetadataRequest"),
             "GetModelStatus": protos.cls("tensorflow.serving.GetModelStatusRequest"),
         }
@@ -60,16 +78,65 @@ class TfServingAdapter:
             target.signature_name = signature_name
 
     async def Predict(self, request: Any, context: Any) -> Any:
-        check_signature_name(request.model_spec.signature_name)
         with self._service.serving(*self._spec(request.model_spec)) as served:
-            signature = served.signature
+            signature = _predict_signature(served, request.model_spec.signature_name)
             feed = {name: ndarray_from_tensor_proto(name, proto, _input_spec(signature, name), self._max_bytes)
                     for name, proto in request.inputs.items()}
-            result = await self._service.infer_async(served, feed, list(request.output_filter), deadline_of(context))
+            result = await self._service.infer_async(served, feed, list(request.output_filter), deadline_of(context),
+                                                     signature_name=signature.name)
         response = self._PredictResponse()
         for name, array in result.outputs.items():
             fill_tensor_proto(response.outputs[name], array, self._encoding)
-        self._fill_model_spec(response.model_spec, served, DEFAULT_SIGNATURE)
+        self._fill_model_spec(response.model_spec, served, signature.name)
+        return response
+
+    async def Classify(self, request: Any, context: Any) -> Any:
+        with self._service.serving(*self._spec(request.model_spec)) as served:
+            signature = tasks.task_signature(served, request.model_spec.signature_name, tasks.CLASSIFY)
+            examples = examples_from_input(request.input)
+            found = await tasks.classify(self._service, served, signature, examples, deadline_of(context))
+        response = self._ClassificationResponse()
+        _fill_classifications(response.result, found)
+        self._fill_model_spec(response.model_spec, served, signature.name)
+        return response
+
+    async def Regress(self, request: Any, context: Any) -> Any:
+        with self._service.serving(*self._spec(request.model_spec)) as served:
+            signature = tasks.task_signature(served, request.model_spec.signature_name, tasks.REGRESS)
+            examples = examples_from_input(request.input)
+            values = await tasks.regress(self._service, served, signature, examples, deadline_of(context))
+        response = self._RegressionResponse()
+        _fill_regressions(response.result, values)
+        self._fill_model_spec(response.model_spec, served, signature.name)
+        return response
+
+    async def MultiInference(self, request: Any, context: Any) -> Any:
+        """Several classify and regress tasks of one model on one input. As in TF Serving, the first task's model_spec
+        picks the version, and each signature runs at most once."""
+        if not request.tasks:
+            raise invalid("the MultiInferenceRequest has no tasks; add one per signature to run (model_spec and "
+                          f"method_name {METHOD_PREFIX}classify or {METHOD_PREFIX}regress)")
+        names = {task.model_spec.name for task in request.tasks}
+        if "" in names:
+            raise invalid("Found ModelSpec with an empty model name.")
+        if len(names) > 1:
+            raise invalid(f"All ModelSpecs in a MultiInferenceRequest must access the same model name, got "
+                          f"{sorted(names)}")
+        deadline = deadline_of(context)
+        response = self._MultiInferenceResponse()
+        with self._service.serving(*self._spec(request.tasks[0].model_spec)) as served:
+            checked = tasks.multi_inference_tasks(
+                served, [(t.model_spec.signature_name, t.method_name) for t in request.tasks])
+            examples = examples_from_input(request.input)
+            for task in checked:
+                result = response.results.add()
+                if task.method == tasks.CLASSIFY:
+                    found = await tasks.classify(self._service, served, task.signature, examples, deadline)
+                    _fill_classifications(result.classification_result, found)
+                else:
+                    values = await tasks.regress(self._service, served, task.signature, examples, deadline)
+                    _fill_regressions(result.regression_result, values)
+                self._fill_model_spec(result.model_spec, served, task.signature.name)
         return response
 
     def GetModelMetadata(self, request: Any, context: Any) -> Any:
@@ -81,7 +148,8 @@ class TfServingAdapter:
             raise invalid(f"metadata field {unknown[0]!r} is not supported; only 'signature_def' is")
         served = self._resolve(request.model_spec)
         signature_map = self._SignatureDefMap()
-        _fill_signature_def(signature_map.signature_def[DEFAULT_SIGNATURE], served.signature)
+        for name, signature in served.loaded()[0].signatures.items():
+            _fill_signature_def(signature_map.signature_def[name], signature)
         response = self._MetadataResponse()
         self._fill_model_spec(response.model_spec, served, "")
         response.metadata["signature_def"].Pack(signature_map)
@@ -107,6 +175,15 @@ class TfServingAdapter:
         return response
 
 
+def _predict_signature(served: ServedVersion, name: str) -> ModelSignature:
+    """The signature a Predict names; an unknown name is FAILED_PRECONDITION, as TF Serving answers it."""
+    try:
+        return tasks.signature_of(served, name)
+    except SignatureError as exc:
+        raise ServeError(ErrorKind.FAILED_PRECONDITION,
+                         f'Serving signature key "{name or DEFAULT_SIGNATURE}" not found ({exc})') from None
+
+
 def _input_spec(signature: ModelSignature, name: str) -> TensorSpec:
     try:
         return signature.input(name)
@@ -114,13 +191,35 @@ def _input_spec(signature: ModelSignature, name: str) -> TensorSpec:
         raise invalid(str(exc)) from None
 
 
+def _fill_classifications(result: Any, found: tasks.Classifications) -> None:
+    for row in found.rows():
+        classes = result.classifications.add().classes
+        for label, score in row:
+            entry = classes.add()
+            entry.label = label
+            entry.score = score
+
+
+def _fill_regressions(result: Any, values: list[float]) -> None:
+    for value in values:
+        result.regressions.add().value = value
+
+
+def signature_tensor_names(signature: ModelSignature) -> tuple[list[str], list[str]]:
+    """Tensor names for a signature's inputs and outputs, as a Keras export's SavedModel names them (kdeploy does
+    not keep the graph's own names): `NAME_INPUT:0` and `StatefulPartitionedCall:INDEX`."""
+    return ([f"{signature.name}_{spec.name}:0" for spec in signature.inputs],
+            [f"StatefulPartitionedCall:{index}" for index in range(len(signature.outputs))])
+
+
 def _fill_signature_def(target: Any, signature: ModelSignature) -> None:
-    """A SignatureDef as TF Serving describes a Keras export's `serving_default`."""
-    for spec in signature.inputs:
-        _fill_tensor_info(target.inputs[spec.name], f"serving_default_{spec.name}:0", spec)
-    for index, spec in enumerate(signature.outputs):
-        _fill_tensor_info(target.outputs[spec.name], f"StatefulPartitionedCall:{index}", spec)
-    target.method_name = PREDICT_METHOD
+    """A SignatureDef as TF Serving describes it, with the signature's method_name."""
+    input_names, output_names = signature_tensor_names(signature)
+    for spec, tensor_name in zip(signature.inputs, input_names):
+        _fill_tensor_info(target.inputs[spec.name], tensor_name, spec)
+    for spec, tensor_name in zip(signature.outputs, output_names):
+        _fill_tensor_info(target.outputs[spec.name], tensor_name, spec)
+    target.method_name = METHOD_PREFIX + signature.method
 
 
 def _fill_tensor_info(info: Any, tensor_name: str, spec: TensorSpec) -> None:

@@ -144,13 +144,16 @@ def test_tfserving_metadata_and_status(onnx_server):
         assert [(s.version, s.state) for s in status.model_version_status] == [(1, 30)]  # AVAILABLE
 
 
-def test_classify_is_unimplemented(onnx_server):
+def test_classify_on_a_predict_signature_is_invalid(onnx_server):
     from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
 
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "digits"
+    request.input.example_list.examples.add()
     with grpc.insecure_channel(onnx_server.grpc) as channel, pytest.raises(grpc.RpcError) as error:
-        prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(
-            classification_pb2.ClassificationRequest(), timeout=10)
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected classification signature method_name to be tensorflow/serving/classify" in error.value.details()
 
 
 # --- KServe v2 / Triton ----------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def test_two_inputs_by_name_in_both_formats(rest):
     ("POST", "/v1/models/m", {}, 400, "/v1/models/m takes GET"),
     ("POST", "/v1/models/m:predict", b"{not json", 400, "the request body is not JSON"),
     ("POST", "/v1/models/m:predict", None, 400, "the request body is not JSON"),
-    ("POST", "/v1/models/m:predict", [1], 400, "must be a JSON object with 'instances' or 'inputs'"),
+    ("POST", "/v1/models/m:predict", [1], 400, "the request body must be a JSON object"),
     ("POST", "/v1/models/m:predict", {"instances": ROWS, "inputs": ROWS}, 400, "exactly one of 'instances'"),
     ("POST", "/v1/models/m:predict", {"rows": ROWS}, 400, "exactly one of 'instances'"),
     ("POST", "/v1/models/m:predict", {"instances": []}, 400, "'instances' must be a non-empty list of rows"),
@@ -142,6 +142,15 @@ def test_two_inputs_by_name_in_both_formats(rest):
     ("POST", "/v1/models/m:predict", {"instances": [{"w": ROWS[0]}]}, 400, "unknown input 'w'; the model's inputs"),
     ("POST", "/v1/models/m:predict", {"instances": ROWS, "signature_name": "other"}, 400,
      "unknown signature 'other'"),
+    ("POST", "/v1/models/m:predict", {"instances": ROWS, "signature_name": 3}, 400,
+     "'signature_name' must be a string"),
+    ("GET", "/v1/models/m:classify", None, 400, ":classify takes POST"),
+    ("POST", "/v1/models/m:classify", {"examples": [{"x": 1.0}]}, 400,
+     "Expected classification signature method_name to be tensorflow/serving/classify. Was: "
+     "tensorflow/serving/predict"),
+    ("POST", "/v1/models/m/labels/stable:regress", {"examples": [{"x": 1.0}]}, 400,
+     "Expected regression signature method_name to be tensorflow/serving/regress"),
+    ("POST", "/v1/models/nope:classify", {"examples": [{"x": 1.0}]}, 404, "model 'nope' is not served here"),
     ("POST", "/v1/models/two:predict", {"instances": [[1, 2]]}, 400,
      "the model has inputs ['a', 'b']: each instance must be an object naming them"),
     ("POST", "/v1/models/two:predict", {"inputs": [[1, 2]]}, 400, "'inputs' must be an object naming them"),
@@ -199,6 +208,8 @@ def test_the_error_kinds_map_to_http_statuses():
     from kdeploy.serve.errors import HTTP_STATUS, HTTP_TO_GRPC_NAME
 
     assert {kind: HTTP_STATUS[kind] for kind in ErrorKind} == {
-        ErrorKind.INVALID_INPUT: 400, ErrorKind.NOT_FOUND: 404, ErrorKind.TOO_LARGE: 413,
+        ErrorKind.INVALID_INPUT: 400, ErrorKind.FAILED_PRECONDITION: 400, ErrorKind.NOT_FOUND: 404,
+        ErrorKind.TOO_LARGE: 413,
         ErrorKind.UNAVAILABLE: 503, ErrorKind.DEADLINE: 504, ErrorKind.UNIMPLEMENTED: 501, ErrorKind.INTERNAL: 500}
     assert HTTP_TO_GRPC_NAME[413] == "RESOURCE_EXHAUSTED" and HTTP_TO_GRPC_NAME[200] == "OK"
+    assert HTTP_TO_GRPC_NAME[400] == "INVALID_ARGUMENT"  # not FAILED_PRECONDITION, which shares 400
