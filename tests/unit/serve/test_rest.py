@@ -204,6 +204,14 @@ def test_predictions_are_counted_by_model_version_and_status(rest):
     assert rest.metrics.registry.get_sample_value("kdeploy_request_latency_seconds_count", latency) == 5
 
 
+def test_classify_and_regress_are_counted_like_predictions(rest):
+    rest.post("/v1/models/m:classify", {"examples": [{"x": 1.0}]})  # m predicts: 400
+    rest.post("/v1/models/m/versions/2:regress", {"examples": [{"x": 1.0}]})
+    rest.post("/v1/models/nope:classify", {"examples": [{"x": 1.0}]})
+    assert rest.requests("INVALID_ARGUMENT") == 1 and rest.requests("INVALID_ARGUMENT", version="2") == 1
+    assert rest.requests("NOT_FOUND", model="_unknown") == 1
+
+
 def test_the_error_kinds_map_to_http_statuses():
     from kdeploy.serve.errors import HTTP_STATUS, HTTP_TO_GRPC_NAME
 
