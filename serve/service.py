@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.contract.signature import DEFAULT_SIGNATURE, Feed, ModelSignature, SignatureError, batch_size
+from kdeploy.contract.signature import Feed, ModelSignature, SignatureError, batch_size
 from kdeploy.runtimes.base import infer_signature
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager, ServedVersion
@@ -209,6 +209,8 @@ class InferenceService:
         try:
             backend = served.loaded()[1]
             outputs = backend.infer(feed) if signature is None else infer_signature(backend, signature, feed)
+        except SignatureError as exc:  # the runtime refused the values themselves (a tf.Example it cannot parse)
+            raise invalid(f"model {served.name!r}: {exc}") from None
         except Exception:
             logger.exception("backend failed on model %s version %d", served.name, served.version,
                              extra={"model": served.name, "version": served.version})
@@ -237,13 +239,3 @@ def deadline_of(context: Any) -> float | None:
     """
     remaining = context.time_remaining() if context is not None else None
     return None if remaining is None or remaining > NO_DEADLINE_SECONDS else time.monotonic() + remaining
-
-
-def check_signature_name(name: str) -> None:
-    """Only `serving_default` is exported; an empty name means it, as in TF Serving.
-
-    Raises:
-        ServeError: INVALID_INPUT for any other name.
-    """
-    if name not in ("", DEFAULT_SIGNATURE):
-        raise invalid(f"unknown signature {name!r}; this model serves {DEFAULT_SIGNATURE!r}")

@@ -47,8 +47,17 @@ class TensorFlowBackend:
         return self.infer_signature(self._signature, feed)
 
     def infer_signature(self, signature: ModelSignature, feed: Feed) -> dict[str, np.ndarray]:
-        """Run one of the SavedModel's signatures."""
-        outputs = self._functions[signature.name](**{name: tf.convert_to_tensor(v) for name, v in feed.items()})
+        """Run one of the SavedModel's signatures.
+
+        Raises:
+            SignatureError: when TensorFlow refuses the values (InvalidArgumentError: an Example it cannot parse, a
+                shape the graph cannot take), with TensorFlow's first line, as TF Serving answers INVALID_ARGUMENT.
+        """
+        try:
+            outputs = self._functions[signature.name](**{name: tf.convert_to_tensor(v) for name, v in feed.items()})
+        except tf.errors.InvalidArgumentError as exc:
+            text = (exc.message or str(exc)).strip()
+            raise SignatureError(f"TensorFlow refused the input: {text.splitlines()[0] if text else exc}") from None
         return {name: outputs[name].numpy() for name in signature.output_names}
 
     def close(self) -> None:

@@ -223,6 +223,16 @@ def test_rest_classify_and_regress(server, model):
     np.testing.assert_allclose(body["results"], want, **FP32)
 
 
+def test_an_example_the_model_cannot_parse_is_the_clients_error(server):
+    # x written as JSON integers becomes an int64_list, which the model's float feature cannot parse: TF Serving
+    # answers INVALID_ARGUMENT with TensorFlow's message, and so does kdeploy (the server goes on).
+    examples = [{"x": [int(v) for v in row], "n": 1} for row in X]
+    status, body = rest(server, "/v1/models/tf1:classify", {"signature_name": "classify", "examples": examples})
+    assert status == 400 and "TensorFlow refused the input" in body["error"], body
+    status, body = rest(server, "/v1/models/tf1:classify", {"signature_name": "classify", "examples": json_examples()})
+    assert status == 200, body
+
+
 def test_rest_predict_names_its_signature(server, model):
     status, body = rest(server, "/v1/models/tf1:predict", {"instances": X.tolist()})
     assert status == 200, body
