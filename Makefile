@@ -43,7 +43,7 @@ coverage: $(STAMP)
 LINT_TREE := build/lint-tree
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	rm -rf $(LINT_TREE)
+	rm -rf $(LINT_TREE) build/lib  # build/lib would keep modules deleted from the tree
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target $(LINT_TREE) .
 	cd $(LINT_TREE) && PYTHONPATH=. ../../$(BIN)/lint-imports --config ../../pyproject.toml --no-cache
 	cd $(LINT_TREE) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p kdeploy
