@@ -1,4 +1,4 @@
-"""Converters from a Keras model to SavedModel, TFLite and ONNX (imports TensorFlow)."""
+"""Converters from a Keras model or a SavedModel to SavedModel, TFLite and ONNX (imports TensorFlow)."""
 
 from __future__ import annotations
 
@@ -45,11 +45,10 @@ def tflite_from_keras(
     quantization: str = "none",
     representative_feed: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Convert to TFLite from the SavedModel, with the chosen quantisation.
+    """Convert to TFLite from the model's SavedModel, with the chosen quantisation.
 
     Models with recurrent layers are converted from an unrolled copy (same weights): TFLite cannot lower an
-    RNN loop whose batch is dynamic. Inputs and outputs stay float even with int8 weights, so the same feed
-    works for every format.
+    RNN loop whose batch is dynamic.
 
     Raises:
         ConversionError: with the converter's reason.
@@ -66,21 +65,42 @@ def tflite_from_keras(
                 )
             source = Path(tmp) / "unrolled"
             savedmodel_from_keras(unrolled_clone(model), signature, source)
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(source), signature_keys=[signature.name])
-        if quantization == "fp16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantization == "dynamic-int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        elif quantization == "int8":
-            if representative_feed is None:
-                raise ConversionError("int8 quantization needs representative data (--representative-data FILE.npz)")
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: _representative_rows(representative_feed)
-        try:
-            out_path.write_bytes(converter.convert())
-        except Exception as exc:  # the converter raises ConverterError and others, all with a reason
-            raise ConversionError(_converter_reason(exc)) from exc
+        tflite_from_savedmodel(source, signature.name, out_path, quantization, representative_feed)
+
+
+def tflite_from_savedmodel(
+    savedmodel_dir: Path,
+    signature_name: str,
+    out_path: Path,
+    quantization: str = "none",
+    representative_feed: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """Convert one signature of a SavedModel to TFLite, with the chosen quantisation.
+
+    The .tflite file keeps the signature under its SavedModel name (`signature_keys=[NAME]` writes key NAME),
+    which is the name the TFLite backend asks its signature runner for. Inputs and outputs stay float even
+    with int8 weights, so the same feed works for every format.
+
+    Raises:
+        ConversionError: with the converter's reason.
+    """
+    if quantization not in TFLITE_QUANTIZATIONS:
+        raise ValueError(f"unknown TFLite quantization {quantization!r}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel_dir), signature_keys=[signature_name])
+    if quantization == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic-int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == "int8":
+        if representative_feed is None:
+            raise ConversionError("int8 quantization needs representative data (--representative-data FILE.npz)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: _representative_rows(representative_feed)
+    try:
+        out_path.write_bytes(converter.convert())
+    except Exception as exc:  # the converter raises ConverterError and others, all with a reason
+        raise ConversionError(_converter_reason(exc)) from exc
 
 
 def _representative_rows(feed: Mapping[str, np.ndarray], limit: int = 200) -> Iterator[dict[str, np.ndarray]]:
@@ -149,8 +169,10 @@ def _converter_reason(exc: BaseException) -> str:
     # MLIR prefixes each reason with its location, `loc(callsite(fused[...] at ...)): `; the reason follows.
     reasons = [line.split("error:", 1)[1].strip() if "error:" in line else line for line in lines]
     reasons = [r.rsplit("): ", 1)[-1].strip() if r.startswith("loc(") else r for r in reasons]
-    unique = list(dict.fromkeys(reasons))
-    return "; ".join(unique[:3]) if unique else _first_line(exc)
+    unique = list(dict.fromkeys(reasons))[:3]
+    # "TF Select ops: ParseExampleV2, ..." names every TensorFlow op the TFLite runtime lacks.
+    unique += [line.strip() for line in str(exc).splitlines() if line.startswith("TF Select ops:")][:1]
+    return "; ".join(unique) if unique else _first_line(exc)
 
 
 def _tf2onnx_reason(exc: BaseException) -> str:
