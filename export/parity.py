@@ -1,4 +1,4 @@
-"""Parity: run every format on the same inputs, then compare each with the Keras reference.
+"""Parity: run every format on the same inputs, then compare each with the reference (the source model).
 
 Run, then compare (as Polygraphy's Comparator does): `run_backend` gives each format's outputs for the same
 feed, cut into batches of 1, a mid size and the maximum so dynamic batching is exercised; `compare_format`
@@ -18,6 +18,8 @@ from kdeploy.contract.signature import Feed, ModelSignature, batch_size, slice_f
 from kdeploy.runtimes.base import Backend
 
 PRECISIONS = ("fp32", "fp16", "int8")
+SAME_AS_REFERENCE = "the reference itself (same files), not compared"
+"""The note of a format whose artifact is the source the version keeps (a SavedModel source's savedmodel)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class FormatComparison:
     outputs: list[OutputComparison] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     """Failures that are not about one output: a changed file, a runtime that would not load or run."""
+    note: str = ""
+    """Why the format was not run (`SAME_AS_REFERENCE`: its files are the reference's own)."""
 
     @property
     def passed(self) -> bool:
@@ -145,7 +149,8 @@ class FormatComparison:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": self.format, "precision": self.precision, "tolerance": self.tolerance.to_json(),
-                "passed": self.passed, "problems": self.problems, "outputs": [o.to_json() for o in self.outputs]}
+                "passed": self.passed, "problems": self.problems, "outputs": [o.to_json() for o in self.outputs],
+                **({"note": self.note} if self.note else {})}
 
 
 @dataclass
@@ -202,7 +207,7 @@ def compare_output(
 
     Args:
         name: the output's name.
-        reference: the Keras model's values.
+        reference: the reference's (the source model's) values.
         candidate: the format's values for the same inputs.
         tolerance: the bounds for this format.
         labels: true labels of the rows, when the data was labelled and this is the model's only class output.

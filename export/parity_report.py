@@ -27,7 +27,8 @@ def table_rows(report: ParityReport) -> list[tuple[str, ...]]:
         tol_text = f"{fmt.precision}: " + (f"atol {tol.atol:g} rtol {tol.rtol:g}" if tol.atol is not None
                                            else f"labels ≥ {tol.min_label_agreement:.0%}")
         if not fmt.outputs:
-            rows.append((fmt.format, "-", "-", "-", "-", "-", "-", tol_text, "FAIL: " + "; ".join(fmt.problems)))
+            result = "FAIL: " + "; ".join(fmt.problems) if fmt.problems else f"pass: {fmt.note}"
+            rows.append((fmt.format, "-", "-", "-", "-", "-", "-", tol_text, result))
             continue
         for out in fmt.outputs:
             ok = out.passed and not fmt.problems

@@ -1,4 +1,4 @@
-"""`kdeploy verify`: prove that every exported format predicts what the Keras model predicts."""
+"""`kdeploy verify`: prove that every exported format predicts what the source model predicts."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from kdeploy.common.errors import UsageError
-from kdeploy.contract.manifest import Manifest, checksum_problems, read_manifest
+from kdeploy.contract.manifest import Artifact, Manifest, checksum_problems, read_manifest
 from kdeploy.contract.signature import batch_size, load_data_file, slice_feed
 from kdeploy.export.parity import (
+    SAME_AS_REFERENCE,
     FormatComparison,
     ParityReport,
     batch_schedule,
@@ -69,7 +70,11 @@ def verify_version(
     progress: Callable[[str], None] = logger.info,
     candidates: Mapping[str, Backend] | None = None,
 ) -> ParityReport:
-    """Run the Keras source model and every format of a version on the same inputs and compare them.
+    """Run the source model and every format of a version on the same inputs and compare them.
+
+    The reference is the source the version keeps, in its own runtime (`manifest.source.format`: Keras for a
+    `.keras` or `.h5` source, TensorFlow for a SavedModel). An artifact that is the source's own files is not
+    run again: it is listed as the reference itself.
 
     Writes parity.json, parity.md and parity.png to `config.report_dir` (default: the version folder).
 
@@ -96,17 +101,26 @@ def verify_version(
     changed = {p.split(":", 1)[0]: p.split(": ", 1)[1] for p in checksum_problems(version_dir, manifest)}
     if manifest.source is None:
         raise UsageError(f"{version_dir} has no source model to compare with (kdeploy did not export it)")
-    if "keras" in changed:
-        raise UsageError(f"the reference model {manifest.source.path} {changed['keras']}")
-    unsafe = bool(manifest.export_options.get("unsafe", False))
-    progress(f"verify: reference keras on {batch_size(feed)} samples ({data_source})")
-    reference = _run(load_backend("keras", version_dir, manifest.signature, unsafe=unsafe), feed, schedule)
+    reference_format = manifest.source.format
+    if reference_format in changed:
+        raise UsageError(f"the reference model ({reference_format}) {changed[reference_format]}")
     formats = []
     to_compare: dict[str, tuple[str, Backend | None]]
     if candidates is None:
         to_compare = {fmt: (precision_of(fmt, a.options), None) for fmt, a in manifest.artifacts.items()}
+        # A format whose files are the reference's own (a SavedModel source's savedmodel) would be compared with
+        # itself: the checksums above already prove it is the reference.
+        for fmt in [f for f, a in manifest.artifacts.items() if _is_the_source(a, manifest.source)]:
+            precision, _ = to_compare.pop(fmt)
+            progress(f"verify: {fmt} is the reference itself (same files); not compared")
+            formats.append(FormatComparison(fmt, precision, tolerance_for(fmt, precision, config.atol, config.rtol),
+                                            note=SAME_AS_REFERENCE))
     else:
         to_compare = {name: ("fp32", backend) for name, backend in candidates.items()}
+    reference: dict[str, np.ndarray] = {}
+    if to_compare:
+        progress(f"verify: reference {reference_format} on {batch_size(feed)} samples ({data_source})")
+        reference = _run_reference(version_dir, manifest, reference_format, feed, schedule, data_source)
     for fmt, (precision, given) in to_compare.items():
         progress(f"verify: {fmt}")
         tolerance = tolerance_for(fmt, precision, config.atol, config.rtol)
@@ -122,11 +136,37 @@ def verify_version(
             comparison.problems.append(changed[fmt])
         formats.append(comparison)
     report = ParityReport(
-        model=manifest.name, version=manifest.version, reference="keras", samples=batch_size(feed),
+        model=manifest.name, version=manifest.version, reference=reference_format, samples=batch_size(feed),
         batch_sizes=schedule, data_source=data_source, formats=formats, seconds=time.perf_counter() - started,
     )
     write_reports(report, config.report_dir or version_dir)
     return report
+
+
+def _is_the_source(artifact: Artifact, source: Artifact) -> bool:
+    return artifact.format == source.format and artifact.path == source.path and artifact.sha256 == source.sha256
+
+
+def _run_reference(version_dir: Path, manifest: Manifest, fmt: str, feed: dict[str, np.ndarray],
+                   schedule: list[int], data_source: str) -> dict[str, np.ndarray]:
+    """The source model's outputs, run in its own runtime (Keras for a .keras or .h5 source, TensorFlow for a
+    SavedModel).
+
+    Raises:
+        UsageError: when the reference cannot run on the inputs (generated strings are no serialized tf.Example).
+    """
+    unsafe = bool(manifest.export_options.get("unsafe", False))
+    try:
+        backend = (load_backend(fmt, version_dir, manifest.signature, unsafe=unsafe) if fmt == "keras"
+                   else load_backend(fmt, version_dir, manifest.signature))
+        return _run(backend, feed, schedule)
+    except UsageError:
+        raise
+    except Exception as exc:  # the reference itself fails: nothing can be compared
+        logger.debug("reference %s failed", fmt, exc_info=True)
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        hint = "; pass --data FILE.npz with valid inputs" if data_source.startswith("generated") else ""
+        raise UsageError(f"the reference model ({fmt}) cannot run on {data_source}: {reason}{hint}") from None
 
 
 def _run(backend: Backend, feed: dict[str, np.ndarray], schedule: list[int]) -> dict[str, np.ndarray]:

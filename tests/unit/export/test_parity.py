@@ -71,3 +71,17 @@ def test_an_answer_that_breaks_its_own_signature_is_named():
     ]
     assert signature_problems(signature, {**good, "y": np.zeros((3, 5), np.float32)}, 3) == [
         "output 'y' has shape [3, 5] for 3 rows, the signature says [-1, 2]"]
+
+
+def test_a_format_that_is_the_reference_itself_passes_with_its_note_and_is_not_plotted():
+    from kdeploy.export.parity import SAME_AS_REFERENCE, FormatComparison, ParityReport
+    from kdeploy.export.parity_report import table_rows, to_markdown
+
+    same = FormatComparison("savedmodel", "fp32", DEFAULT_TOLERANCES["fp32"], note=SAME_AS_REFERENCE)
+    report = ParityReport("m", 1, "savedmodel", 8, [1, 4, 3], "generated inputs", [same])
+    assert report.passed and same.to_json()["note"] == SAME_AS_REFERENCE
+    assert table_rows(report)[0][-1] == f"pass: {SAME_AS_REFERENCE}"
+    assert "Reference: savedmodel." in to_markdown(report)
+    broken = FormatComparison("onnx", "fp32", DEFAULT_TOLERANCES["fp32"], problems=["could not run: boom"])
+    assert "note" not in broken.to_json()
+    assert table_rows(ParityReport("m", 1, "keras", 8, [8], "x", [broken]))[0][-1] == "FAIL: could not run: boom"
