@@ -52,9 +52,10 @@ def _verify_config(args: argparse.Namespace):  # noqa: ANN202 - VerifyConfig, im
 
 def add_export_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "export", help="export a Keras model to SavedModel, TFLite and ONNX in a model repository",
-        description="Export MODEL.keras into REPO/NAME/VERSION/ with a manifest, then verify parity.")
-    parser.add_argument("model", type=Path, help="the .keras file")
+        "export", help="export a Keras model or a SavedModel to SavedModel, TFLite and ONNX in a model repository",
+        description="Export MODEL (a .keras or .h5 file, or a SavedModel folder) into REPO/NAME/VERSION/ with a "
+                    "manifest, then verify parity with it.")
+    parser.add_argument("model", type=Path, help="a .keras or .h5 file, or a SavedModel folder")
     parser.add_argument("--repository", required=True, type=Path, help="model repository root")
     parser.add_argument("--name", required=True, help="model name (folder in the repository)")
     parser.add_argument("--version", type=int, help="version number (default: next)")
@@ -66,6 +67,8 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-partial", action="store_true", help="exit 0 even if some formats fail to convert")
     parser.add_argument("--no-verify", action="store_true", help="skip the parity check")
     parser.add_argument("--unsafe", action="store_true", help="allow Lambda layers (Keras unsafe deserialisation)")
+    parser.add_argument("--signature", metavar="NAME",
+                        help="the SavedModel signature to export (default serving_default; SavedModel folders only)")
     _add_verify_options(parser)
     parser.set_defaults(run=run_export)
 
@@ -79,7 +82,7 @@ def run_export(args: argparse.Namespace) -> int:
         model_path=args.model, repository=args.repository, name=args.name, version=args.version, formats=formats,
         tflite_quantization=args.tflite_quantization, representative_data=args.representative_data,
         onnx_opset=args.onnx_opset, force=args.force, allow_partial=args.allow_partial, verify=not args.no_verify,
-        verify_config=_verify_config(args), unsafe=args.unsafe,
+        verify_config=_verify_config(args), unsafe=args.unsafe, signature=args.signature,
     )
     result = export_model(config, progress=print, cancel=getattr(args, "interrupted", None))
     if result.parity is not None:
@@ -98,9 +101,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_verify_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("verify", help="check that every exported format predicts what Keras predicts",
-                                 description="Run the Keras model and every format of a version on the same "
-                                             "inputs and compare them within per-format tolerances.")
+    parser = commands.add_parser("verify", help="check that every exported format predicts what the source model "
+                                                "predicts",
+                                 description="Run the source model (Keras, or the SavedModel it was exported from) "
+                                             "and every format of a version on the same inputs and compare them "
+                                             "within per-format tolerances.")
     parser.add_argument("model_dir", type=Path, metavar="REPO/NAME", help="model folder (or a version folder)")
     parser.add_argument("--version", type=int, help="version (default: latest)")
     parser.add_argument("--endpoint", metavar="HOST:PORT",

@@ -1,4 +1,5 @@
-"""`kdeploy export`: one Keras model into one repository version with every format and a manifest."""
+"""`kdeploy export`: one model (.keras, .h5 or SavedModel) into one repository version with every format and a
+manifest."""
 
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdeploy.common.errors import CheckFailedError, UsageError
-from kdeploy.common.files import sha256_file, size_of_path
+from kdeploy.common.files import size_of_path
 from kdeploy.common.native_log import import_tensorflow_quietly
 from kdeploy.common.versions import library_versions
 from kdeploy.contract.manifest import (
     ARTIFACT_PATHS,
     FORMATS,
-    SOURCE_FORMAT,
     TFLITE_QUANTIZATIONS,
     VALIDATION_FILE,
     Manifest,
@@ -27,8 +27,8 @@ from kdeploy.contract.manifest import (
     write_manifest,
 )
 from kdeploy.contract.repository import ModelRepository
-from kdeploy.contract.signature import load_data_file
 from kdeploy.export.parity import ParityReport
+from kdeploy.export.sources import open_source, source_kind
 from kdeploy.export.verify import VerifyConfig, verify_version
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class ExportConfig:
     """Everything `kdeploy export` needs, built once from the command line (or by a caller)."""
 
     model_path: Path
+    """A `.keras` file, a legacy `.h5` file (Keras 2 / tf.keras) or a SavedModel folder."""
     repository: Path
     name: str
     version: int | None = None
@@ -72,6 +73,8 @@ class ExportConfig:
     refuse_known_failures: bool = True
     """Refuse, before converting, a format that one of the model's layers is known to fail in
     (`kdeploy.export.known_failures`); the coverage sweep turns this off to measure the converters."""
+    signature: str | None = None
+    """The SavedModel signature to export (default `serving_default`); only for a SavedModel source."""
 
     def check(self) -> None:
         """Reject bad values before any work starts.
@@ -93,8 +96,10 @@ class ExportConfig:
             raise UsageError(f"--version must be a positive integer, got {self.version}")
         if not 7 <= self.onnx_opset <= 23:
             raise UsageError(f"--onnx-opset {self.onnx_opset} is outside the range tf2onnx supports (7 to 23)")
-        if not Path(self.model_path).exists():
-            raise UsageError(f"model file not found: {self.model_path}")
+        kind = source_kind(self.model_path)
+        if self.signature is not None and kind != "savedmodel":
+            what = {"keras": "a .keras file", "h5": "an .h5 file"}[kind]
+            raise UsageError(f"--signature applies to a SavedModel folder only; {self.model_path} is {what}")
         if self.representative_data is not None and not Path(self.representative_data).is_file():
             raise UsageError(f"representative data file not found: {self.representative_data}")
 
@@ -122,7 +127,10 @@ def export_model(
     progress: Callable[[str], None] = logger.info,
     cancel: threading.Event | None = None,
 ) -> ExportResult:
-    """Export a Keras model into `REPO/NAME/VERSION/` with the asked formats, a manifest and a parity report.
+    """Export a model into `REPO/NAME/VERSION/` with the asked formats, a manifest and a parity report.
+
+    The source is a `.keras` file, a legacy `.h5` file or a SavedModel folder (`kdeploy.export.sources`); the
+    version keeps it (`model.keras`, or the SavedModel's own files) as the reference parity compares with.
 
     The version is built in a hidden staging folder and renamed into place only when complete. A format that
     does not convert is recorded with the converter's reason and the others are still written. When parity
@@ -134,7 +142,7 @@ def export_model(
         cancel: once set (SIGTERM), the export stops at the next step and leaves no version behind.
 
     Raises:
-        UsageError: for bad input (missing or foreign model file, existing version without `force`).
+        UsageError: for bad input (missing or foreign model, unknown signature, existing version without `force`).
         KeyboardInterrupt: when cancelled.
     """
     config.check()
@@ -147,21 +155,11 @@ def export_model(
 
     # Heavy imports only once the arguments are known to be good.
     import_tensorflow_quietly()
-    from kdeploy.export.convert import (
-        ConversionError,
-        onnx_from_savedmodel,
-        savedmodel_from_keras,
-        tflite_from_keras,
-    )
-    from kdeploy.export.keras_model import ensure_built, signature_from_keras
-    from kdeploy.export.known_failures import refusals
-    from kdeploy.runtimes.keras_model import load_keras_model
+    from kdeploy.export.convert import ConversionError
 
-    model = load_keras_model(config.model_path, unsafe=config.unsafe)
-    ensure_built(model)
-    signature = signature_from_keras(model)
-    validation = Path(config.model_path).with_name(VALIDATION_FILE)
-    representative = config.representative_data or (validation if validation.is_file() else None)
+    source = open_source(config)
+    signature = source.signature
+    representative = config.representative_data or source.validation
     seconds: dict[str, float] = {}
     failed: dict[str, str] = {}
     options: dict[str, dict[str, object]] = {
@@ -169,38 +167,17 @@ def export_model(
         "tflite": {"quantization": config.tflite_quantization},
         "onnx": {"opset": config.onnx_opset},
     }
-    refused = refusals(model, config.formats, config.tflite_quantization) if config.refuse_known_failures else {}
-    strings = [spec.name for spec in signature.inputs if spec.is_string]
-    if strings and "onnx" in config.formats:
-        refused["onnx"] = (
-            f"string input {strings[0]!r}: ONNX is not exported for string inputs. tf2onnx converts TensorFlow's "
-            "lookup tables without onnxruntime-extensions, but the model it writes does not predict what Keras does "
-            "(StringLookup → Embedding: 15% of labels agree), and kdeploy's onnxruntime server does not decode "
-            "strings; use the SavedModel or TFLite"
-        )
+    for note in source.notes:
+        progress(f"export: {note}")
+    refused = source.refused
     for fmt, reason in refused.items():
         progress(f"export: {fmt} refused before converting: {reason}")
 
     with repo.staging(config.name, version) as stage, tempfile.TemporaryDirectory(prefix="kdeploy-export-") as tmp:
-        shutil.copy2(config.model_path, stage / ARTIFACT_PATHS[SOURCE_FORMAT])
-        if validation.is_file():
-            shutil.copy2(validation, stage / VALIDATION_FILE)
-        # The SavedModel is also the source of the other formats: write it to a scratch folder when not asked for.
-        savedmodel_dir = stage if "savedmodel" in config.formats else Path(tmp) / "savedmodel"
-        steps: list[tuple[str, Callable[[], None]]] = [
-            ("savedmodel", lambda: savedmodel_from_keras(model, signature, savedmodel_dir)),
-        ]
-        if "tflite" in config.formats:
-            def tflite() -> None:
-                feed = None
-                if config.tflite_quantization == "int8" and representative is not None:
-                    feed, _ = load_data_file(representative, signature)
-                tflite_from_keras(model, signature, savedmodel_dir, stage / ARTIFACT_PATHS["tflite"],
-                                  config.tflite_quantization, feed)
-            steps.append(("tflite", tflite))
-        if "onnx" in config.formats:
-            steps.append(("onnx", lambda: onnx_from_savedmodel(savedmodel_dir, stage / ARTIFACT_PATHS["onnx"],
-                                                              config.onnx_opset, signature.name)))
+        source.keep(stage)
+        if source.validation is not None:
+            shutil.copy2(source.validation, stage / VALIDATION_FILE)
+        steps = source.steps(stage, Path(tmp), representative)
         for index, (fmt, step) in enumerate(steps, start=1):
             _check_cancel(cancel)
             progress(f"export [{index}/{len(steps)}] {fmt} ...")
@@ -239,15 +216,14 @@ def export_model(
             name=config.name,
             version=version,
             signature=signature,
-            source=describe_artifact(stage, SOURCE_FORMAT),
+            source=describe_artifact(stage, source.reference_format),
             artifacts={f: describe_artifact(stage, f, options[f]) for f in FORMATS if f in written},
             failed_formats=failed,
             validation_data=VALIDATION_FILE if (stage / VALIDATION_FILE).exists() else None,
             export_options={
                 "formats": list(config.formats), "tflite_quantization": config.tflite_quantization,
                 "onnx_opset": config.onnx_opset, "unsafe": config.unsafe,
-                "source_model": str(Path(config.model_path).resolve()),
-                "source_sha256": sha256_file(config.model_path),
+                "source": source.info,
                 "representative_data": (str(representative) if representative and config.tflite_quantization == "int8"
                                         else None),
             },
@@ -258,7 +234,7 @@ def export_model(
         write_manifest(stage, manifest)
         parity = None
         if config.verify:
-            progress("verify: comparing every format with the Keras model ...")
+            progress(f"verify: comparing every format with the source model ({source.reference_format}) ...")
             started = time.perf_counter()
             parity = verify_version(stage, config.verify_config, progress)
             seconds["verify"] = time.perf_counter() - started

@@ -1,9 +1,10 @@
-"""Reading a Keras model's signature and preparing it for the converters (imports Keras)."""
+"""Loading legacy .h5 models, reading a Keras model's signature and preparing it for the converters (imports Keras)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -14,6 +15,49 @@ from kdeploy.contract.signature import STRING, ModelSignature, SignatureError, T
 from kdeploy.runtimes.keras_model import model_input, output_names_of, outputs_as_dict
 
 logger = logging.getLogger(__name__)
+
+
+def load_legacy_h5(path: Path, unsafe: bool = False) -> keras.Model:
+    """Load a legacy HDF5 model (Keras 2 / tf.keras, or Keras 3's `model.save("x.h5")`) with Keras 3, in safe mode
+    unless `unsafe`, the way `.keras` files are loaded.
+
+    Raises:
+        UsageError: one line saying why, for a file that is not HDF5, holds weights only, needs a Lambda layer's
+            Python code (without `unsafe`) or a custom class Keras does not know.
+    """
+    path = Path(path)
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as exc:  # h5py's OSError, Keras' ValueError, TypeError, KeyError... each with the reason
+        message = " ".join(str(exc).split())
+        if "safe_mode" in message or "unsafe" in message.lower():
+            raise UsageError(
+                f"{path} contains a Lambda layer (arbitrary Python code) that Keras' safe mode refuses to load; "
+                "pass --unsafe only if you trust the file"
+            ) from None
+        if message.startswith("Unknown "):
+            # "Unknown layer: 'my>Twice'. Please ensure you are using a `keras.utils.custom_object_scope`..."
+            unknown = message.split(". ", 1)[0]
+            raise UsageError(f"{path} uses a custom object Keras does not know ({unknown}); kdeploy loads built-in "
+                             "Keras layers only: re-save the model without custom layers") from None
+        reason = message or type(exc).__name__
+        raise UsageError(f"{path} is not a loadable legacy Keras (.h5) model: {reason[:300]}") from None
+    if not isinstance(model, keras.Model):
+        raise UsageError(f"{path} holds a {type(model).__name__}, not a Keras model")
+    return _inputs_by_name(model)
+
+
+def _inputs_by_name(model: keras.Model) -> keras.Model:
+    """The same model (same layers and weights) taking its inputs as kdeploy passes them: one tensor, or a dict.
+
+    A Keras 2 functional model keeps its inputs in a list (`input_layers: [[...]]`), and Keras 3 warns at every
+    call that passes anything else.
+    """
+    if isinstance(model, keras.Sequential) or not isinstance(model.input, list):
+        return model
+    inputs = model.inputs[0] if len(model.inputs) == 1 else {t.name: t for t in model.inputs}
+    outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def ensure_built(model: keras.Model) -> None:
