@@ -124,6 +124,10 @@ def onnx_from_savedmodel(savedmodel_dir: Path, out_path: Path, opset: int, signa
     from tf2onnx import tf_loader
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    # Loading a TF1 graph warns, on TensorFlow's logger, that its variable collections do not serialise.
+    tf_logger = logging.getLogger("tensorflow")
+    tf_level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
     try:
         graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
             str(savedmodel_dir), None, None, "serve", [signature_name], None, False,
@@ -139,6 +143,8 @@ def onnx_from_savedmodel(savedmodel_dir: Path, out_path: Path, opset: int, signa
             )
     except Exception as exc:  # tf2onnx raises ValueError, KeyError, RuntimeError... with the reason in the text
         raise ConversionError(_tf2onnx_reason(exc)) from exc
+    finally:
+        tf_logger.setLevel(tf_level)
     if not out_path.exists():
         raise ConversionError("tf2onnx wrote no model")
 
@@ -169,6 +175,7 @@ def _converter_reason(exc: BaseException) -> str:
     # MLIR prefixes each reason with its location, `loc(callsite(fused[...] at ...)): `; the reason follows.
     reasons = [line.split("error:", 1)[1].strip() if "error:" in line else line for line in lines]
     reasons = [r.rsplit("): ", 1)[-1].strip() if r.startswith("loc(") else r for r in reasons]
+    reasons = [r.rstrip(":").strip() for r in reasons]  # "failed while converting: 'main':"
     unique = list(dict.fromkeys(reasons))[:3]
     # "TF Select ops: ParseExampleV2, ..." names every TensorFlow op the TFLite runtime lacks.
     unique += [line.strip() for line in str(exc).splitlines() if line.startswith("TF Select ops:")][:1]

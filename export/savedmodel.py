@@ -21,6 +21,7 @@ from kdeploy.contract.signature import (
     ModelSignature,
     SignatureError,
     TensorSpec,
+    dtype_by_tf_enum,
     format_shape,
 )
 
@@ -28,9 +29,6 @@ logger = logging.getLogger(__name__)
 
 SERVE_TAG = "serve"
 """The MetaGraph tag TF Serving, the TFLite converter and tf2onnx load."""
-
-_DTYPE_BY_ENUM = {d.tf_enum: d.name for d in DTYPES}
-
 
 def signature_defs(savedmodel_dir: Path) -> dict[str, Any]:
     """The SignatureDefs of the SavedModel's `serve` MetaGraph by name (TensorFlow's internal `__...` ones left out).
@@ -90,15 +88,19 @@ def _tensor_spec(role: str, key: str, info: Any) -> TensorSpec:
         kind = {"coo_sparse": "a sparse tensor", "composite_tensor": "a composite (ragged) tensor"}.get(
             encoding or "", f"a {encoding} tensor")
         raise SignatureError(f"{role} {key!r} is {kind}; kdeploy handles dense tensors only")
-    dtype = _DTYPE_BY_ENUM.get(info.dtype)
-    if dtype is None:
+    try:
+        dtype = dtype_by_tf_enum(info.dtype).name
+    except SignatureError:
         from tensorflow.core.framework import types_pb2
 
         raise SignatureError(f"{role} {key!r} has dtype {types_pb2.DataType.Name(info.dtype)}, which kdeploy does "
-                             f"not handle; supported: {', '.join(d.name for d in DTYPES)}")
+                             f"not handle; supported: {', '.join(d.name for d in DTYPES)}") from None
     if info.tensor_shape.unknown_rank:
-        raise SignatureError(f"{role} {key!r} has an unknown rank; kdeploy needs the rank, with the batch as the "
-                             "leading dynamic dimension (a TensorSpec shape such as [None, 4])")
+        # The server takes such a tensor as it comes (TensorSpec.any_shape), but TFLite, ONNX and parity's
+        # generated inputs need its shape.
+        raise SignatureError(f"{role} {key!r} has an unknown rank; kdeploy export needs the rank, with the batch as "
+                             "the leading dynamic dimension (a TensorSpec shape such as [None, 4]); `kdeploy serve` "
+                             "serves the SavedModel as it is from a version folder without manifest.json")
     shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
     if not shape or shape[0] is not None:
         raise SignatureError(f"{role} {key!r} has shape {format_shape(shape)}: kdeploy needs the batch as the "
