@@ -127,9 +127,12 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.endpoint:
         from dataclasses import replace
 
-        from kdeploy.contract.manifest import read_manifest
+        from kdeploy.contract.manifest import MANIFEST_FILE, read_manifest
         from kdeploy.wire.clients import connect
 
+        if not (version_dir / MANIFEST_FILE).exists():
+            raise UsageError(f"{version_dir} has no manifest.json: --endpoint compares a server with the version's "
+                             "source model, which only an exported version keeps; verify it without --endpoint")
         manifest = read_manifest(version_dir)
         client = connect(args.protocol, args.endpoint, manifest.name, manifest.version, manifest.signature)
         candidates = {args.protocol: client}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kdeploy.common.errors import UsageError
-from kdeploy.contract.manifest import Artifact, Manifest, checksum_problems, read_manifest
+from kdeploy.contract.manifest import MANIFEST_FILE, Artifact, Manifest, checksum_problems, read_manifest
 from kdeploy.contract.signature import batch_size, load_data_file, slice_feed
 from kdeploy.export.parity import (
     SAME_AS_REFERENCE,
@@ -76,7 +76,8 @@ def verify_version(
     `.keras` or `.h5` source, TensorFlow for a SavedModel). An artifact that is the source's own files is not
     run again: it is listed as the reference itself.
 
-    Writes parity.json, parity.md and parity.png to `config.report_dir` (default: the version folder).
+    Writes parity.json, parity.md and parity.png to `config.report_dir` (default: the version folder). A version
+    without manifest.json (kdeploy did not export it) is checked by `verify_bare.verify_bare_version` instead.
 
     Args:
         version_dir: the version folder (its manifest, source model and artifacts).
@@ -93,9 +94,13 @@ def verify_version(
     """
     started = time.perf_counter()
     version_dir = Path(version_dir)
-    manifest = read_manifest(version_dir)
     if config.samples < 1 or config.max_batch < 1:
         raise UsageError("--samples and --max-batch must be at least 1")
+    if not (version_dir / MANIFEST_FILE).exists() and candidates is None:
+        from kdeploy.export.verify_bare import verify_bare_version
+
+        return verify_bare_version(version_dir, config, progress)
+    manifest = read_manifest(version_dir)
     feed, labels, data_source = load_inputs(version_dir, manifest, config)
     schedule = batch_schedule(batch_size(feed), config.max_batch)
     changed = {p.split(":", 1)[0]: p.split(": ", 1)[1] for p in checksum_problems(version_dir, manifest)}

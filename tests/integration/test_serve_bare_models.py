@@ -152,7 +152,8 @@ def test_configs_and_model_config_file_on_a_repository_kdeploy_did_not_write(tmp
         assert proc.stop() == 0
 
 
-def test_verify_runs_and_cross_checks_the_artifacts_of_a_version_without_manifest(tmp_path, tf_serving_base):
+def test_verify_runs_and_cross_checks_the_artifacts_of_a_version_without_manifest(tmp_path, tf_serving_base,
+                                                                                    kdeploy):
     import shutil
 
     from kdeploy.export.verify import VerifyConfig
@@ -173,3 +174,9 @@ def test_verify_runs_and_cross_checks_the_artifacts_of_a_version_without_manifes
     report = verify_bare_version(version, VerifyConfig(samples=8, report_dir=tmp_path / "report"))
     assert not report.passed and [f.format for f in report.formats] == ["savedmodel", "tflite", "onnx"]
     assert report.failures[0].startswith("onnx: could not run:"), report.failures
+
+    (version / "model.onnx").unlink()
+    result = kdeploy("verify", version, "--report", tmp_path / "cli", "--samples", "8")
+    assert result.code == 0 and (tmp_path / "cli" / "parity.md").is_file(), result.err
+    result = kdeploy("verify", version, "--endpoint", "127.0.0.1:1")
+    assert result.code == 2 and "has no manifest.json: --endpoint compares" in result.err, result.err
