@@ -38,7 +38,8 @@ def tfs_predict(address: str, name: str, feed: dict[str, np.ndarray], **spec) ->
         request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
     with grpc.insecure_channel(address) as channel:
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
-    assert response.model_spec.name == name and response.model_spec.signature_name == "serving_default"
+    assert response.model_spec.name == name
+    assert response.model_spec.signature_name == (spec.get("signature_name") or "serving_default")
     return {key: tf.make_ndarray(value) for key, value in response.outputs.items()}
 
 

@@ -54,7 +54,16 @@ def test_a_tf_serving_base_path_is_served_without_a_manifest(tf_serving_base):
         status, body = rest(proc, "/v1/models/hp2:predict", {"instances": [["a"]]})
         assert status == 400 and "input 'x'" in body["error"], body
         status, body = rest(proc, "/v1/models/hp2/versions/123/metadata")
-        assert status == 200 and "serving_default" in str(body), body
+        signature_defs = body["metadata"]["signature_def"]["signature_def"]
+        assert status == 200 and set(signature_defs) == {"serving_default", "times_three"}, body
+        import tritonclient.grpc as triton
+
+        client = triton.InferenceServerClient(proc.grpc)
+        tensor = triton.InferInput("x", list(X.shape), "FP32")
+        tensor.set_data_from_numpy(X)
+        np.testing.assert_allclose(client.infer("hp2", [tensor]).as_numpy("y"), half_plus_two(X))
+        np.testing.assert_allclose(tfs_predict(proc.grpc, "hp2", {"x": X}, signature_name="times_three")["y"],
+                                   3 * X)
     finally:
         assert proc.stop() == 0
 
@@ -99,6 +108,9 @@ def test_triton_onnx_layout_with_and_without_config(tmp_path):
         assert config.max_batch_size == 2 and list(config.input[0].dims) == [3]
         np.testing.assert_allclose(tfs_predict(proc.grpc, "plain", {"features": ROWS})["scores"], linear(ROWS),
                                    rtol=1e-6)
+        status, body = rest(proc, "/v1/models/limited:predict", {"instances": ROWS.tolist()})
+        assert status == 200, body
+        np.testing.assert_allclose(body["predictions"], linear(ROWS), rtol=1e-6)
         log = proc.log()
         assert "misnamed" in log and "input 'INPUT0' is not one of the model's inputs ['features']" in log, log
         assert "garbage" in log and "tflite_only" in log
