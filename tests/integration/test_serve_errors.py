@@ -46,7 +46,9 @@ IMAGE = np.zeros((4, 8, 8, 1), np.float32)
     ("nope", {}, grpc.StatusCode.NOT_FOUND, ["'nope'", "digits"]),
     ("digits", {"version": 9}, grpc.StatusCode.NOT_FOUND, ["no version 9", "[1]"]),
     ("digits", {"version_label": "canary"}, grpc.StatusCode.NOT_FOUND, ["label 'canary'"]),
-    ("digits", {"signature_name": "classify"}, grpc.StatusCode.INVALID_ARGUMENT, ["signature 'classify'"]),
+    # TF Serving answers an unknown signature in Predict with FAILED_PRECONDITION (predict_util.cc).
+    ("digits", {"signature_name": "classify"}, grpc.StatusCode.FAILED_PRECONDITION,
+     ['signature key "classify" not found']),
 ])
 def test_model_spec_errors(onnx_server, name, spec, code, words):
     error = grpc_error(lambda: tfs_predict(onnx_server.grpc, name, {"image": IMAGE}, **spec))

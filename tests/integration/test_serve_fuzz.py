@@ -18,7 +18,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-GRPC_OK = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}
+GRPC_OK = {"OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}
+"""Codes a client error may get; FAILED_PRECONDITION is TF Serving's answer to an unknown signature in Predict."""
 HTTP_OK = {200, 400, 404, 413, 503}
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
