@@ -12,14 +12,16 @@ dropped and never computed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from google.protobuf import text_format
@@ -76,20 +78,47 @@ class _Task:
     key: tuple
     enqueued: float
     deadline: float | None
-    future: Future[Outcome] = field(default_factory=Future)
-    """Resolved by the batch thread: a blocked thread waits on it, an event loop awaits it (asyncio.wrap_future)."""
+    loop: asyncio.AbstractEventLoop | None = None
+    """The event loop awaiting the request, or None for a thread blocked in `infer`."""
+    future: Any = None
+    """The caller's future: an asyncio one (created on `loop`) or a `concurrent.futures.Future` for a thread."""
     abandoned: bool = False
     """The caller stopped waiting (deadline passed): compute nothing for it."""
 
-    def resolve(self, outcome: Outcome | None = None, error: ServeError | None = None) -> None:
-        """Hand the outcome (or error) to the caller, unless it has gone (its wait was cancelled)."""
-        try:
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(outcome)  # type: ignore[arg-type]
-        except InvalidStateError:
-            pass
+    def __post_init__(self) -> None:
+        self.future = self.loop.create_future() if self.loop is not None else Future()
+
+
+Delivery = tuple[_Task, "Outcome | None", "ServeError | None"]
+"""A request and its outcome, or the error it gets."""
+
+
+def _settle(deliveries: list[Delivery]) -> None:
+    """Hand outcomes to their callers' futures (on the callers' loop, for asyncio ones); a caller that has gone (its
+    wait timed out or was cancelled) is skipped."""
+    for task, outcome, error in deliveries:
+        if task.future.done():
+            continue
+        if error is not None:
+            task.future.set_exception(error)
+        else:
+            task.future.set_result(outcome)
+
+
+def deliver(deliveries: list[Delivery]) -> None:
+    """Resolve requests from a batch thread: threads' futures at once, and each event loop's requests in **one**
+    callback on that loop. One wake-up per batch instead of one per request: each wake-up hands the GIL between the
+    batch thread and the loop, which cost more than the batch's compute on a busy 2-core machine."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
+    for delivery in deliveries:
+        loop = delivery[0].loop
+        if loop is None:
+            _settle([delivery])
+        else:
+            by_loop.setdefault(loop, []).append(delivery)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for these any more
+            loop.call_soon_threadsafe(_settle, items)
 
 
 def _wait_seconds(deadline: float | None) -> float | None:
@@ -140,7 +169,7 @@ class Batcher:
         """
         if batch_size(feed) >= self._params.max_batch_size:
             return self._run_alone(feed), 0.0  # big enough on its own: never queued, never dropped
-        task = self._enqueue(feed, deadline)
+        task = self._enqueue(feed, deadline, None)
         try:
             return task.future.result(_wait_seconds(deadline))
         except FutureTimeoutError:
@@ -152,17 +181,18 @@ class Batcher:
         if batch_size(feed) >= self._params.max_batch_size:
             outputs = await asyncio.get_running_loop().run_in_executor(None, self._run_alone, feed)
             return outputs, 0.0
-        task = self._enqueue(feed, deadline)
+        task = self._enqueue(feed, deadline, asyncio.get_running_loop())
+        timeout = _wait_seconds(deadline)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(task.future), _wait_seconds(deadline))
+            return await (task.future if timeout is None else asyncio.wait_for(task.future, timeout))
         except TimeoutError:
             task.abandoned = True
             raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}") from None
 
-    def _enqueue(self, feed: Feed, deadline: float | None) -> _Task:
+    def _enqueue(self, feed: Feed, deadline: float | None, loop: asyncio.AbstractEventLoop | None) -> _Task:
         """Queue a request, or refuse it at once (queue full, batcher closed)."""
         rows = batch_size(feed)
-        task = _Task(feed, rows, _shape_key(feed), time.monotonic(), deadline)
+        task = _Task(feed, rows, _shape_key(feed), time.monotonic(), deadline, loop)
         with self._cond:
             if self._closed:
                 raise ServeError(ErrorKind.UNAVAILABLE, f"model {self._model!r} version {self._version} is unloading")
@@ -218,11 +248,11 @@ class Batcher:
                 self._cond.wait(fill_by - time.monotonic())
             batch: list[_Task] = []
             kept: deque[_Task] = deque()
+            expired: list[Delivery] = []
             total, now = 0, time.monotonic()
             for task in self._queue:
-                expired = task.abandoned or (task.deadline is not None and task.deadline <= now)
-                if expired:
-                    task.resolve(error=ServeError(ErrorKind.DEADLINE, "deadline exceeded while queued"))
+                if task.abandoned or (task.deadline is not None and task.deadline <= now):
+                    expired.append((task, None, ServeError(ErrorKind.DEADLINE, "deadline exceeded while queued")))
                 elif task.key == first.key and total + task.rows <= self._params.max_batch_size:
                     batch.append(task)
                     total += task.rows
@@ -234,7 +264,8 @@ class Batcher:
             self._queue = kept
             if batch:
                 self._executing += 1
-            return batch
+        deliver(expired)
+        return batch
 
     def _work(self) -> None:
         while True:
@@ -271,13 +302,15 @@ class Batcher:
                              rows, self._model, self._version)
             error = ServeError(ErrorKind.INTERNAL,
                                f"model {self._model!r} version {self._version} failed to run the request")
-            for task in batch:
-                task.resolve(error=error)
+            deliver([(task, None, error) for task in batch])
             return
+        deliveries: list[Delivery] = []
         offset = 0
         for task, seconds in zip(batch, queued):
-            task.resolve(({name: value[offset:offset + task.rows] for name, value in outputs.items()}, seconds))
+            deliveries.append(
+                (task, ({name: value[offset:offset + task.rows] for name, value in outputs.items()}, seconds), None))
             offset += task.rows
+        deliver(deliveries)
 
     def close(self) -> None:
         """Finish what is queued, then stop the threads."""

@@ -49,6 +49,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                         help=f"largest request/response in MiB (default {DEFAULTS.max_message_mb})")
     parser.add_argument("--intra-op-threads", type=int, default=DEFAULTS.intra_op_threads,
                         help="threads per inference (default: the runtime's choice)")
+    parser.add_argument("--spin-wait", action="store_true", default=DEFAULTS.spin_wait,
+                        help="let onnxruntime's idle threads spin for work (off by default: they take the cores the "
+                             "event loop needs; it may help a heavy model on a machine of its own)")
     parser.add_argument("--providers", default=",".join(DEFAULTS.providers),
                         help="onnxruntime execution providers, comma-separated, in order of preference")
     parser.add_argument("--graph-optimization", default=DEFAULTS.graph_optimization, choices=GRAPH_OPTIMIZATIONS,
@@ -146,7 +149,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         poll_seconds=args.poll_seconds, drain_seconds=args.drain_seconds,
         drain_grace_seconds=args.drain_grace_seconds, workers=args.workers, wait_for_models=args.wait_for_models,
         rest_port=None if args.no_rest else args.rest_port, max_message_mb=args.max_message_mb,
-        intra_op_threads=args.intra_op_threads,
+        intra_op_threads=args.intra_op_threads, spin_wait=args.spin_wait,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
         inline_max_micros=args.inline_max_micros, predict_tensor_encoding=args.predict_tensor_encoding,

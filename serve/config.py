@@ -126,6 +126,10 @@ class ServeConfig:
     """Largest request or response, in MiB (gRPC answers RESOURCE_EXHAUSTED, REST 413 beyond it)."""
     intra_op_threads: int = 0
     """Threads per inference inside the runtime; 0 lets the runtime decide."""
+    spin_wait: bool = False
+    """Let onnxruntime's idle intra-op threads spin for work instead of sleeping. Off: a spinning pool takes the cores
+    the event loop and the batcher need (measured on 2 cores: +54% c32 throughput on the digits CNN and +34% on a
+    batched wide MLP with it off, -5% on MobileNetV2)."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """onnxruntime execution providers in order of preference (unavailable ones are skipped with a warning)."""
     graph_optimization: str = "all"

@@ -42,7 +42,8 @@ def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest | None], Bac
     """How the server loads a version for its backend, with the runtime settings from the config."""
     options: dict[str, Any] = {}
     if config.backend == "onnx":
-        options = {"intra_op_threads": config.intra_op_threads, "providers": config.providers,
+        options = {"intra_op_threads": config.intra_op_threads, "spin_wait": config.spin_wait,
+                   "providers": config.providers,
                    "graph_optimization": config.graph_optimization}
     elif config.backend == "tflite":
         options = {"num_threads": config.intra_op_threads or None, "pool_size": config.tflite_interpreters}

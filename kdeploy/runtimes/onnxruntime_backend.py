@@ -33,6 +33,7 @@ class OnnxRuntimeBackend:
         signature: ModelSignature | None,
         *,
         intra_op_threads: int = 0,
+        spin_wait: bool = True,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         graph_optimization: str = "all",
     ) -> None:
@@ -40,6 +41,8 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[graph_optimization]
         options.log_severity_level = 3
+        # onnxruntime's own default is to spin; the server turns it off (see ServeConfig.spin_wait).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available]
         for missing in (p for p in providers if p not in available):

@@ -159,3 +159,41 @@ def test_a_far_off_deadline_is_fine():
     result, _ = batcher.infer({"x": np.ones((1, 2), np.float32)}, deadline=time.monotonic() + 1e12)
     batcher.close()
     assert result["y"].shape == (1, 2)
+
+
+def test_a_batch_reaches_its_event_loop_in_one_wake_up_and_each_request_gets_its_rows():
+    import asyncio
+
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1,
+                                allowed_batch_sizes=(8,))
+    batcher = Batcher(backend, params, model="m", version=1)
+    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(6)]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        wakeups = []
+        original = loop.call_soon_threadsafe
+
+        def counting(callback, *args):
+            wakeups.append(callback)
+            return original(callback, *args)
+
+        loop.call_soon_threadsafe = counting
+        first = asyncio.ensure_future(batcher.infer_async(feeds[0]))  # runs alone, held at the gate
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.infer_async(feed)) for feed in feeds[1:]]  # queue up behind it
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *rest)
+        return results, wakeups
+
+    try:
+        results, wakeups = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert backend.batches == [(8, 2), (8, 2)]  # the first alone, then the five that waited as one (both padded)
+    for i, (outputs, _queued) in enumerate(results):
+        np.testing.assert_array_equal(outputs["y"], 2 * feeds[i]["x"] + feeds[i]["x"].sum(keepdims=True))
+    assert len(wakeups) == 2  # one per batch, not one per request
