@@ -264,6 +264,7 @@ class ModelManager:
                 served.row_seconds = self._warm_up(backend, manifest, served.path, batching)
             except Exception as exc:
                 if not manifest.discovered:
+                    backend.close()
                     raise
                 # Generated inputs may not suit a model kdeploy did not export (a signature over serialized
                 # tf.Example strings): serve it unwarmed, on the executor's threads.

@@ -321,3 +321,19 @@ def test_a_model_whose_every_version_failed_is_a_problem_until_one_loads(tmp_pat
     write_version(tmp_path, "m", 2)
     manager.poll()
     assert manager.problems() == {}
+
+
+def test_a_version_whose_warm_up_fails_ends_with_the_reason_and_its_runtime_closed(tmp_path, loader):
+    write_version(tmp_path, "m", 1)
+    original = loader.__call__
+
+    def failing_backend(path, manifest):
+        backend = original(path, manifest)
+        backend.failing = True
+        return backend
+
+    manager = make_manager(tmp_path, failing_backend)
+    manager.load_all()
+    [status] = manager.statuses("m")
+    assert status.state is END and "segfault in libfake.so" in status.error
+    assert loader.backend(1).closed.is_set()
