@@ -16,6 +16,7 @@ import numpy as np
 
 from kdeploy.contract.signature import DTYPES, STRING, DType, TensorSpec, dtype_by_name, format_shape
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid
+from kdeploy.wire.packed import PACKED_MIN_VALUES, add_packed_values, packed_values
 
 _BY_TF_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES}
 _BY_KSERVE: dict[str, DType] = {d.kserve: d for d in DTYPES}
@@ -30,6 +31,9 @@ _TF_TYPED_FIELD: dict[str, str] = {
     "uint8": "int_val", "uint16": "int_val", "int64": "int64_val", "bool": "bool_val", "float16": "half_val",
     "uint32": "uint32_val", "uint64": "uint64_val",
 }
+# Field numbers of the fixed-width typed fields, read straight from the serialized message (see wire/packed.py).
+_TF_PACKED_FIELD: dict[str, int] = {"float32": 5, "float64": 6}
+_KSERVE_PACKED_FIELD: dict[str, int] = {"float32": 6, "float64": 7}
 # KServe v2's typed contents field for each dtype.
 _KSERVE_TYPED_FIELD: dict[str, str] = {
     "bool": "bool_contents", "int8": "int_contents", "int16": "int_contents", "int32": "int_contents",
@@ -93,14 +97,17 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
     if given > count:
         raise invalid(f"input {name!r}: {given} values in {_TF_TYPED_FIELD[spec.dtype]} for shape {list(shape)} "
                       f"({count} elements)")
-    # fromiter with a count is about twice as fast as asarray on protobuf's repeated containers.
-    try:
-        if spec.dtype == "float16":
-            flat = np.fromiter(values, dtype=np.int32, count=given).astype(np.uint16).view(np.float16)
-        else:
-            flat = np.fromiter(values, dtype=dtype, count=given)
-    except (OverflowError, ValueError):
-        raise invalid(f"input {name!r}: a value in {_TF_TYPED_FIELD[spec.dtype]} does not fit {spec.dtype}") from None
+    flat = _packed(proto, _TF_PACKED_FIELD.get(spec.dtype), dtype, given)
+    if flat is None:
+        # fromiter with a count is about twice as fast as asarray on protobuf's repeated containers.
+        try:
+            if spec.dtype == "float16":
+                flat = np.fromiter(values, dtype=np.int32, count=given).astype(np.uint16).view(np.float16)
+            else:
+                flat = np.fromiter(values, dtype=dtype, count=given)
+        except (OverflowError, ValueError):
+            raise invalid(f"input {name!r}: a value in {_TF_TYPED_FIELD[spec.dtype]} does not fit "
+                          f"{spec.dtype}") from None
     if given < count:
         fill = flat[-1] if given else np.zeros((), dtype=dtype)
         flat = np.concatenate([flat, np.full(count - given, fill, dtype=dtype)])
@@ -126,6 +133,9 @@ def fill_tensor_proto(proto: Any, array: np.ndarray, encoding: str = "content") 
         proto.tensor_content = raw_bytes(array)
         return
     flat = array.ravel()
+    if dtype.name in _TF_PACKED_FIELD and flat.size >= PACKED_MIN_VALUES:
+        add_packed_values(proto, _TF_PACKED_FIELD[dtype.name], flat)
+        return
     if dtype.name == "float16":  # TensorFlow keeps half floats as their bits in half_val
         flat = flat.view(np.uint16).astype(np.int32)
     getattr(proto, _TF_TYPED_FIELD[dtype.name]).extend(flat.tolist())
@@ -156,7 +166,16 @@ def ndarray_from_kserve(name: str, datatype: str, shape: list[int], contents: An
     if len(values) != count:
         raise invalid(f"input {name!r}: {len(values)} values in contents.{field_name}; "
                       f"shape {list(shape_t)} needs {count}")
-    return np.asarray(values, dtype=want.numpy).reshape(shape_t)
+    flat = _packed(contents, _KSERVE_PACKED_FIELD.get(spec.dtype), want.numpy, count)
+    return (flat if flat is not None else np.asarray(values, dtype=want.numpy)).reshape(shape_t)
+
+
+def _packed(message: Any, field_number: int | None, dtype: np.dtype, given: int) -> np.ndarray | None:
+    """A long fixed-width typed field read from the wire bytes (None: read it value by value)."""
+    if field_number is None or given < PACKED_MIN_VALUES:
+        return None
+    flat = packed_values(message, field_number, dtype)
+    return flat if flat is not None and flat.size == given else None
 
 
 def kserve_datatype(array: np.ndarray) -> str:

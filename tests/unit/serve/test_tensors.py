@@ -131,3 +131,57 @@ def test_string_errors_name_the_input(call, words):
         call()
     assert error.value.kind is ErrorKind.INVALID_INPUT and "input 'w'" in error.value.message
     assert words in error.value.message
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows", [1, 40])  # 3 values (read one by one) and 120 (read from the wire bytes)
+def test_long_typed_floats_read_from_the_wire_bytes_exactly(dtype, rows):
+    values = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-38, -3.5, 1 / 3] * 15, dtype)[:rows * 3]
+    values = values.reshape(rows, 3)
+    field = "float_val" if dtype == "float32" else "double_val"
+    message = proto(1 if dtype == "float32" else 2, [rows, 3], **{field: values.ravel().tolist()})
+    back = ndarray_from_tensor_proto("x", message, TensorSpec("x", dtype, (None, 3)))
+    assert back.dtype == values.dtype and back.tobytes() == values.tobytes()  # NaN and -0.0 bit for bit
+    contents = PROTOS.cls("inference.InferTensorContents")(
+        **{("fp32_contents" if dtype == "float32" else "fp64_contents"): values.ravel().tolist()})
+    back = ndarray_from_kserve("x", "FP32" if dtype == "float32" else "FP64", [rows, 3], contents, None,
+                               TensorSpec("x", dtype, (None, 3)))
+    assert back.tobytes() == values.tobytes()
+
+
+def test_long_typed_floats_still_repeat_their_last_value():
+    message = proto(1, [40, 3], float_val=[float(v) for v in range(100)])
+    back = ndarray_from_tensor_proto("x", message, SPEC)
+    assert back.shape == (40, 3) and back.ravel()[99] == 99 and (back.ravel()[100:] == 99).all()
+
+
+def test_packed_values_refuses_what_is_not_one_packed_run():
+    from kdeploy.wire.packed import packed_values
+
+    message = proto(1, [2], float_val=[1.0, 2.0])
+    assert packed_values(message, 5, np.dtype(np.float32)).tolist() == [1.0, 2.0]
+    assert packed_values(message, 6, np.dtype(np.float64)) is None  # absent
+    assert packed_values(proto(1, [2], double_val=[1.0]), 6, np.dtype(np.float32)) is not None
+    assert packed_values(proto(1, [1], double_val=[1.0, 2.0, 3.0]), 6, np.dtype("f4")).size == 6  # 24 bytes / 4
+
+    class Wire:  # a message as another encoder may write it: the field unpacked, or split into two runs
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def SerializeToString(self) -> bytes:  # noqa: N802 (protobuf's name)
+            return self.data
+
+    one = np.float32(1).tobytes()
+    assert packed_values(Wire(b"\x2d" + one + b"\x2d" + one), 5, np.dtype(np.float32)) is None
+    assert packed_values(Wire(b"\x2a\x04" + one + b"\x2a\x04" + one), 5, np.dtype(np.float32)) is None
+    assert packed_values(Wire(b"\x2a\x05" + one + b"\x00"), 5, np.dtype(np.float32)) is None  # not whole floats
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_long_typed_outputs_are_the_messages_extend_would_write(dtype):
+    values = np.linspace(-1, 1, 300).astype(dtype).reshape(100, 3)
+    message = TensorProto()
+    fill_tensor_proto(message, values, encoding="typed")
+    expected = TensorProto(dtype=message.dtype, tensor_shape=message.tensor_shape,
+                           **{"float_val" if dtype == "float32" else "double_val": values.ravel().tolist()})
+    assert message.SerializeToString() == expected.SerializeToString()
