@@ -153,6 +153,11 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in the queue."""
+        return self._queued_rows
+
     def infer(self, feed: Feed, deadline: float | None = None) -> Outcome:
         """Run `feed` as part of a batch; blocks until its rows are computed.
 
@@ -203,7 +208,11 @@ class Batcher:
             self._queue.append(task)
             self._queued_rows += rows
             self._gauge(+1)
-            self._cond.notify()
+            # Wake a batch thread only when it has something new to decide: the queue was empty (it waits for
+            # work) or a full batch is waiting (it may stop waiting for the timeout). Otherwise the thread forming
+            # the batch wakes at its timeout anyway; a wake-up per request would hand the GIL back and forth.
+            if len(self._queue) == 1 or self._queued_rows >= self._params.max_batch_size:
+                self._cond.notify()
         return task
 
     def _gauge(self, delta: int) -> None:

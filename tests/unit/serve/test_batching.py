@@ -2,6 +2,7 @@
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from kdeploy.common.errors import UsageError
 from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
 from kdeploy.wire.errors import ErrorKind, ServeError
+from tests.unit.serve.fakes import wait_until
 
 
 class RecordingBackend:
@@ -197,3 +199,29 @@ def test_a_batch_reaches_its_event_loop_in_one_wake_up_and_each_request_gets_its
     for i, (outputs, _queued) in enumerate(results):
         np.testing.assert_array_equal(outputs["y"], 2 * feeds[i]["x"] + feeds[i]["x"].sum(keepdims=True))
     assert len(wakeups) == 2  # one per batch, not one per request
+
+
+def test_queueing_behind_a_running_batch_wakes_the_batch_thread_once_not_per_request():
+    gate = threading.Event()
+    backend = RecordingBackend(gate=gate)
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1,
+                                allowed_batch_sizes=(8,))
+    batcher = Batcher(backend, params, model="m", version=1)
+    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(6)]
+    notified = []
+    condition = batcher._cond  # noqa: SLF001 (counting the wake-ups is the point)
+    original = condition.notify
+    condition.notify = lambda n=1: (notified.append(n), original(n))
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(batcher.infer, feeds[0])  # runs alone, held at the gate
+        assert wait_until(lambda: len(backend.batches) == 1)
+        rest = [pool.submit(batcher.infer, feed) for feed in feeds[1:]]
+        assert wait_until(lambda: batcher.queued_rows == 5)
+        woken = len(notified)  # (notify_all, after a batch, counts here too)
+        gate.set()
+        results = [first.result(5)] + [f.result(5) for f in rest]
+    batcher.close()
+    assert woken == 2  # the first request, then the first of the five that queue behind it
+    assert backend.batches == [(8, 2), (8, 2)]
+    for i, (outputs, _queued) in enumerate(results):
+        np.testing.assert_array_equal(outputs["y"], 2 * feeds[i]["x"] + feeds[i]["x"].sum(keepdims=True))
