@@ -94,7 +94,7 @@ def main() -> None:
     def account() -> None:
         served.stats.record_request(ok_ns=1, input_ns=1, queue_ns=0, compute_ns=1, output_ns=1, rows=1)
         served.stats.record_execution(1, 1)
-        metrics.observe_execution(args.name, served.version, 1e-5, 1)
+        metrics.execution(args.name, served.version, 1e-5, 1)
 
     def encode() -> None:
         response = response_class(model_name=args.name, model_version="1", id="")

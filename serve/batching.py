@@ -217,7 +217,7 @@ class Batcher:
 
     def _gauge(self, delta: int) -> None:
         if self._metrics is not None:
-            self._metrics.labelled(self._metrics.queue_depth, self._model).inc(delta)
+            self._metrics.queue_changed(self._model, delta)
 
     def _run_alone(self, feed: Feed) -> dict[str, np.ndarray]:
         try:
@@ -234,7 +234,7 @@ class Batcher:
         if self._stats is not None:
             self._stats.record_execution(rows, elapsed)
         if self._metrics is not None:
-            self._metrics.observe_execution(self._model, self._version, elapsed / 1e9, rows)
+            self._metrics.execution(self._model, self._version, elapsed / 1e9, rows)
         return outputs
 
     def _next_batch(self) -> list[_Task] | None:
@@ -293,8 +293,7 @@ class Batcher:
         now = time.monotonic()
         queued = [now - task.enqueued for task in batch]
         if self._metrics is not None:
-            for seconds in queued:
-                self._metrics.labelled(self._metrics.queue_time, self._model).observe(seconds)
+            self._metrics.queued(self._model, queued)
         rows = sum(t.rows for t in batch)
         padded = self._params.padded_size(rows)
         names = list(batch[0].feed)

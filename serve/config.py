@@ -139,6 +139,9 @@ class ServeConfig:
     inline_max_micros: int = 200
     """A model whose one-row run (measured at warm-up) takes at most this many microseconds runs inline on the event
     loop, where a hand-off to a thread would cost more than the run; slower ones run on the `grpc_threads`."""
+    metrics_flush_seconds: float = 0.0
+    """How often the request counters reach prometheus-client's metrics besides every scrape (0: only then); a worker
+    process flushes on a timer, since the parent reads its values from prometheus-client's multiprocess files."""
     predict_tensor_encoding: str = "typed"
     """How TF Serving Predict answers carry values: `typed` (`float_val`..., as TF Serving) or `content`
     (`tensor_content` bytes)."""

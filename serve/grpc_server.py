@@ -111,8 +111,7 @@ def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: Ser
                 model = method.model_of(request)
                 model = model if model in known_models else UNKNOWN_MODEL
                 version = method.version_of(response) if response is not None and method.version_of else ""
-                metrics.labelled(metrics.requests, model, version, method.protocol, status.name).inc()
-                metrics.labelled(metrics.latency, model, method.protocol).observe(time.perf_counter() - started)
+                metrics.request_done(model, version, method.protocol, status.name, time.perf_counter() - started)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("%s/%s %s %.3f ms", method.service, method.name, status.name,
                              (time.perf_counter() - started) * 1000)

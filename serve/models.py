@@ -114,7 +114,8 @@ class ServedVersion:
     def release(self) -> None:
         with self._lock:
             self.inflight -= 1
-            self._lock.notify_all()
+            if self.state is not VersionState.AVAILABLE:  # only `drain` waits, and it changed the state first
+                self._lock.notify_all()
 
     def drain(self, timeout: float) -> bool:
         """Stop taking requests and wait for in-flight ones to finish (True when they did)."""
@@ -160,6 +161,9 @@ class ModelManager:
         self._versions: dict[str, dict[int, ServedVersion]] = {s.name: {} for s in sources}
         self._problems: dict[str, str] = {}
         """Models whose folder offers nothing to load, with the reason (see `_folder_problem`)."""
+        self._latest: dict[str, ServedVersion] = {}
+        """The newest AVAILABLE version of each model, kept current by `_set_state`: what most requests resolve to,
+        read without a lock or a sort."""
 
     @property
     def model_names(self) -> list[str]:
@@ -246,6 +250,13 @@ class ModelManager:
 
     def _set_state(self, served: ServedVersion, state: VersionState) -> None:
         served.state = state
+        with self._lock:
+            versions = self._versions.get(served.name, {})
+            available = [v for v in sorted(versions) if versions[v].state is VersionState.AVAILABLE]
+            if available:
+                self._latest[served.name] = versions[available[-1]]
+            else:
+                self._latest.pop(served.name, None)
         if self._metrics is not None:
             self._metrics.version_state.labels(served.name, str(served.version)).set(int(state))
 
@@ -387,6 +398,10 @@ class ModelManager:
         Raises:
             ServeError: NOT_FOUND for an unknown model, version or label; UNAVAILABLE when it is not loaded.
         """
+        if version is None and not label:
+            latest = self._latest.get(name)
+            if latest is not None and latest.state is VersionState.AVAILABLE:
+                return latest
         versions = self._model(name)
         if label:
             labels = self._sources[name].labels

@@ -160,6 +160,7 @@ class RunningServer:
         if rest is not None:
             self.front_end.run(rest.stop(), timeout=max(1.0, deadline - time.monotonic()))
         self.models.close()
+        self.metrics.close()  # a worker's last counts reach the files its parent reads
         if release_ports:
             self.front_end.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -191,6 +192,8 @@ def build_server(config: ServeConfig) -> RunningServer:
     started = time.perf_counter()
     protos = load_protos()
     metrics = ServerMetrics()
+    if config.metrics_flush_seconds > 0:
+        metrics.flush_every(config.metrics_flush_seconds)
     models = ModelManager(list(config.models), config.backend, backend_loader(config), batching=config.batching,
                           metrics=metrics, drain_seconds=config.drain_seconds)
     executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")

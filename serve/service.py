@@ -31,22 +31,22 @@ NO_DEADLINE_SECONDS = 86_400.0
 class InFlight:
     """A version held for one request: `with service.serving(...) as served:` releases it at the end."""
 
-    __slots__ = ("_gauge", "served")
+    __slots__ = ("_metrics", "served")
 
-    def __init__(self, served: ServedVersion, gauge: Any) -> None:
+    def __init__(self, served: ServedVersion, metrics: ServerMetrics | None) -> None:
         self.served = served
-        self._gauge = gauge
+        self._metrics = metrics
 
     def __enter__(self) -> ServedVersion:
         return self.served
 
     def __exit__(self, *exc: object) -> None:
         self.served.release()
-        if self._gauge is not None:
-            self._gauge.dec()
+        if self._metrics is not None:
+            self._metrics.inflight_changed(self.served.name, -1)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Call:
     """A validated request on its way through the service."""
 
@@ -59,7 +59,7 @@ class _Call:
     validated: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferenceResult:
     served: ServedVersion
     outputs: dict[str, np.ndarray]
@@ -93,10 +93,9 @@ class InferenceService:
             ServeError: NOT_FOUND or UNAVAILABLE from the model manager.
         """
         served = self.models.acquire(name, version, label)
-        gauge = self.metrics.labelled(self.metrics.inflight, name) if self.metrics is not None else None
-        if gauge is not None:
-            gauge.inc()
-        return InFlight(served, gauge)
+        if self.metrics is not None:
+            self.metrics.inflight_changed(served.name, +1)
+        return InFlight(served, self.metrics)
 
     def infer(
         self,
@@ -219,7 +218,7 @@ class InferenceService:
         elapsed, rows = time.perf_counter_ns() - started, batch_size(feed)
         served.stats.record_execution(rows, elapsed)
         if self.metrics is not None:
-            self.metrics.observe_execution(served.name, served.version, elapsed / 1e9, rows)
+            self.metrics.execution(served.name, served.version, elapsed / 1e9, rows)
         return outputs
 
     def statistics(self, name: str, version: int) -> StatisticsSnapshot:

@@ -55,15 +55,21 @@ class VersionStatistics:
 
     def record_request(self, *, ok_ns: int, input_ns: int, queue_ns: int, compute_ns: int, output_ns: int,
                        rows: int) -> None:
-        with self._lock:
+        now_ms = int(time.time() * 1000)
+        with self._lock:  # written out: five method calls per request were a third of this function's cost
             data = self._data
-            data.success.add(ok_ns)
-            data.queue.add(queue_ns)
-            data.compute_input.add(input_ns)
-            data.compute_infer.add(compute_ns)
-            data.compute_output.add(output_ns)
+            data.success.count += 1
+            data.success.ns += ok_ns
+            data.queue.count += 1
+            data.queue.ns += queue_ns
+            data.compute_input.count += 1
+            data.compute_input.ns += input_ns
+            data.compute_infer.count += 1
+            data.compute_infer.ns += compute_ns
+            data.compute_output.count += 1
+            data.compute_output.ns += output_ns
             data.inference_count += rows
-            data.last_inference_ms = int(time.time() * 1000)
+            data.last_inference_ms = now_ms
 
     def record_failure(self, ns: int) -> None:
         with self._lock:

@@ -26,6 +26,8 @@ from kdeploy.serve.config import ServeConfig
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_SECONDS = 300.0
+WORKER_METRICS_FLUSH_SECONDS = 0.25
+"""How often a worker moves its request counters into the files the parent sums (scrapes lag by at most this)."""
 
 
 def _free_port(host: str) -> int:
@@ -65,7 +67,8 @@ class WorkerPool:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
         context = multiprocessing.get_context("spawn")
         self._ready = context.Queue()
-        worker_config = replace(self.config, workers=1, reuse_port=True, metrics_port=None)
+        worker_config = replace(self.config, workers=1, reuse_port=True, metrics_port=None,
+                                metrics_flush_seconds=WORKER_METRICS_FLUSH_SECONDS)
         self.processes = [context.Process(target=_worker, name=f"kdeploy-worker-{i}",
                                           args=(worker_config, log_level, log_format, self._ready, i))
                           for i in range(config.workers)]

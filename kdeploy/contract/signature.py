@@ -129,14 +129,20 @@ class TensorSpec:
     """The model leaves the rank open (a TF1 placeholder without shape): any shape with a leading batch dimension
     is accepted, and `shape` is `(None,)`."""
 
+    _np_dtype: np.dtype = field(init=False, repr=False, compare=False)
+    _fixed_dims: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+    """(index, size) of every fixed dimension: what `check` compares, computed once."""
+
     def __post_init__(self) -> None:
         dtype_by_name(self.dtype)
         if not self.shape:
             raise SignatureError(f"tensor {self.name!r} has no batch dimension")
+        object.__setattr__(self, "_np_dtype", _NUMPY_DTYPES[self.dtype])
+        object.__setattr__(self, "_fixed_dims", tuple((i, d) for i, d in enumerate(self.shape) if d is not None))
 
     @property
     def np_dtype(self) -> np.dtype:
-        return _NUMPY_DTYPES[self.dtype]
+        return self._np_dtype
 
     @property
     def is_string(self) -> bool:
@@ -184,14 +190,14 @@ class TensorSpec:
             SignatureError: naming the tensor, what was expected and what came.
         """
         array = np.asarray(array)
-        if self.is_string:
+        if self.dtype == STRING:
             array = self._strings(array)
-        elif array.dtype != self.np_dtype:
-            if not (cast and _same_kind(array.dtype, self.np_dtype)):
+        elif array.dtype != self._np_dtype:
+            if not (cast and _same_kind(array.dtype, self._np_dtype)):
                 raise SignatureError(
                     f"input {self.name!r}: expected dtype {self.dtype}, got {array.dtype.name}"
                 )
-            array = array.astype(self.np_dtype)
+            array = array.astype(self._np_dtype)
         if self.any_shape:
             if array.ndim == 0:
                 raise SignatureError(f"input {self.name!r}: expected a batch (at least one dimension), got a scalar")
@@ -214,7 +220,7 @@ class TensorSpec:
 
 
     def _fits(self, shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(self.shape) and all(w is None or got == w for w, got in zip(self.shape, shape))
+        return len(shape) == len(self.shape) and all(shape[index] == size for index, size in self._fixed_dims)
 
     def _reshape_target(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """This spec's shape for values of `shape`, when only the batch dimension is dynamic and they fill rows."""
@@ -279,9 +285,12 @@ class ModelSignature:
     method: str = "predict"
     """One of `METHODS`."""
 
+    _inputs_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SignatureError(f"signature {self.name!r}: method {self.method!r} is not one of {list(METHODS)}")
+        object.__setattr__(self, "_inputs_by_name", {t.name: t for t in self.inputs})
 
     @property
     def input_names(self) -> list[str]:
@@ -292,9 +301,9 @@ class ModelSignature:
         return [t.name for t in self.outputs]
 
     def input(self, name: str) -> TensorSpec:
-        for spec in self.inputs:
-            if spec.name == name:
-                return spec
+        spec = self._inputs_by_name.get(name)
+        if spec is not None:
+            return spec
         raise SignatureError(f"unknown input {name!r}; the model's inputs are {self.input_names}")
 
     def output(self, name: str) -> TensorSpec:
@@ -332,17 +341,20 @@ class ModelSignature:
         Raises:
             SignatureError: naming the first offending input.
         """
-        extra = sorted(set(feed) - set(self.input_names))
-        if extra:
-            raise SignatureError(f"unknown input {extra[0]!r}; the model's inputs are {self.input_names}")
+        by_name = self._inputs_by_name
+        if len(feed) != len(by_name) or not all(name in by_name for name in feed):
+            extra = sorted(set(feed) - set(by_name))
+            if extra:
+                raise SignatureError(f"unknown input {extra[0]!r}; the model's inputs are {self.input_names}")
         checked: dict[str, np.ndarray] = {}
         for spec in self.inputs:
             if spec.name not in feed:
                 raise SignatureError(f"missing input {spec.name!r}; the model's inputs are {self.input_names}")
             checked[spec.name] = spec.check(feed[spec.name], cast=cast, reshape=reshape)
-        batch_sizes = {name: a.shape[0] for name, a in checked.items()}
-        if len(set(batch_sizes.values())) > 1:
-            raise SignatureError(f"inputs disagree on the batch size: {batch_sizes}")
+        if len(checked) > 1:
+            batch_sizes = {name: a.shape[0] for name, a in checked.items()}
+            if len(set(batch_sizes.values())) > 1:
+                raise SignatureError(f"inputs disagree on the batch size: {batch_sizes}")
         return checked
 
     def generate_feed(self, batch: int, rng: np.random.Generator, dynamic_dim: int = 16) -> dict[str, np.ndarray]:

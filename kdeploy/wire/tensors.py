@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,10 @@ from kdeploy.wire.errors import ErrorKind, ServeError, invalid
 from kdeploy.wire.packed import PACKED_MIN_VALUES, add_packed_values, packed_values
 
 _BY_TF_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES}
+_LITTLE_ENDIAN: dict[str, np.dtype] = {d.name: d.numpy.newbyteorder("<") for d in DTYPES if d.name != STRING}
+"""The wire's byte order for each numeric dtype (made once: `newbyteorder` builds a new dtype per call)."""
+_NATIVE_ORDER = "=" if sys.byteorder == "little" else "<"
+"""A dtype byte order that already is little-endian ("=" native, on a little-endian machine)."""
 _BY_KSERVE: dict[str, DType] = {d.kserve: d for d in DTYPES}
 _TF_ENUM_NAMES: dict[int, str] = {
     1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_INT16", 6: "DT_INT8", 7: "DT_STRING",
@@ -50,10 +55,12 @@ def _elements(shape: tuple[int, ...]) -> int:
     return math.prod(shape)  # Python integers: absurd dimensions must not overflow into a small number
 
 
-def _check_shape(name: str, shape: list[int]) -> tuple[int, ...]:
-    if any(d < 0 for d in shape):
-        raise invalid(f"input {name!r}: shape {shape} has a negative dimension")
-    return tuple(int(d) for d in shape)
+def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """A wire shape (a list or protobuf's repeated int64) as a tuple, refusing negative dimensions."""
+    dims = tuple(shape)
+    if dims and min(dims) < 0:
+        raise invalid(f"input {name!r}: shape {list(dims)} has a negative dimension")
+    return dims
 
 
 def _check_against_spec(name: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
@@ -91,7 +98,7 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
         if len(proto.tensor_content) != expected:
             raise invalid(f"input {name!r}: tensor_content has {len(proto.tensor_content)} bytes; shape "
                           f"{list(shape)} of {spec.dtype} needs {expected}")
-        return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return np.frombuffer(proto.tensor_content, dtype=_LITTLE_ENDIAN[spec.dtype]).reshape(shape)
     values = getattr(proto, _TF_TYPED_FIELD[spec.dtype])
     given = len(values)
     if given > count:
@@ -147,7 +154,7 @@ def ndarray_from_kserve(name: str, datatype: str, shape: list[int], contents: An
     want = dtype_by_name(spec.dtype)
     if datatype != want.kserve:
         raise invalid(f"input {name!r}: expected datatype {want.kserve}, got {datatype or 'none'}")
-    shape_t = _check_shape(name, list(shape))
+    shape_t = _check_shape(name, shape)
     count = _elements(shape_t)
     if spec.is_string:
         values = _split_length_prefixed(name, raw) if raw is not None else list(contents.bytes_contents)
@@ -158,7 +165,7 @@ def ndarray_from_kserve(name: str, datatype: str, shape: list[int], contents: An
         if len(raw) != expected:
             raise invalid(f"input {name!r}: raw_input_contents has {len(raw)} bytes; shape {list(shape_t)} of "
                           f"{want.kserve} needs {expected}")
-        return np.frombuffer(raw, dtype=want.numpy.newbyteorder("<")).reshape(shape_t)
+        return np.frombuffer(raw, dtype=_LITTLE_ENDIAN[spec.dtype]).reshape(shape_t)
     field_name = _KSERVE_TYPED_FIELD.get(spec.dtype)
     if field_name is None:
         raise invalid(f"input {name!r}: {want.kserve} tensors must be sent in raw_input_contents")
@@ -188,6 +195,8 @@ def raw_bytes(array: np.ndarray) -> bytes:
     array = np.ascontiguousarray(array)
     if array.dtype == object:
         return b"".join(len(b).to_bytes(4, "little") + b for b in map(_as_bytes, array.ravel()))
+    if array.dtype.byteorder == "|" or array.dtype.byteorder == _NATIVE_ORDER:
+        return array.tobytes()
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 

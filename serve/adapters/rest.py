@@ -76,8 +76,7 @@ class RestApi:
             return
         model = match["name"] if match["name"] in self._known else UNKNOWN_MODEL
         code = HTTP_TO_GRPC_NAME.get(status, "UNKNOWN")
-        self._metrics.labelled(self._metrics.requests, model, match["version"] or "", "tfserving-rest", code).inc()
-        self._metrics.labelled(self._metrics.latency, model, "tfserving-rest").observe(time.perf_counter() - started)
+        self._metrics.request_done(model, match["version"] or "", "tfserving-rest", code, time.perf_counter() - started)
 
     async def _route(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
         match = _ROUTE.match(path.split("?", 1)[0])

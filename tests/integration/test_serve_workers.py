@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -37,7 +38,12 @@ def test_two_workers_share_the_ports_and_their_metrics_add_up(exported_repo):
             with grpc.insecure_channel(proc.grpc, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
                 response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
                 assert list(response.outputs[0].shape) == [1, 10]
-        text = scrape(proc.metrics)
-        assert metric(text, "kdeploy_requests_total", model="digits", protocol="kserve-grpc", status="OK") == 40
+        # Each worker moves its counts into the shared files every 0.25 s: the sum is there within a moment.
+        deadline, counted = time.monotonic() + 5, None
+        while counted != 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            counted = metric(scrape(proc.metrics), "kdeploy_requests_total", model="digits", protocol="kserve-grpc",
+                             status="OK")
+        assert counted == 40
     finally:
         assert proc.stop() == 0
