@@ -5,6 +5,8 @@ enough for perf_analyzer.
   gRPC process on this machine (an asyncio server: a threaded `grpc.server` understates that ceiling).
 - `plain`: decodes the raw (KServe) or typed/tensor_content (TF Serving) input and runs onnxruntime inline on the
   event loop, with no validation, batching, metrics or logging: what a minimal hand-written Python server achieves.
+  Its session is set up as kdeploy's default (idle threads sleep, onnxruntime's thread count); the environment
+  variables PLAIN_SPIN=1 and PLAIN_INTRA_OP_THREADS=N change that.
 
 Run: `python benchmarks/reference_servers.py null|plain VERSION_DIR PORT`. Not part of the product.
 """
@@ -12,6 +14,7 @@ Run: `python benchmarks/reference_servers.py null|plain VERSION_DIR PORT`. Not p
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,10 @@ def handlers(kind: str, version_dir: Path) -> dict[str, dict[str, tuple[Any, Any
     if kind == "plain":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("PLAIN_INTRA_OP_THREADS", "0"))
+        options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("PLAIN_SPIN", "0"))
+        session = ort.InferenceSession(str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
     input_dtypes = {s.name: s.np_dtype for s in signature.inputs}
     output_names = signature.output_names
 

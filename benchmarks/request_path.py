@@ -109,6 +109,20 @@ def main() -> None:
     async def nothing() -> None:
         return None
 
+    session_run = backend._session.run  # noqa: SLF001 (the floor: onnxruntime with nothing of kdeploy around it)
+    dtypes = {s.name: s.np_dtype for s in signature.inputs}
+    output_names = signature.output_names
+
+    async def plain_handler() -> Any:
+        message = parse(data)
+        given = {t.name: np.frombuffer(raw, dtypes[t.name]).reshape(t.shape)
+                 for t, raw in zip(message.inputs, message.raw_input_contents)}
+        response = response_class(model_name=args.name, model_version="1")
+        for name, value in zip(output_names, session_run(output_names, given)):
+            response.outputs.add(name=name, datatype=kserve_datatype(value), shape=value.shape)
+            response.raw_output_contents.append(value.tobytes())
+        return response.SerializeToString()
+
     def service_only() -> None:
         with service.serving(args.name) as version:
             loop.run_until_complete(service.infer_async(version, feed))
@@ -123,6 +137,8 @@ def main() -> None:
         "encode + serialize response": encode,
         "InferenceService.infer_async (validate, run, account)": service_only,
         "whole request (adapter, in-process)": whole,
+        "the same done by hand: decode, onnxruntime, encode (the `plain` server's handler)":
+            lambda: loop.run_until_complete(plain_handler()),
         "(the event loop's own cost of running one coroutine here)": lambda: loop.run_until_complete(nothing()),
     }
     print(f"| stage ({args.name}) | µs per request |\n|---|---|")

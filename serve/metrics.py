@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -72,6 +72,7 @@ class ServerMetrics:
                         (self.latency, self.queue_time, self.inference_time, self.batch_size)}
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._stop_flushing: threading.Event | None = None
+        self._inflight_source: Callable[[], Mapping[str, int]] | None = None
 
     def request_done(self, model: str, version: str, protocol: str, status: str, seconds: float) -> None:
         """One answered request (any status) and its latency inside the server."""
@@ -85,9 +86,10 @@ class ServerMetrics:
             self._observe(self.inference_time, (model, str(version)), seconds)
             self._observe(self.batch_size, (model,), rows)
 
-    def inflight_changed(self, model: str, delta: int) -> None:
-        with self._lock:
-            self._add(self.inflight, (model,), delta)
+    def sample_inflight(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Read the in-flight requests per model from `source` at each flush (the model manager counts them
+        anyway: the request path does nothing for this gauge)."""
+        self._inflight_source = source
 
     def queue_changed(self, model: str, delta: int) -> None:
         with self._lock:
@@ -127,6 +129,9 @@ class ServerMetrics:
                     if count:
                         child._buckets[index].inc(count)  # noqa: SLF001 (observe() would add them one by one)
                 child._sum.inc(counts[-1])  # noqa: SLF001
+            if self._inflight_source is not None:
+                for model, count in self._inflight_source().items():
+                    self._child(self.inflight, (model,)).set(count)
 
     def flush_every(self, seconds: float) -> None:
         """Flush on a thread of its own (worker processes: the parent reads their values from files)."""

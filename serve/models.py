@@ -86,7 +86,12 @@ class ServedVersion:
     fingerprint: tuple = ()
     """What the folder looked like when it was loaded (a failed version is retried when this changes)."""
     inflight: int = 0
-    _lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Guards `state` and `inflight` (a plain lock: taken twice per request)."""
+    _drained: threading.Condition = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._drained = threading.Condition(self._mutex)
 
     def loaded(self) -> tuple[Manifest, Backend]:
         """The manifest and runtime of a loaded version (requests only ever reach loaded ones).
@@ -105,23 +110,23 @@ class ServedVersion:
 
     def acquire(self) -> bool:
         """Count a request in, if the version still takes requests."""
-        with self._lock:
+        with self._mutex:
             if self.state is not VersionState.AVAILABLE:
                 return False
             self.inflight += 1
             return True
 
     def release(self) -> None:
-        with self._lock:
+        with self._mutex:
             self.inflight -= 1
             if self.state is not VersionState.AVAILABLE:  # only `drain` waits, and it changed the state first
-                self._lock.notify_all()
+                self._drained.notify_all()
 
     def drain(self, timeout: float) -> bool:
         """Stop taking requests and wait for in-flight ones to finish (True when they did)."""
-        with self._lock:
+        with self._drained:
             self.state = VersionState.UNLOADING
-            return self._lock.wait_for(lambda: self.inflight == 0, timeout)
+            return self._drained.wait_for(lambda: self.inflight == 0, timeout)
 
 
 def folder_fingerprint(path: Path) -> tuple:
@@ -161,6 +166,8 @@ class ModelManager:
         self._versions: dict[str, dict[int, ServedVersion]] = {s.name: {} for s in sources}
         self._problems: dict[str, str] = {}
         """Models whose folder offers nothing to load, with the reason (see `_folder_problem`)."""
+        if metrics is not None:
+            metrics.sample_inflight(self.inflight)
         self._latest: dict[str, ServedVersion] = {}
         """The newest AVAILABLE version of each model, kept current by `_set_state`: what most requests resolve to,
         read without a lock or a sort."""
@@ -431,6 +438,11 @@ class ModelManager:
             if served.acquire():
                 return served
         raise unavailable(f"model {name!r} is changing versions; retry")
+
+    def inflight(self) -> dict[str, int]:
+        """Requests holding a version of each model right now (the `kdeploy_inflight_requests` gauge)."""
+        with self._lock:
+            return {name: sum(v.inflight for v in versions.values()) for name, versions in self._versions.items()}
 
     def is_ready(self, name: str | None = None) -> bool:
         """Whether a model (or every model) has an available version."""

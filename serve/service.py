@@ -31,19 +31,16 @@ NO_DEADLINE_SECONDS = 86_400.0
 class InFlight:
     """A version held for one request: `with service.serving(...) as served:` releases it at the end."""
 
-    __slots__ = ("_metrics", "served")
+    __slots__ = ("served",)
 
-    def __init__(self, served: ServedVersion, metrics: ServerMetrics | None) -> None:
+    def __init__(self, served: ServedVersion) -> None:
         self.served = served
-        self._metrics = metrics
 
     def __enter__(self) -> ServedVersion:
         return self.served
 
     def __exit__(self, *exc: object) -> None:
         self.served.release()
-        if self._metrics is not None:
-            self._metrics.inflight_changed(self.served.name, -1)
 
 
 @dataclass(slots=True)
@@ -54,6 +51,7 @@ class _Call:
     signature: ModelSignature
     feed: dict[str, np.ndarray]
     wanted: list[str]
+    rows: int
     started: int
     """`perf_counter_ns()` when the service got it."""
     validated: int
@@ -92,10 +90,7 @@ class InferenceService:
         Raises:
             ServeError: NOT_FOUND or UNAVAILABLE from the model manager.
         """
-        served = self.models.acquire(name, version, label)
-        if self.metrics is not None:
-            self.metrics.inflight_changed(served.name, +1)
-        return InFlight(served, self.metrics)
+        return InFlight(self.models.acquire(name, version, label))
 
     def infer(
         self,
@@ -125,7 +120,7 @@ class InferenceService:
                 outputs, queued = served.batcher.infer(call.feed, deadline)
             else:
                 self._check_deadline(served, deadline)
-                outputs, queued = self._run_direct(served, call.feed, call.signature), 0.0
+                outputs, queued = self._run_direct(served, call.feed, call.signature, call.rows), 0.0
         except BaseException:  # a refusal, a deadline, a runtime error, a cancelled call: all count as failures
             served.stats.record_failure(time.perf_counter_ns() - call.started)
             raise
@@ -153,11 +148,11 @@ class InferenceService:
             else:
                 self._check_deadline(served, deadline)
                 if self._executor is None or served.row_seconds <= self._inline_max_seconds:
-                    outputs = self._run_direct(served, call.feed, call.signature)
+                    outputs = self._run_direct(served, call.feed, call.signature, call.rows)
                 else:
                     loop = asyncio.get_running_loop()
                     outputs = await loop.run_in_executor(self._executor, self._run_direct, served, call.feed,
-                                                         call.signature)
+                                                         call.signature, call.rows)
                 queued = 0.0
         except BaseException:  # a refusal, a deadline, a runtime error, a cancelled call: all count as failures
             served.stats.record_failure(time.perf_counter_ns() - call.started)
@@ -178,13 +173,14 @@ class InferenceService:
                 wanted = [signature.output(n).name for n in output_names] or signature.output_names
             except SignatureError as exc:
                 raise invalid(str(exc)) from None
-            if served.max_batch_size and batch_size(checked) > served.max_batch_size:
+            rows = batch_size(checked)
+            if served.max_batch_size and rows > served.max_batch_size:
                 raise invalid(f"model {served.name!r} takes at most {served.max_batch_size} rows per request "
-                              f"(max_batch_size in its config.pbtxt), got {batch_size(checked)}")
+                              f"(max_batch_size in its config.pbtxt), got {rows}")
         except ServeError:
             served.stats.record_failure(time.perf_counter_ns() - started)
             raise
-        return _Call(served, signature, checked, wanted, started, time.perf_counter_ns())
+        return _Call(served, signature, checked, wanted, rows, started, time.perf_counter_ns())
 
     @staticmethod
     def _check_deadline(served: ServedVersion, deadline: float | None) -> None:
@@ -199,15 +195,15 @@ class InferenceService:
         finished = time.perf_counter_ns()
         call.served.stats.record_request(ok_ns=finished - call.started, input_ns=call.validated - call.started,
                                          queue_ns=queue_ns, compute_ns=computed - call.validated - queue_ns,
-                                         output_ns=finished - computed, rows=batch_size(call.feed))
+                                         output_ns=finished - computed, rows=call.rows)
         return result
 
-    def _run_direct(self, served: ServedVersion, feed: Feed,
-                    signature: ModelSignature | None = None) -> dict[str, np.ndarray]:
+    def _run_direct(self, served: ServedVersion, feed: Feed, signature: ModelSignature, rows: int
+                    ) -> dict[str, np.ndarray]:
         started = time.perf_counter_ns()
         try:
             backend = served.loaded()[1]
-            outputs = backend.infer(feed) if signature is None else infer_signature(backend, signature, feed)
+            outputs = infer_signature(backend, signature, feed)
         except SignatureError as exc:  # the runtime refused the values themselves (a tf.Example it cannot parse)
             raise invalid(f"model {served.name!r}: {exc}") from None
         except Exception:
@@ -215,7 +211,7 @@ class InferenceService:
                              extra={"model": served.name, "version": served.version})
             raise ServeError(ErrorKind.INTERNAL,
                              f"model {served.name!r} version {served.version} failed to run the request") from None
-        elapsed, rows = time.perf_counter_ns() - started, batch_size(feed)
+        elapsed = time.perf_counter_ns() - started
         served.stats.record_execution(rows, elapsed)
         if self.metrics is not None:
             self.metrics.execution(served.name, served.version, elapsed / 1e9, rows)

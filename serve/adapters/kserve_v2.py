@@ -99,7 +99,7 @@ class KServeV2Adapter:
                     raise invalid(str(exc)) from None
                 if tensor.name in feed:
                     raise invalid(f"input {tensor.name!r} is sent twice")
-                feed[tensor.name] = ndarray_from_kserve(tensor.name, tensor.datatype, list(tensor.shape),
+                feed[tensor.name] = ndarray_from_kserve(tensor.name, tensor.datatype, tensor.shape,
                                                         tensor.contents, raw[index] if raw else None, spec)
             result = await self._service.infer_async(served, feed, [o.name for o in request.outputs],
                                                      deadline_of(context))

@@ -22,8 +22,8 @@ def test_counted_values_reach_the_registry_as_prometheus_would_count_them():
     for rows in (1, 3, 32, 33):
         metrics.execution("m", 1, 0.002, rows)
     metrics.queued("m", [0.001, 0.002])
-    for delta in (+1, +1, -1):
-        metrics.inflight_changed("m", delta)
+    inflight = {"m": 1, "other": 0}
+    metrics.sample_inflight(lambda: inflight)
     metrics.queue_changed("m", +2)
 
     sample = metrics.registry.get_sample_value  # collecting flushes first
@@ -36,6 +36,9 @@ def test_counted_values_reach_the_registry_as_prometheus_would_count_them():
     assert sample("kdeploy_inference_seconds_count", {"model": "m", "version": "1"}) == 4
     assert sample("kdeploy_queue_seconds_count", {"model": "m"}) == 2
     assert sample("kdeploy_inflight_requests", {"model": "m"}) == 1
+    assert sample("kdeploy_inflight_requests", {"model": "other"}) == 0
+    inflight["m"] = 0
+    assert sample("kdeploy_inflight_requests", {"model": "m"}) == 0  # read again at each scrape
     assert sample("kdeploy_queue_depth", {"model": "m"}) == 2
 
 
