@@ -1,0 +1,124 @@
+"""A/B comparison of servers on a noisy machine: every server runs at once, perf_analyzer alternates between them.
+
+`make bench-serve` measures one server after another, so a machine whose speed drifts over minutes (a shared VM)
+moves whole rows. Here all the variants are up together and each round measures each of them once per
+concurrency, in short runs, reversing the order every round; the medians over rounds compare variants that saw
+the same machine. Use it to decide whether a change helps, then record the result with `make bench-serve`.
+
+Variants:
+- `null`, `plain`: the reference servers of `reference_servers.py` (environment after a colon: `plain:PLAIN_SPIN=1`).
+- `kdeploy`: this checkout's server; flags after a colon, `;`-separated (`kdeploy:--enable-batching`).
+- `NAME=PATH`: the server of another checkout of this repository (a `git worktree` of the commit to compare),
+  `NAME=PATH:FLAGS` with flags.
+
+Run: `python benchmarks/ab_serve.py MODEL ROUNDS VARIANT... [--concurrency 1,32,1t,32t]` ("t": TF Serving's Predict
+instead of KServe) after `make bench-serve` made `build/bench-serve/repo`. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from serving import OUT, PERF, ROOT, free_port, perf_env, wait_ready  # benchmarks/serving.py, beside this file
+
+from kdeploy.contract.manifest import read_manifest
+
+# Points the editable install's packages at another checkout (the install itself points at this one).
+_SITECUSTOMIZE = """import sys
+for _name, _module in list(sys.modules.items()):
+    if _name.startswith("__editable___kdeploy") and hasattr(_module, "MAPPING"):
+        for _key, _path in list(_module.MAPPING.items()):
+            _module.MAPPING[_key] = _path.replace({here!r}, {there!r})
+"""
+
+
+def server_command(variant: str, model: str, version_dir: Path, port: int, scratch: Path
+                   ) -> tuple[list[str], dict[str, str], str]:
+    """The command, extra environment and readiness marker of one variant."""
+    head, _, options = variant.partition(":")
+    if head in ("null", "plain"):
+        env = dict(item.split("=", 1) for item in options.split(";") if item)
+        return ([sys.executable, str(ROOT / "benchmarks" / "reference_servers.py"), head, str(version_dir), str(port)],
+                env, "ready")
+    env = {}
+    if "=" in head:
+        name, tree = head.split("=", 1)
+        site = scratch / name
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(here=str(ROOT), there=str(Path(tree).resolve())))
+        env["PYTHONPATH"] = str(site)
+    flags = [f for f in options.split(";") if f]
+    return ([sys.executable, "-m", "kdeploy", "serve", "--repository", str(OUT / "repo"), "--model", model,
+             "--grpc-port", str(port), "--no-rest", "--metrics-port", "0", "--poll-seconds", "0", *flags],
+            env, "kdeploy serve:")
+
+
+def perf(model: str, port: int, concurrency: str, shapes: str) -> tuple[float, float]:
+    """Inferences per second and p50 µs of one short perf_analyzer run (zeros if it failed)."""
+    tfserving = concurrency.endswith("t")
+    level = concurrency.rstrip("t")
+    with tempfile.NamedTemporaryFile(suffix=".csv") as out:
+        command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
+                   "--concurrency-range", f"{level}:{level}", "-p", "1500", "-r", "3", "-s", "100", "-f", out.name]
+        command += ["--service-kind=tfserving", "--shape", shapes] if tfserving else ["-x", "1"]
+        subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300, check=False)
+        with open(out.name) as written:
+            row = next(csv.DictReader(written), None)
+    if row is None:
+        return 0.0, 0.0
+    return float(row["Inferences/Second"]), float(row["p50 latency"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("rounds", type=int)
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--concurrency", default="1,32")
+    args = parser.parse_args()
+    version_dir = sorted((OUT / "repo" / args.model).iterdir())[-1]
+    signature = read_manifest(version_dir).signature
+    shapes = " ".join(f"{s.name}:1,{','.join(str(d) for d in s.shape[1:])}" for s in signature.inputs)
+    levels = args.concurrency.split(",")
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {v: {c: [] for c in levels} for v in args.variants}
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            for variant in args.variants:
+                port = free_port()
+                command, env, marker = server_command(variant, args.model, version_dir, port, Path(scratch))
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                           env={**os.environ, **env})
+                wait_ready(process, marker)
+                threading.Thread(target=process.stdout.read, daemon=True).start()  # keep the pipe from filling
+                servers[variant] = (process, port)
+            for round_number in range(args.rounds):
+                order = args.variants if round_number % 2 == 0 else args.variants[::-1]
+                for level in levels:
+                    for variant in order:
+                        results[variant][level].append(perf(args.model, servers[variant][1], level, shapes))
+                print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        finally:
+            for process, _port in servers.values():
+                process.kill()
+    print(f"| variant ({args.model}, medians of {args.rounds} rounds) | "
+          + " | ".join(f"c{c} inf/s | c{c} p50 µs" for c in levels) + " |")
+    print("|---|" + "---|---|" * len(levels))
+    for variant in args.variants:
+        cells = []
+        for level in levels:
+            runs = results[variant][level]
+            cells += [f"{statistics.median(r[0] for r in runs):.0f}", f"{statistics.median(r[1] for r in runs):.0f}"]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
