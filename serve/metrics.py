@@ -35,7 +35,7 @@ class ServerMetrics:
     The request path only adds to plain counters here (`request_done`, `execution`, ...: a lock, a dictionary and
     a bisect, about a microsecond); they reach prometheus-client's metrics in `flush()`, which runs before every
     collection of the registry (a scrape) and, for worker processes whose values live in prometheus-client's
-    multiprocess files, every `flush_seconds` on a thread of its own. Calling prometheus-client per request cost
+    multiprocess files, on a timer too (`flush_every`). Calling prometheus-client per request cost
     about 10 µs (a lock and a Python loop over the buckets per histogram observation, five updates per request):
     a quarter of the server's own time on a small model.
     """
