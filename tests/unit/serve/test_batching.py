@@ -163,15 +163,26 @@ def test_a_far_off_deadline_is_fine():
     assert result["y"].shape == (1, 2)
 
 
-def test_a_batch_reaches_its_event_loop_in_one_wake_up_and_each_request_gets_its_rows():
-    import asyncio
-
+def held_batcher():
+    """A one-thread batcher whose runtime holds each batch until `gate` is set, and six one-row feeds."""
     gate = threading.Event()
     backend = RecordingBackend(gate=gate)
     params = BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1,
                                 allowed_batch_sizes=(8,))
-    batcher = Batcher(backend, params, model="m", version=1)
-    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(6)]
+    return gate, backend, Batcher(backend, params, model="m", version=1), [
+        {"x": np.full((1, 2), i, np.float32)} for i in range(6)]
+
+
+def assert_one_alone_then_five_merged(backend, feeds, results):
+    assert backend.batches == [(8, 2), (8, 2)]  # the first alone, then the five that waited as one (both padded)
+    for i, (outputs, _queued) in enumerate(results):
+        np.testing.assert_array_equal(outputs["y"], 2 * feeds[i]["x"] + feeds[i]["x"].sum(keepdims=True))
+
+
+def test_a_batch_reaches_its_event_loop_in_one_wake_up_and_each_request_gets_its_rows():
+    import asyncio
+
+    gate, backend, batcher, feeds = held_batcher()
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -195,19 +206,12 @@ def test_a_batch_reaches_its_event_loop_in_one_wake_up_and_each_request_gets_its
         results, wakeups = asyncio.run(main())
     finally:
         batcher.close()
-    assert backend.batches == [(8, 2), (8, 2)]  # the first alone, then the five that waited as one (both padded)
-    for i, (outputs, _queued) in enumerate(results):
-        np.testing.assert_array_equal(outputs["y"], 2 * feeds[i]["x"] + feeds[i]["x"].sum(keepdims=True))
+    assert_one_alone_then_five_merged(backend, feeds, results)
     assert len(wakeups) == 2  # one per batch, not one per request
 
 
 def test_queueing_behind_a_running_batch_wakes_the_batch_thread_once_not_per_request():
-    gate = threading.Event()
-    backend = RecordingBackend(gate=gate)
-    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1,
-                                allowed_batch_sizes=(8,))
-    batcher = Batcher(backend, params, model="m", version=1)
-    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(6)]
+    gate, backend, batcher, feeds = held_batcher()
     notified = []
     condition = batcher._cond  # noqa: SLF001 (counting the wake-ups is the point)
     original = condition.notify
@@ -222,6 +226,4 @@ def test_queueing_behind_a_running_batch_wakes_the_batch_thread_once_not_per_req
         results = [first.result(5)] + [f.result(5) for f in rest]
     batcher.close()
     assert woken == 2  # the first request, then the first of the five that queue behind it
-    assert backend.batches == [(8, 2), (8, 2)]
-    for i, (outputs, _queued) in enumerate(results):
-        np.testing.assert_array_equal(outputs["y"], 2 * feeds[i]["x"] + feeds[i]["x"].sum(keepdims=True))
+    assert_one_alone_then_five_merged(backend, feeds, results)
