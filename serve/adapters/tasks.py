@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdeploy.contract.signature import METHOD_PREFIX, ModelSignature, SignatureError
+from kdeploy.contract.signature import DEFAULT_SIGNATURE, METHOD_PREFIX, ModelSignature, SignatureError
 from kdeploy.serve.models import ServedVersion
 from kdeploy.serve.service import InferenceService
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid
@@ -35,15 +35,13 @@ def signature_of(served: ServedVersion, name: str) -> ModelSignature:
     return served.loaded()[0].signature_named(name)
 
 
-def task_signature(served: ServedVersion, name: str, method: str, unknown: str = "No signature was found with the name"
-                   ) -> ModelSignature:
+def task_signature(served: ServedVersion, name: str, method: str) -> ModelSignature:
     """The signature a Classify (`method` "classify") or Regress ("regress") names, checked for that task.
 
     Args:
         served: the version.
         name: the request's signature_name ("" for the default).
         method: `classify` or `regress`.
-        unknown: how to start the message for a name the version lacks (TF Serving's words differ per RPC).
 
     Raises:
         ServeError: INVALID_INPUT for an unknown signature or one that cannot do the task.
@@ -51,7 +49,7 @@ def task_signature(served: ServedVersion, name: str, method: str, unknown: str =
     try:
         signature = signature_of(served, name)
     except SignatureError as exc:
-        raise invalid(f"{unknown}: {name or 'serving_default'} ({exc})") from None
+        raise invalid(f"No signature was found with the name: {name or DEFAULT_SIGNATURE} ({exc})") from None
     check_task_signature(signature, method)
     return signature
 
