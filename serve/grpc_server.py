@@ -94,29 +94,39 @@ def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: Ser
         if not gate.enter():
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
         started = time.perf_counter()
-        status, response = grpc.StatusCode.OK, None
+        status, response, counted = grpc.StatusCode.OK, None, False
         try:
-            response = await call_adapter(request, context) if is_coroutine else call_adapter(request, context)
-            return response
-        except ServeError as exc:
-            status = GRPC_STATUS[exc.kind]
-            await context.abort(status, exc.message)
-        except Exception:
-            status = grpc.StatusCode.INTERNAL
-            logger.exception("%s/%s failed", method.service, method.name)
-            await context.abort(status, INTERNAL_MESSAGE)
+            try:
+                response = await call_adapter(request, context) if is_coroutine else call_adapter(request, context)
+                return response  # sent once this coroutine ends: after the `finally` below has counted it
+            except ServeError as exc:
+                status, message = GRPC_STATUS[exc.kind], exc.message
+            except Exception:
+                status, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+                logger.exception("%s/%s failed", method.service, method.name)
+            # abort() sends the status at once: count it first, so a client that then reads /metrics finds it.
+            _count(method, metrics, known_models, request, None, status, started)
+            counted = True
+            await context.abort(status, message)
         finally:
             gate.leave()
-            if method.model_of is not None:
-                model = method.model_of(request)
-                model = model if model in known_models else UNKNOWN_MODEL
-                version = method.version_of(response) if response is not None and method.version_of else ""
-                metrics.request_done(model, version, method.protocol, status.name, time.perf_counter() - started)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s/%s %s %.3f ms", method.service, method.name, status.name,
-                             (time.perf_counter() - started) * 1000)
+            if not counted:
+                _count(method, metrics, known_models, request, response, status, started)
 
     return call
+
+
+def _count(method: Method, metrics: ServerMetrics, known_models: frozenset[str], request: Any, response: Any,
+           status: grpc.StatusCode, started: float) -> None:
+    """One RPC in the request metrics (inference RPCs only) and, with -v, the access log."""
+    if method.model_of is not None:
+        model = method.model_of(request)
+        model = model if model in known_models else UNKNOWN_MODEL
+        version = method.version_of(response) if response is not None and method.version_of else ""
+        metrics.request_done(model, version, method.protocol, status.name, time.perf_counter() - started)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s/%s %s %.3f ms", method.service, method.name, status.name,
+                     (time.perf_counter() - started) * 1000)
 
 
 @dataclass(frozen=True)
