@@ -30,7 +30,7 @@ from kdeploy.contract.manifest import (
     manifest_of_artifact,
     read_manifest,
 )
-from kdeploy.contract.repository import version_numbers
+from kdeploy.contract.repository import version_folders
 from kdeploy.contract.signature import ModelSignature, load_data_file, slice_feed
 from kdeploy.runtimes.base import Backend, signatures_of
 from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
@@ -193,11 +193,12 @@ class ModelManager:
             return changed
 
     def _poll_model(self, source: ModelSource) -> bool:
-        on_disk = version_numbers(source.base_path)
+        folders = version_folders(source.base_path)
+        on_disk = list(folders)
         # A folder with neither a manifest nor an artifact for this backend is still being written (or is not a
         # version): the policy chooses among the complete ones, so a half-copied newest folder does not leave the
         # model with nothing to serve. A version kdeploy did not export is served from its artifact alone.
-        complete = [v for v in on_disk if self._servable(source.base_path / str(v))]
+        complete = [v for v in on_disk if self._servable(folders[v])]
         wanted = source.policy.select(complete)
         known = self._versions[source.name]
         changed = False
@@ -207,7 +208,7 @@ class ModelManager:
                 continue
             if served is not None and served.error and served.fingerprint == folder_fingerprint(served.path):
                 continue  # failed before and nothing changed since: do not retry every poll
-            self._load(source, version)
+            self._load(source, version, folders[version])
             changed = True
         self._note_problem(source, self._folder_problem(source, on_disk, complete))
         # Unload what is no longer wanted, but only once something else can serve (a roll-back keeps the old one
@@ -267,8 +268,8 @@ class ModelManager:
         if self._metrics is not None:
             self._metrics.version_state.labels(served.name, str(served.version)).set(int(state))
 
-    def _load(self, source: ModelSource, version: int) -> None:
-        served = ServedVersion(source.name, version, source.base_path / str(version))
+    def _load(self, source: ModelSource, version: int, folder: Path) -> None:
+        served = ServedVersion(source.name, version, folder)
         served.fingerprint = folder_fingerprint(served.path)
         with self._lock:
             previous = self._versions[source.name].get(version)

@@ -337,3 +337,13 @@ def test_a_version_whose_warm_up_fails_ends_with_the_reason_and_its_runtime_clos
     [status] = manager.statuses("m")
     assert status.state is END and "segfault in libfake.so" in status.error
     assert loader.backend(1).closed.is_set()
+
+
+def test_a_version_folder_named_with_leading_zeros_is_that_version_loaded_from_its_own_folder(tmp_path, loader):
+    write_version(tmp_path, "m", 1)
+    (tmp_path / "m" / "1").rename(tmp_path / "m" / "00000123")  # TF Serving's test models name versions so
+    manager = make_manager(tmp_path, loader)
+    manager.load_all()
+    served = manager.resolve("m")
+    assert states(manager) == {123: AVAILABLE} and served.version == 123
+    assert served.path == tmp_path / "m" / "00000123"
