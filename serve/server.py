@@ -199,7 +199,7 @@ def build_server(config: ServeConfig) -> RunningServer:
     executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")
     service = InferenceService(models, metrics, executor=executor,
                                inline_max_seconds=config.inline_max_micros / 1e6,
-                               reshape_inputs=config.backend == "savedmodel")
+                               check_shapes=config.backend != "savedmodel")
     tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes,
                                  tensor_encoding=config.predict_tensor_encoding)
     kserve = KServeV2Adapter(service, protos, config.backend)

@@ -68,21 +68,22 @@ class InferenceService:
 
     def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None, *,
                  executor: Executor | None = None, inline_max_seconds: float = 0.0,
-                 reshape_inputs: bool = False) -> None:
+                 check_shapes: bool = True) -> None:
         """
         Args:
             models: the versions to serve.
             metrics: where requests and runtime calls are counted.
             executor: threads that run heavier models for `infer_async` (None: every model runs inline).
             inline_max_seconds: models whose one-row run takes at most this long run inline on the event loop.
-            reshape_inputs: give an input of another shape the signature's shape when its values fill it exactly
-                (`[3]` into `[-1, 1]`), as TF Serving accepts for a SavedModel; otherwise such an input is refused.
+            check_shapes: refuse an input of another rank or fixed dimension than the signature's. Off for the
+                savedmodel backend, which feeds the graph as TF Serving does: `[3]` into a `[-1, 1]` placeholder runs,
+                and a shape the graph cannot take fails with TensorFlow's message (INVALID_ARGUMENT).
         """
         self.models = models
         self.metrics = metrics
         self._executor = executor
         self._inline_max_seconds = inline_max_seconds
-        self._reshape = reshape_inputs
+        self._check_shapes = check_shapes
 
     def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
         """The version that serves a request, counted in-flight (so it is not unloaded) for the `with` block.
@@ -167,9 +168,9 @@ class InferenceService:
             try:
                 if signature_name and signature_name != signature.name:
                     signature = served.loaded()[0].signature_named(signature_name)
-                if not feed:
+                if not feed and signature.inputs:
                     raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
-                checked = signature.validate_feed(feed, reshape=self._reshape)
+                checked = signature.validate_feed(feed, check_shapes=self._check_shapes)
                 wanted = [signature.output(n).name for n in output_names] or signature.output_names
             except SignatureError as exc:
                 raise invalid(str(exc)) from None

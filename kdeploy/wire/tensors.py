@@ -65,13 +65,6 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     return dims
 
 
-def _check_against_spec(name: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
-    """Rank and fixed dimensions, checked before any values are decoded or expanded (the service checks again,
-    after a savedmodel backend's reshaping)."""
-    if not spec.may_take(shape):
-        raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got {list(shape)}")
-
-
 def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes: int | None = None) -> np.ndarray:
     """A TensorProto as an array of the spec's dtype.
 
@@ -85,8 +78,8 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
         raise invalid(f"input {name!r}: expected dtype {wanted} ({spec.dtype}), got {tf_dtype_name(proto.dtype)}")
     if proto.tensor_shape.unknown_rank:
         raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got a tensor of unknown rank")
+    # Shapes are the service's to check (or the graph's: a SavedModel is fed as TF Serving feeds it).
     shape = _check_shape(name, [d.size for d in proto.tensor_shape.dim])
-    _check_against_spec(name, shape, spec)
     count = _elements(shape)
     if spec.is_string:
         return _strings_from_values(name, list(proto.string_val), shape, count, "string_val", repeat=True)

@@ -17,17 +17,15 @@ import time
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from kdeploy.contract.signature import (
     DEFAULT_SIGNATURE,
-    METHOD_PREFIX,
     ModelSignature,
     SignatureError,
-    batch_size,
-    dtype_by_name,
 )
 from kdeploy.serve.adapters import tasks
-from kdeploy.serve.adapters.tfserving import signature_tensor_names
+from kdeploy.serve.adapters.tfserving import signature_def_map
 from kdeploy.serve.errors import HTTP_STATUS, HTTP_TO_GRPC_NAME, INTERNAL_MESSAGE
 from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
 from kdeploy.serve.models import ServedVersion
@@ -35,7 +33,7 @@ from kdeploy.serve.service import InferenceService
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid, not_found
 from kdeploy.wire.examples import fill_example_from_json
 from kdeploy.wire.protos.messages import load_protos
-from kdeploy.wire.tensors import json_value, ndarray_from_json, tf_dtype_name
+from kdeploy.wire.tensors import json_value, ndarray_from_json
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +53,10 @@ class RestApi:
         self.max_body_bytes = max_body_bytes
         self._metrics = metrics
         self._known = known_models
-        self._Example = load_protos().cls("tensorflow.Example")
+        protos = load_protos()
+        self._Example = protos.cls("tensorflow.Example")
+        self._SignatureDefMap = protos.cls("tensorflow.serving.SignatureDefMap")
+        self._pool = protos.pool
 
     async def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
         """Answer one request: (HTTP status, JSON body)."""
@@ -114,10 +115,14 @@ class RestApi:
         ]}
 
     def _metadata(self, served: ServedVersion) -> dict[str, Any]:
-        signatures = served.loaded()[0].signatures
+        """TF Serving's REST metadata: the SignatureDefMap printed as protobuf's JSON with every field (TF Serving's
+        `always_print_fields_with_no_presence`), so `"defaults": {}` and `"unknown_rank": false` are there too."""
+        signature_map = signature_def_map(served, self._SignatureDefMap())
+        printed = json_format.MessageToDict(signature_map, preserving_proto_field_name=True,
+                                            always_print_fields_with_no_presence=True,
+                                            descriptor_pool=self._pool)
         return {"model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
-                "metadata": {"signature_def": {"signature_def": {
-                    name: _signature_def_json(signature) for name, signature in signatures.items()}}}}
+                "metadata": {"signature_def": printed}}
 
     async def _predict(self, served: ServedVersion, request: dict[str, Any], signature_name: str) -> dict[str, Any]:
         try:
@@ -181,20 +186,6 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return request
 
 
-def _signature_def_json(signature: ModelSignature) -> dict[str, Any]:
-    """One SignatureDef as TF Serving's REST metadata writes it."""
-    input_names, output_names = signature_tensor_names(signature)
-
-    def info(specs: Any, names: list[str]) -> dict[str, Any]:
-        return {spec.name: {"dtype": tf_dtype_name(dtype_by_name(spec.dtype).tf_enum), "name": tensor_name,
-                            "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""}
-                                                     for d in spec.shape], "unknown_rank": False}}
-                for spec, tensor_name in zip(specs, names)}
-
-    return {"inputs": info(signature.inputs, input_names), "outputs": info(signature.outputs, output_names),
-            "method_name": METHOD_PREFIX + signature.method}
-
-
 def _spec(signature: ModelSignature, name: str) -> Any:
     try:
         return signature.input(name)
@@ -231,7 +222,17 @@ def _feed_from_columns(inputs: Any, signature: ModelSignature) -> dict[str, np.n
 
 
 def _rows(outputs: dict[str, np.ndarray]) -> list[Any]:
+    """The row format (`predictions`), as TF Serving's MakeJsonFromTensors writes it: each output's own shape, its
+    first dimension the rows (half_plus_two's `[3]` answer is `[3.0, 3.5, 4.0]`, a `[3, 1]` one `[[3.0], ...]`).
+    Every output needs that dimension, and the same number of rows."""
+    rows = None
+    for name, value in outputs.items():
+        if np.ndim(value) == 0:
+            raise invalid(f"Tensor name: {name} has no shape information (the row format needs a batch dimension; "
+                          "send 'inputs' for the columnar format)")
+        if rows is not None and len(value) != rows:
+            raise invalid(f"Tensor name: {name} has inconsistent batch size: {len(value)} expecting: {rows}")
+        rows = len(value)
     if len(outputs) == 1:
         return json_value(next(iter(outputs.values())))
-    rows = batch_size(outputs)
-    return [{name: json_value(value[i]) for name, value in outputs.items()} for i in range(rows)]
+    return [{name: json_value(value[i]) for name, value in outputs.items()} for i in range(rows or 0)]

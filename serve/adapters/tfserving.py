@@ -18,6 +18,7 @@ from kdeploy.contract.signature import (
     TensorSpec,
     dtype_by_name,
 )
+from kdeploy.runtimes.base import stored_signature_defs
 from kdeploy.serve.adapters import tasks
 from kdeploy.serve.models import ServedVersion, VersionState
 from kdeploy.serve.service import InferenceService, deadline_of
@@ -147,12 +148,9 @@ class TfServingAdapter:
         if unknown:
             raise invalid(f"metadata field {unknown[0]!r} is not supported; only 'signature_def' is")
         served = self._resolve(request.model_spec)
-        signature_map = self._SignatureDefMap()
-        for name, signature in served.loaded()[0].signatures.items():
-            _fill_signature_def(signature_map.signature_def[name], signature)
         response = self._MetadataResponse()
         self._fill_model_spec(response.model_spec, served, "")
-        response.metadata["signature_def"].Pack(signature_map)
+        response.metadata["signature_def"].Pack(signature_def_map(served, self._SignatureDefMap()))
         return response
 
     def GetModelStatus(self, request: Any, context: Any) -> Any:
@@ -205,6 +203,23 @@ def _fill_regressions(result: Any, values: list[float]) -> None:
         result.regressions.add().value = value
 
 
+def signature_def_map(served: ServedVersion, target: Any) -> Any:
+    """Fill a SignatureDefMap with the version's signatures, as GetModelMetadata and REST `/metadata` answer them.
+
+    A SavedModel served by the savedmodel backend answers its SignatureDefs as stored, every one of them (tensor
+    names, `defaults`, unknown ranks, `__saved_model_init_op`), as TF Serving does; other versions answer their
+    manifest's signatures in the same form.
+    """
+    stored = stored_signature_defs(served.loaded()[1])
+    if stored:
+        for name, serialized in stored.items():
+            target.signature_def[name].ParseFromString(serialized)
+        return target
+    for name, signature in served.loaded()[0].signatures.items():
+        _fill_signature_def(target.signature_def[name], signature)
+    return target
+
+
 def signature_tensor_names(signature: ModelSignature) -> tuple[list[str], list[str]]:
     """Tensor names for a signature's inputs and outputs, as a Keras export's SavedModel names them (kdeploy does
     not keep the graph's own names): `NAME_INPUT:0` and `StatefulPartitionedCall:INDEX`."""
@@ -225,5 +240,8 @@ def _fill_signature_def(target: Any, signature: ModelSignature) -> None:
 def _fill_tensor_info(info: Any, tensor_name: str, spec: TensorSpec) -> None:
     info.name = tensor_name
     info.dtype = dtype_by_name(spec.dtype).tf_enum
+    if spec.any_shape:
+        info.tensor_shape.unknown_rank = True
+        return
     for dim in spec.shape:
         info.tensor_shape.dim.add().size = -1 if dim is None else dim
