@@ -10,8 +10,16 @@ import sys
 from pathlib import Path
 
 from kdeploy.common.errors import UsageError
+from kdeploy.contract.repository import ModelRepository
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
-from kdeploy.serve.config import BACKENDS, BatchingParameters, ServeConfig, VersionPolicy
+from kdeploy.serve.config import (
+    BACKENDS,
+    BatchingParameters,
+    ModelSource,
+    ServeConfig,
+    VersionPolicy,
+    parse_grpc_channel_arguments,
+)
 from kdeploy.serve.configs import ConfigsConfig
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
@@ -28,12 +36,17 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         description="Serve the models of a repository written by `kdeploy export`, speaking TF Serving's gRPC and "
                     "REST APIs and the KServe v2 (Open Inference) gRPC protocol on one gRPC port.")
     # Either source may come from the environment (KDEPLOY_REPOSITORY / KDEPLOY_MODEL_CONFIG_FILE).
-    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE"))
+    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE",
+                                                                  "MODEL_BASE_PATH"))
     source = parser.add_mutually_exclusive_group(required=not env_source)
     source.add_argument("--repository", type=Path, help="model repository (REPO/NAME/VERSION)")
     source.add_argument("--model-config-file", type=Path, help="TF Serving ModelServerConfig text file (models.config)")
+    source.add_argument("--model-base-path", type=Path,
+                        help="one model's folder of versions, served under the name --model gives (default "
+                             f"{DEFAULT_MODEL_NAME!r}), as TF Serving's --model_base_path and --model_name")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
-                        help="serve only this model (repeatable; default: every model in the repository)")
+                        help="serve only this model (repeatable; default: every model in the repository); with "
+                             "--model-base-path, the model's name")
     parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS,
                         help=f"runtime (default {DEFAULTS.backend})")
     parser.add_argument("--host", default=DEFAULTS.host,
@@ -84,6 +97,20 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--drain-grace-seconds", type=float, default=DEFAULTS.drain_grace_seconds,
                         help="on SIGTERM, keep accepting requests this long after health turns NOT_SERVING "
                              f"(default {DEFAULTS.drain_grace_seconds:g})")
+    parser.add_argument("--model-config-file-poll-seconds", type=float,
+                        default=DEFAULTS.model_config_file_poll_seconds,
+                        help="re-read --model-config-file this often and apply a changed config (TF Serving's "
+                             "--model_config_file_poll_wait_seconds; default 0: never)")
+    parser.add_argument("--allow-config-reload", action="store_true", default=DEFAULTS.allow_config_reload,
+                        help="accept ModelService/HandleReloadConfigRequest (TF Serving's RPC that replaces the "
+                             "model config; off by default: it makes the server load any path it names)")
+    parser.add_argument("--monitoring-config-file", type=Path,
+                        help="TF Serving MonitoringConfig text file: Prometheus metrics also on the REST port at "
+                             "its prometheus_config.path")
+    parser.add_argument("--grpc-socket-path", default=DEFAULTS.grpc_socket_path,
+                        help="also serve gRPC on this Unix domain socket (TF Serving's --grpc_socket_path)")
+    parser.add_argument("--grpc-channel-arguments", default="",
+                        help="further gRPC server arguments NAME=VALUE,... (TF Serving's --grpc_channel_arguments)")
     parser.add_argument("--wait-for-models", action="store_true",
                         help="with polling on, keep running (health NOT_SERVING) while no model can be served, as "
                              "TF Serving does; without it, nothing to serve is an error (exit 2) naming the reasons")
@@ -97,6 +124,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
 
 
 ENV_PREFIX = "KDEPLOY_"
+DEFAULT_MODEL_NAME = "default"
+"""The model name with --model-base-path and no --model, as TF Serving's --model_name."""
 
 
 def parse_workers(text: str) -> int:
@@ -135,6 +164,13 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
     if args.model_config_file is not None:
         models = sources_from_model_config(args.model_config_file)
+    elif args.model_base_path is not None:
+        if len(args.model) > 1:
+            raise UsageError("--model-base-path serves one model: give at most one --model (its name)")
+        name = args.model[0] if args.model else DEFAULT_MODEL_NAME
+        ModelRepository(args.model_base_path.parent).model_dir(name)  # the name must be valid
+        models = [ModelSource(name=name, base_path=args.model_base_path,
+                              policy=VersionPolicy.parse(args.version_policy))]
     else:
         models = sources_from_repository(args.repository, args.model, VersionPolicy.parse(args.version_policy))
     batching = None
@@ -153,8 +189,37 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
         inline_max_micros=args.inline_max_micros, predict_tensor_encoding=args.predict_tensor_encoding,
-        tflite_interpreters=args.tflite_interpreters,
+        tflite_interpreters=args.tflite_interpreters, model_config_file=args.model_config_file,
+        model_config_file_poll_seconds=args.model_config_file_poll_seconds,
+        allow_config_reload=args.allow_config_reload, grpc_socket_path=args.grpc_socket_path or None,
+        grpc_channel_arguments=parse_grpc_channel_arguments(args.grpc_channel_arguments),
+        rest_metrics_path=(read_monitoring_path(args.monitoring_config_file)
+                           if args.monitoring_config_file is not None else None),
     )
+
+
+def read_monitoring_path(path: Path) -> str | None:
+    """The Prometheus path of a TF Serving MonitoringConfig text file (None when it does not enable Prometheus).
+
+    Raises:
+        UsageError: when the file is missing or not a MonitoringConfig.
+    """
+    from google.protobuf import text_format
+
+    from kdeploy.serve.configs import PROMETHEUS_PATH
+    from kdeploy.wire.protos.messages import load_protos
+
+    protos = load_protos()
+    config = protos.cls("tensorflow.serving.MonitoringConfig")()
+    try:
+        text_format.Parse(Path(path).read_text(encoding="utf-8"), config, descriptor_pool=protos.pool)
+    except OSError as exc:
+        raise UsageError(f"cannot read --monitoring-config-file {path}: {exc.strerror or exc}") from None
+    except text_format.ParseError as exc:
+        raise UsageError(f"{path} is not a valid TF Serving MonitoringConfig: {exc}") from None
+    if not config.prometheus_config.enable:
+        return None
+    return config.prometheus_config.path or PROMETHEUS_PATH
 
 
 def run_serve(args: argparse.Namespace) -> int:

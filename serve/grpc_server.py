@@ -21,7 +21,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Container, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -83,7 +83,7 @@ class Gate:
 
 
 def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: ServerMetrics,
-           known_models: frozenset[str], gate: Gate) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+           known_models: Container[str], gate: Gate) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     """Wrap a servicer method: ServeError → its status; anything else → INTERNAL, logged, server alive.
 
     Counts inference RPCs in the request metrics, by model (unknown names share one label), version and status.
@@ -116,7 +116,8 @@ def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: Ser
     return call
 
 
-def _count(method: Method, metrics: ServerMetrics, known_models: frozenset[str], request: Any, response: Any,
+def _count(method: Method, metrics: ServerMetrics, known_models: Container[str], request: Any,
+           response: Any,
            status: grpc.StatusCode, started: float) -> None:
     """One RPC in the request metrics (inference RPCs only) and, with -v, the access log."""
     if method.model_of is not None:
@@ -141,7 +142,7 @@ class Service:
 class GrpcFrontEnd:
     """A `grpc.aio` server on an event loop of its own thread, with health, reflection and a draining gate."""
 
-    def __init__(self, services: Iterable[Service], metrics: ServerMetrics, known_models: frozenset[str], *,
+    def __init__(self, services: Iterable[Service], metrics: ServerMetrics, known_models: Container[str], *,
                  options: list[tuple[str, Any]], reflection_names: Iterable[str], reflection_pool: Any) -> None:
         self._loop = _new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
@@ -164,12 +165,13 @@ class GrpcFrontEnd:
         """Run a plain function on the loop (thread-safe)."""
         self._loop.call_soon_threadsafe(callback)
 
-    def start(self, address: str) -> int:
-        """Bind `address` and start answering (health NOT_SERVING until `set_health`); returns the bound port."""
-        self.port = self.run(self._start(address))
+    def start(self, address: str, extra_addresses: Iterable[str] = ()) -> int:
+        """Bind `address` (and `extra_addresses`, such as `unix:PATH`) and start answering (health NOT_SERVING until
+        `set_health`); returns the bound port (0 when an address cannot be bound)."""
+        self.port = self.run(self._start(address, tuple(extra_addresses)))
         return self.port
 
-    async def _start(self, address: str) -> int:
+    async def _start(self, address: str, extra_addresses: tuple[str, ...] = ()) -> int:
         self._gate = Gate()
         server = grpc.aio.server(options=self._options)
         for service in self._services:
@@ -189,6 +191,9 @@ class GrpcFrontEnd:
         reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=pool)
         try:
             port = server.add_insecure_port(address)
+            for extra in extra_addresses:
+                if not server.add_insecure_port(extra):
+                    port = 0
         except RuntimeError:
             port = 0
         if port:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.metrics_core import Metric
 
 # Fine enough for sub-millisecond servers: 50 µs to 10 s.
@@ -155,6 +155,10 @@ class ServerMetrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format (what `GET /metrics` answers), every request counted."""
+        return generate_latest(self.registry)
 
     def serve(self, host: str, port: int) -> tuple[object, int]:
         """Expose `GET /metrics` on host:port (0 picks a free port); returns the HTTP server and its port."""

@@ -38,7 +38,7 @@ from kdeploy.serve.config import ModelSource
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.statistics import VersionStatistics
 from kdeploy.serve.triton_config import TRITON_CONFIG_FILE, apply_triton_config
-from kdeploy.wire.errors import not_found, unavailable
+from kdeploy.wire.errors import invalid, not_found, unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,42 @@ class ModelManager:
     @property
     def model_names(self) -> list[str]:
         return list(self._sources)
+
+    def __contains__(self, name: object) -> bool:
+        """Whether a model of that name is served now (the set changes when the model config is reloaded)."""
+        return name in self._sources
+
+    @property
+    def sources(self) -> list[ModelSource]:
+        """The models served now, as configured."""
+        return list(self._sources.values())
+
+    def reconfigure(self, sources: list[ModelSource]) -> None:
+        """Serve exactly these models from now on, as TF Serving's ReloadConfig: new models load, models left out
+        unload (after their in-flight requests), and a model whose base path changed is served from the new one;
+        policies and labels apply at once. Returns once the new config's versions have loaded or failed.
+        """
+        wanted = {s.name: s for s in sources}
+        with self._poll_lock:
+            with self._lock:
+                gone = [versions for name, versions in self._versions.items()
+                        if name not in wanted or wanted[name].base_path != self._sources[name].base_path]
+                for name in list(self._versions):
+                    if name not in wanted or wanted[name].base_path != self._sources[name].base_path:
+                        del self._versions[name]
+                        self._latest.pop(name, None)
+                        self._problems.pop(name, None)
+                for name in wanted:
+                    self._versions.setdefault(name, {})
+                self._sources = wanted
+            for versions in gone:
+                for served in versions.values():
+                    if served.state is VersionState.AVAILABLE:
+                        self._unload(served)
+                    elif served.backend is not None:
+                        self._close(served)
+            for source in sources:
+                self._poll_model(source)
 
     def load_all(self) -> None:
         """The first poll: load what the policies choose."""
@@ -397,7 +433,8 @@ class ModelManager:
                                       error=self._problems[name])]
             return [versions[v] for v in sorted(versions)]
         if version not in versions:
-            raise not_found(f"model {name!r} has no version {version} (versions: {sorted(versions)})")
+            raise not_found(f"Servable not found for request: Specific({name}, {version}): model {name!r} has no "
+                            f"version {version} (versions: {sorted(versions)})")
         return [versions[version]]
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ServedVersion:
@@ -412,14 +449,18 @@ class ModelManager:
                 return latest
         versions = self._model(name)
         if label:
-            labels = self._sources[name].labels
+            source = self._sources.get(name)
+            labels = source.labels if source is not None else {}
             if label not in labels:
-                raise not_found(f"model {name!r} has no version label {label!r} (labels: {sorted(labels) or 'none'})")
+                # TF Serving: INVALID_ARGUMENT (server_core.cc, GetModelVersionForLabel).
+                raise invalid(f"Unrecognized servable version label: {label} (model {name!r} has labels "
+                              f"{sorted(labels) or 'none'})")
             version = labels[label]
         if version is not None:
             served = versions.get(version)
             if served is None:
-                raise not_found(f"model {name!r} has no version {version} (versions: {sorted(versions)})")
+                raise not_found(f"Servable not found for request: Specific({name}, {version}): model {name!r} has "
+                                f"no version {version} (versions: {sorted(versions)})")
             if served.state is not VersionState.AVAILABLE:
                 detail = f": {served.error}" if served.error else ""
                 raise unavailable(f"model {name!r} version {version} is {served.state.name}{detail}")
@@ -458,7 +499,8 @@ class ModelManager:
         with self._lock:
             versions = self._versions.get(name)
             if versions is None:
-                raise not_found(f"model {name!r} is not served here (models: {', '.join(self.model_names)})")
+                raise not_found(f"Servable not found for request: Latest({name}): model {name!r} is not served here "
+                                f"(models: {', '.join(self.model_names)})")
             return dict(versions)
 
     def close(self) -> None:

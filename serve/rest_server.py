@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,8 +27,14 @@ DRAINING_MESSAGE = "the server is shutting down; retry (another replica takes ne
 class RestServer:
     """One aiohttp site serving `api`; start, refuse and stop run on the event loop."""
 
-    def __init__(self, api: RestApi) -> None:
+    def __init__(self, api: RestApi, metrics_page: tuple[str, Callable[[], bytes]] | None = None) -> None:
+        """
+        Args:
+            api: the TF Serving REST API.
+            metrics_page: a path and the Prometheus text to answer there (TF Serving's MonitoringConfig path).
+        """
         self._api = api
+        self._metrics_page = metrics_page
         self._refusing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -65,6 +72,9 @@ class RestServer:
     async def _handle(self, request: web.Request) -> web.Response:
         if self._refusing:
             return _json(503, {"error": DRAINING_MESSAGE}, close=True)
+        if self._metrics_page is not None and request.method == "GET" and request.path == self._metrics_page[0]:
+            return web.Response(body=self._metrics_page[1](), content_type="text/plain", charset="utf-8",
+                                headers={"X-Content-Type-Options": "nosniff"})
         body = None
         if request.method == "POST":
             limit = self._api.max_body_bytes

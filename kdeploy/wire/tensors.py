@@ -49,6 +49,14 @@ _KSERVE_TYPED_FIELD: dict[str, str] = {
 }
 
 
+_TF_TYPE_NAMES: dict[str, str] = {
+    "float16": "half", "float32": "float", "float64": "double", "int8": "int8", "int16": "int16", "int32": "int32",
+    "int64": "int64", "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64", "bool": "bool",
+    STRING: "string",
+}
+"""TensorFlow's own names of the dtypes (DataTypeString), as TF Serving's JSON errors say them."""
+
+
 def tf_dtype_name(enum_value: int) -> str:
     return _TF_ENUM_NAMES.get(enum_value, f"DataType({enum_value})")
 
@@ -254,8 +262,8 @@ def ndarray_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=spec.np_dtype)
     except (TypeError, ValueError) as exc:
-        raise invalid(f"input {name!r}: cannot read the JSON value as {spec.dtype} "
-                      f"with shape {format_shape(spec.shape)}: {exc}") from None
+        raise invalid(f"input {name!r}: a JSON value is not of expected type: {_TF_TYPE_NAMES[spec.dtype]} "
+                      f"({spec.dtype}, shape {format_shape(spec.shape)}): {exc}") from None
     return array
 
 

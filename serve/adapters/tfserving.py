@@ -8,6 +8,7 @@ GetModelMetadata lists them all.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from kdeploy.contract.signature import (
@@ -20,6 +21,7 @@ from kdeploy.contract.signature import (
 )
 from kdeploy.runtimes.base import stored_signature_defs
 from kdeploy.serve.adapters import tasks
+from kdeploy.serve.config_reload import ModelConfigReloader
 from kdeploy.serve.models import ServedVersion, VersionState
 from kdeploy.serve.service import InferenceService, deadline_of
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid
@@ -32,7 +34,7 @@ class TfServingAdapter:
     """Servicer methods for TF Serving's PredictionService and ModelService."""
 
     def __init__(self, service: InferenceService, protos: Protos, max_tensor_bytes: int,
-                 tensor_encoding: str = "typed") -> None:
+                 tensor_encoding: str = "typed", reloader: ModelConfigReloader | None = None) -> None:
         """
         Args:
             service: the inference service.
@@ -41,6 +43,7 @@ class TfServingAdapter:
             tensor_encoding: how Predict answers carry values: `typed` (`float_val`..., TF Serving's default) or
                 `content` (`tensor_content` bytes: less work for large outputs; clients using
                 `tf.make_ndarray` read both).
+            reloader: applies HandleReloadConfigRequest's config (None: the RPC is refused).
         """
         self._service = service
         self._max_bytes = max_tensor_bytes
@@ -52,6 +55,8 @@ class TfServingAdapter:
         self._MetadataResponse = protos.cls("tensorflow.serving.GetModelMetadataResponse")
         self._SignatureDefMap = protos.cls("tensorflow.serving.SignatureDefMap")
         self._StatusResponse = protos.cls("tensorflow.serving.GetModelStatusResponse")
+        self._ReloadResponse = protos.cls("tensorflow.serving.ReloadConfigResponse")
+        self._reloader = reloader
         self.request_types = {
             "Predict": protos.cls("tensorflow.serving.PredictRequest"),
             "Classify": protos.cls("tensorflow.serving.ClassificationRequest"),
@@ -59,6 +64,7 @@ class TfServingAdapter:
             "MultiInference": protos.cls("tensorflow.serving.MultiInferenceRequest"),
             "GetModelMetadata": protos.cls("tensorflow.serving.GetModelMetadataRequest"),
             "GetModelStatus": protos.cls("tensorflow.serving.GetModelStatusRequest"),
+            "HandleReloadConfigRequest": protos.cls("tensorflow.serving.ReloadConfigRequest"),
         }
 
     def _spec(self, spec: Any) -> tuple[str, int | None, str | None]:
@@ -170,6 +176,23 @@ class TfServingAdapter:
             if served.error:
                 status.status.error_code = 14 if served.state is VersionState.END else 2  # UNAVAILABLE / UNKNOWN
                 status.status.error_message = served.error
+        return response
+
+
+    async def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
+        """Serve the request's ModelServerConfig from now on (off unless `--allow-config-reload`). Loading runs off
+        the event loop; the answer comes once the new versions have loaded, with TF Serving's status codes."""
+        if self._reloader is None:
+            raise ServeError(ErrorKind.FAILED_PRECONDITION, "HandleReloadConfigRequest is not available here")
+        await asyncio.get_running_loop().run_in_executor(None, self._reloader.reload_request, request.config)
+        response = self._ReloadResponse()
+        response.status.error_code = 0
+        # TF Serving reports the increase of each TensorFlow monitoring metric asked for, 0 for one it does not
+        # have; kdeploy has none of TensorFlow's, so each is 0.
+        for name in request.metric_names:
+            metric = response.metric.add()
+            metric.name = name
+            metric.int64_value_increase = 0
         return response
 
 
