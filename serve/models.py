@@ -83,6 +83,9 @@ class ServedVersion:
     """The runtime's time for one row, measured at warm-up: whether a request is run inline on the event loop."""
     max_batch_size: int = 0
     """Largest batch a request may carry (a Triton config.pbtxt's max_batch_size); 0: no limit."""
+    check_shapes: bool = True
+    """Whether requests must match the signature's shapes. Off where TF Serving feeds a model the tensors as they
+    come and lets the runtime decide (see `feeds_as_given`)."""
     fingerprint: tuple = ()
     """What the folder looked like when it was loaded (a failed version is retried when this changes)."""
     inflight: int = 0
@@ -127,6 +130,14 @@ class ServedVersion:
         with self._drained:
             self.state = VersionState.UNLOADING
             return self._drained.wait_for(lambda: self.inflight == 0, timeout)
+
+
+def feeds_as_given(backend_format: str, manifest: Manifest) -> bool:
+    """Whether a version's runtime takes request tensors in whatever shape they come, as TF Serving feeds them:
+    every SavedModel (the graph decides: half_plus_two's `[-1, 1]` placeholder takes `[3]` and answers `[3]`), and a
+    TFLite model kdeploy did not export (resized to the request, as TF Serving's TFLite session does). kdeploy's own
+    TFLite and every ONNX version keep the exact check and its clear error."""
+    return backend_format == "savedmodel" or (backend_format == "tflite" and manifest.discovered)
 
 
 def folder_fingerprint(path: Path) -> tuple:
@@ -333,6 +344,7 @@ class ModelManager:
                          extra={"model": source.name, "version": version})
             return
         served.manifest, served.backend = manifest, backend
+        served.check_shapes = not feeds_as_given(self._format, manifest)
         if batching is not None:
             served.batcher = Batcher(backend, batching, model=source.name, version=version, metrics=self._metrics,
                                      stats=served.stats)

@@ -202,8 +202,7 @@ def build_server(config: ServeConfig) -> RunningServer:
                                    config_file=config.model_config_file, allow_requests=config.allow_config_reload)
     executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")
     service = InferenceService(models, metrics, executor=executor,
-                               inline_max_seconds=config.inline_max_micros / 1e6,
-                               check_shapes=config.backend != "savedmodel")
+                               inline_max_seconds=config.inline_max_micros / 1e6)
     tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes,
                                  tensor_encoding=config.predict_tensor_encoding, reloader=reloader)
     kserve = KServeV2Adapter(service, protos, config.backend)

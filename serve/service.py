@@ -75,15 +75,11 @@ class InferenceService:
             metrics: where requests and runtime calls are counted.
             executor: threads that run heavier models for `infer_async` (None: every model runs inline).
             inline_max_seconds: models whose one-row run takes at most this long run inline on the event loop.
-            check_shapes: refuse an input of another rank or fixed dimension than the signature's. Off for the
-                savedmodel backend, which feeds the graph as TF Serving does: `[3]` into a `[-1, 1]` placeholder runs,
-                and a shape the graph cannot take fails with TensorFlow's message (INVALID_ARGUMENT).
         """
         self.models = models
         self.metrics = metrics
         self._executor = executor
         self._inline_max_seconds = inline_max_seconds
-        self._check_shapes = check_shapes
 
     def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
         """The version that serves a request, counted in-flight (so it is not unloaded) for the `with` block.
@@ -170,7 +166,8 @@ class InferenceService:
                     signature = served.loaded()[0].signature_named(signature_name)
                 if not feed and signature.inputs:
                     raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
-                checked = signature.validate_feed(feed, check_shapes=self._check_shapes)
+                # A version fed as TF Serving feeds it takes any shape, and the runtime decides (see feeds_as_given).
+                checked = signature.validate_feed(feed, check_shapes=served.check_shapes)
                 wanted = [signature.output(n).name for n in output_names] or signature.output_names
             except SignatureError as exc:
                 raise invalid(str(exc)) from None
