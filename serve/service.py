@@ -169,6 +169,9 @@ class InferenceService:
                 # A version fed as TF Serving feeds it takes any shape, and the runtime decides (see feeds_as_given).
                 checked = signature.validate_feed(feed, check_shapes=served.check_shapes)
                 wanted = [signature.output(n).name for n in output_names] or signature.output_names
+                if len(set(wanted)) != len(wanted):
+                    duplicate = next(n for n in wanted if wanted.count(n) > 1)
+                    raise invalid(f"duplicate output tensor alias: {duplicate}")
             except SignatureError as exc:
                 raise invalid(str(exc)) from None
             rows = batch_size(checked)

@@ -131,9 +131,10 @@ TENSOR_ENCODINGS: tuple[str, ...] = ("typed", "content")
 
 def fill_tensor_proto(proto: Any, array: np.ndarray, encoding: str = "content") -> None:
     """Write an array into a TensorProto: dtype, shape, and the values as `tensor_content` or the typed field."""
-    array = np.ascontiguousarray(array)
+    array = np.require(array, requirements="C")  # not ascontiguousarray: it makes a scalar one-dimensional
     dtype = _dtype_of(array)
     proto.dtype = dtype.tf_enum
+    proto.tensor_shape.SetInParent()  # a scalar's shape is present and empty, as TensorFlow writes it
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
     if dtype.name == STRING:  # TensorFlow never puts strings in tensor_content
