@@ -30,6 +30,7 @@ from kdeploy.contract.repository import ModelRepository
 from kdeploy.export.parity import ParityReport
 from kdeploy.export.sources import open_source, source_kind
 from kdeploy.export.verify import VerifyConfig, verify_version
+from kdeploy.export.warmup_requests import write_warmup_requests
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +233,9 @@ def export_model(
         )
         _check_cancel(cancel)
         write_manifest(stage, manifest)
+        warmup = write_warmup_requests(stage, manifest)
+        if warmup is not None:
+            progress(f"export: TF Serving warm-up requests written to {warmup.relative_to(stage)}")
         parity = None
         if config.verify:
             progress(f"verify: comparing every format with the source model ({source.reference_format}) ...")
