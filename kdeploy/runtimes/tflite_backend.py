@@ -31,11 +31,14 @@ class TFLiteBackend:
                  pool_size: int = 1) -> None:
         self._pool: queue.Queue = queue.Queue()
         self._interpreters = []
-        stored = tflite_signature_defs(path) if signature is None else {}
+        stored = tflite_signature_defs(path)
+        if signature is not None and signature.name not in stored:
+            stored = {}  # the manifest's signature is the model's own TFLite signature
         for _ in range(max(1, pool_size)):
             interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
             if stored:
-                signature, runner = _stored_signature_runner(interpreter, stored)
+                found, runner = _stored_signature_runner(interpreter, stored, signature.name if signature else None)
+                signature = signature or found
             else:
                 if signature is None:
                     signature = signature_of_interpreter(interpreter)
@@ -98,15 +101,16 @@ def _spec(name: str, details: Mapping[str, Any]) -> TensorSpec:
     return TensorSpec(name, dtype_by_name(dtype).name, tuple(None if int(d) < 0 else int(d) for d in shape))
 
 
-def _stored_signature_runner(interpreter: Interpreter, stored: Mapping[str, StoredSignature]
+def _stored_signature_runner(interpreter: Interpreter, stored: Mapping[str, StoredSignature], key: str | None
                              ) -> tuple[ModelSignature, Runner]:
-    """The default SignatureDef of the model's metadata (`serving_default`, else the first), over the tensors it
-    names: its keys are the signature's names, each tensor's dtype and shape the interpreter's.
+    """A SignatureDef of the model's metadata (`key`, or by default `serving_default`, else the first), over the
+    tensors it names: its keys are the signature's names, each tensor's dtype and shape the interpreter's.
 
     Raises:
         KeyError: when the SignatureDef names a tensor the model does not have.
     """
-    key = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in stored else sorted(stored)[0]
+    if key is None:
+        key = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in stored else sorted(stored)[0]
     definition = stored[key]
     inputs = {d["name"]: d for d in interpreter.get_input_details()}
     outputs = {d["name"]: d for d in interpreter.get_output_details()}
