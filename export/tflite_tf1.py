@@ -76,7 +76,7 @@ class _Serialized(bytes):
     """A serialized SignatureDef for flexbuffers' String: TensorFlow stores it as a STRING (binary, NUL-ended), and
     the builder's String takes text it encodes itself; this hands it the bytes as they are."""
 
-    def encode(self, *_args: object) -> bytes:  # type: ignore[override]
+    def encode(self, *_args: object) -> bytes:
         return bytes(self)
 
 
