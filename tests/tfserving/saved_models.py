@@ -1,8 +1,9 @@
 """The SavedModels TF Serving's tests write themselves (`test_tf_saved_model_save` and the Keras cases), written
-the same way, in a child process: `python -m tests.tfserving.saved_models KIND EXPORT_PATH`.
+the same way, in a child process: `python -m tests.tfserving.saved_models BASE KIND...` writes `BASE/KIND/00000123`.
 
 A child process because the tf.distribute case needs two virtual CPUs, which TensorFlow only lets a process
-configure before it first uses its devices (the test process may already have).
+configure before it first uses its devices (the test process may already have); one for all the other kinds, so
+TensorFlow is imported once.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 KINDS = ("tf_saved_model_save", "multiple_signatures", "keras_sequential", "keras_distributed")
 
 
-def write(kind: str, export_path: Path) -> subprocess.CompletedProcess[str]:
-    """Write the SavedModel of `kind` to `export_path` (a `BASE/00000123` folder) in a child process."""
-    return subprocess.run([sys.executable, "-m", "tests.tfserving.saved_models", kind, str(export_path)],
+def write(base: Path, *kinds: str) -> subprocess.CompletedProcess[str]:
+    """Write the SavedModels of `kinds` to `BASE/KIND/00000123` in one child process."""
+    return subprocess.run([sys.executable, "-m", "tests.tfserving.saved_models", str(base), *kinds],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd=Path(__file__).resolve().parents[2])
 
@@ -55,4 +56,5 @@ def _main(kind: str, export_path: str) -> None:
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1], sys.argv[2])
+    for name in sys.argv[2:]:
+        _main(name, str(Path(sys.argv[1]) / name / "00000123"))

@@ -313,24 +313,26 @@ def test_predict_with_signature_def_on_tf_lite(servers):
                            expected_version=model_version(model_path(TFLITE)))
 
 
-def _saved_model(tmp_path, kind: str):
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """The SavedModels upstream's tests write with TensorFlow (one child process writes them all)."""
     from tests.tfserving.saved_models import write
 
-    base_path = tmp_path / kind
-    written = write(kind, base_path / "00000123")
+    base = tmp_path_factory.mktemp("saved_models")
+    written = write(base, "tf_saved_model_save", "multiple_signatures", "keras_sequential")
     assert written.returncode == 0, written.stderr[-3000:]
-    return base_path
+    return base
 
 
-def test_tf_saved_model_save(servers, tmp_path):
-    base_path = _saved_model(tmp_path, "tf_saved_model_save")
+def test_tf_saved_model_save(servers, saved_models):
+    base_path = saved_models / "tf_saved_model_save"
     address = servers.run_server("default", base_path).grpc
     verify_predict_request(address, expected_output=12.0, specify_output=False,
                            expected_version=model_version(base_path))
 
 
-def test_tf_saved_model_save_multiple_signatures(servers, tmp_path):
-    base_path = _saved_model(tmp_path, "multiple_signatures")
+def test_tf_saved_model_save_multiple_signatures(servers, saved_models):
+    base_path = saved_models / "multiple_signatures"
     address = servers.run_server("default", base_path).grpc
     expected_version = model_version(base_path)
     verify_predict_request(address, expected_output=2.0, expected_version=expected_version,
@@ -338,14 +340,14 @@ def test_tf_saved_model_save_multiple_signatures(servers, tmp_path):
     verify_predict_request(address, expected_output=1.0, expected_version=expected_version)
 
 
-def test_sequential_keras_saved_model_save(servers, tmp_path):
+def test_sequential_keras_saved_model_save(servers, saved_models):
     """Upstream sends `x` and reads `y`, the layer names tf.keras 2 gave the signature. Keras 3 (TensorFlow 2.21's
     tf.keras) names them `inputs` and `output_0`, for TF Serving too: the same request with the names the
     SavedModel declares, and upstream's assertions."""
     from tensorflow.core.framework import types_pb2
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    base_path = _saved_model(tmp_path, "keras_sequential")
+    base_path = saved_models / "keras_sequential"
     address = servers.run_server("default", base_path).grpc
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "default"
