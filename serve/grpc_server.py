@@ -116,8 +116,7 @@ def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: Ser
     return call
 
 
-def _count(method: Method, metrics: ServerMetrics, known_models: Container[str], request: Any,
-           response: Any,
+def _count(method: Method, metrics: ServerMetrics, known_models: Container[str], request: Any, response: Any,
            status: grpc.StatusCode, started: float) -> None:
     """One RPC in the request metrics (inference RPCs only) and, with -v, the access log."""
     if method.model_of is not None:
