@@ -18,6 +18,7 @@ binary mode, as KServe's logger does: the attributes as `ce-*` headers, the v2 J
 from __future__ import annotations
 
 import base64
+import glob
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -158,14 +159,20 @@ class LoggedRequest:
 
 
 def payload_log_files(path: Path) -> list[Path]:
-    """The files of a payload log: the file itself, its rotated copies (`FILE.1`...), or every such file in a
-    folder. Order does not matter: records are sorted by time when read."""
+    """The files of a payload log, oldest first: the file's rotated copies (`FILE.2`, `FILE.1`) then the file
+    itself, or every such group in a folder (one per worker)."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and ".jsonl" in p.name)
-    siblings = sorted(path.parent.glob(path.name + ".*")) if path.parent.is_dir() else []
-    rotated = [p for p in siblings if p.suffix[1:].isdigit()]
-    return ([path] if path.is_file() else []) + rotated
+        files = [p for p in path.iterdir() if p.is_file() and ".jsonl" in p.name]
+    else:
+        siblings = list(path.parent.glob(glob.escape(path.name) + ".*")) if path.parent.is_dir() else []
+        files = ([path] if path.is_file() else []) + [p for p in siblings if p.suffix[1:].isdigit()]
+
+    def age(file: Path) -> tuple[str, int]:
+        rotated = file.suffix[1:].isdigit()
+        return (file.stem if rotated else file.name), -int(file.suffix[1:]) if rotated else 0
+
+    return sorted(files, key=age)
 
 
 def is_payload_log(path: Path) -> bool:
@@ -222,7 +229,7 @@ def read_payload_log(path: Path, model: str | None = None) -> list[LoggedRequest
     for request_id, outputs in responses.items():
         if request_id in requests:
             requests[request_id].outputs = outputs
-    return sorted(requests.values(), key=lambda r: r.time)
+    return sorted(requests.values(), key=lambda r: r.time)  # stable: same-microsecond records keep file order
 
 
 def replay_rows(records: list[LoggedRequest], signature: ModelSignature) -> list[LoggedRequest]:
