@@ -98,7 +98,7 @@ def logged(exported_repo, tmp_path_factory):
 
 
 def test_every_request_is_logged_with_its_answer_exactly(logged):
-    server, folder, sent, traces = logged
+    _, folder, sent, traces = logged
     events = _events(folder / "payload.jsonl", 2 * N)
     requests = [e for e in events if e["type"] == "org.kubeflow.serving.inference.request"]
     responses = {e["id"]: e for e in events if e["type"] == "org.kubeflow.serving.inference.response"}
@@ -157,7 +157,7 @@ def test_the_log_replays_through_loadtest(logged, exported_repo, kdeploy, tmp_pa
 
 
 def test_the_access_log_has_one_line_per_request(logged):
-    server, folder, sent, traces = logged
+    _, folder, _, traces = logged
     lines = _events(folder / "access.jsonl", N)
     inference = [line for line in lines if line["model"] == "digits"]
     assert len(inference) >= N

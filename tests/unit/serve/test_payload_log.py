@@ -178,7 +178,7 @@ def test_events_are_posted_in_binary_mode(tmp_path):
     received: list[tuple[dict, bytes]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
+        def do_POST(self):
             received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(200)
             self.send_header("Content-Length", "0")
