@@ -98,12 +98,12 @@ def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: Ser
         if not gate.enter():
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
         started = time.perf_counter()
-        status, response, counted = grpc.StatusCode.OK, None, False
-        if observers is not None:
-            scope = observers.begin(method.protocol, operation, lambda: context.invocation_metadata() or (),
-                                    context.peer(), kind_rpc=True)
-            token = REQUEST.set(scope)
+        status, response, counted, scope = grpc.StatusCode.OK, None, False, None
         try:
+            if observers is not None:  # inside the try: the gate is left whatever happens
+                scope = observers.begin(method.protocol, operation, lambda: context.invocation_metadata() or (),
+                                        context.peer(), kind_rpc=True)
+                token = REQUEST.set(scope)
             try:
                 response = await call_adapter(request, context) if is_coroutine else call_adapter(request, context)
                 return response  # sent once this coroutine ends: after the `finally` below has counted it
@@ -120,7 +120,7 @@ def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: Ser
             gate.leave()
             if not counted:
                 _count(method, metrics, known_models, request, response, status, started)
-            if observers is not None:
+            if scope is not None and observers is not None:
                 REQUEST.reset(token)
                 _observed(observers, scope, method, request, response, status)
 

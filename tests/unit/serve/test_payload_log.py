@@ -220,3 +220,21 @@ def test_payload_log_settings_are_checked(tmp_path):
         check(payload_log_rate=2.0, payload_log_file=tmp_path / "p.jsonl")
     with pytest.raises(UsageError, match="expected http"):
         CloudEventsPoster("collector:8080")
+
+
+def test_each_worker_writes_log_files_of_its_own(tmp_path):
+    from kdeploy.serve.config import ServeConfig
+    from kdeploy.serve.workers import _own_files
+
+    config = ServeConfig(models=(), payload_log_rate=1.0, payload_log_file=tmp_path / "payload.jsonl",
+                         access_log=str(tmp_path / "access.jsonl"))
+    worker = _own_files(config, 1)
+    assert worker.payload_log_file == tmp_path / "payload.worker-1.jsonl"
+    assert worker.access_log == str(tmp_path / "access.worker-1.jsonl")
+    assert _own_files(ServeConfig(models=(), access_log="-"), 0).access_log == "-"  # standard output is shared
+    # The replay reads every worker's file from the folder.
+    for index in range(2):
+        context = _context(id=f"w{index}")
+        (tmp_path / f"payload.worker-{index}.jsonl").write_text(
+            event_line(request_event(context, {"x": np.ones((1, 2), np.float32)}, index)))
+    assert {r.id for r in read_payload_log(tmp_path)} == {"w0", "w1"}
