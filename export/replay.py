@@ -35,6 +35,8 @@ def _row_key(feed: Feed, index: int) -> tuple:
 class LoggedAnswers:
     """A backend that answers the logged inputs with the logged outputs (looked up by the input row's bytes)."""
 
+    format = LOGGED
+
     def __init__(self, signature: ModelSignature, records: list[LoggedRequest]) -> None:
         self._signature = signature
         self._rows: dict[tuple, dict[str, np.ndarray]] = {}
