@@ -8,7 +8,6 @@ server answered in production agrees with the source model on those very inputs.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,6 @@ import numpy as np
 from kdeploy.contract.manifest import Manifest
 from kdeploy.contract.signature import Feed, ModelSignature, batch_size
 from kdeploy.wire.payload_log import LoggedRequest, read_payload_log, replay_rows, stacked_inputs
-
-logger = logging.getLogger(__name__)
 
 LOGGED = "logged"
 """The candidate name of the logged answers in the parity report."""
@@ -58,9 +55,9 @@ class LoggedAnswers:
         self._rows = {}
 
 
-def logged_inputs(path: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], str, LoggedAnswers | None]:
+def logged_inputs(path: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], str, LoggedAnswers | None, str]:
     """The logged requests of the manifest's model as one feed, a description, and the logged answers of this
-    version when every such request has them (None otherwise, with the reason logged).
+    version when every such request has them (else None, and the fourth item says why).
 
     Raises:
         UsageError: when the log holds no request this model's signature takes.
@@ -69,13 +66,11 @@ def logged_inputs(path: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray]
     feed = stacked_inputs(records)
     described = f"{len(records)} logged requests ({batch_size(feed)} rows) from {path}"
     others = sorted({r.version for r in records} - {manifest.version})
-    wanted = set(manifest.signature.output_names)
     if others:
-        logger.info("logged answers not compared: version(s) %s answered some of the logged requests, not only "
-                    "version %d", others, manifest.version)
-        return feed, described, None
+        return feed, described, None, (f"logged answers not compared: version(s) {others} answered some of the "
+                                       f"logged requests, not only version {manifest.version}")
+    wanted = set(manifest.signature.output_names)
     if any(r.outputs is None or set(r.outputs) != wanted for r in records):
-        logger.info("logged answers not compared: some answers of version %d lack outputs (a request that asked "
-                    "for some outputs only, or a response not logged)", manifest.version)
-        return feed, described, None
-    return feed, described, LoggedAnswers(manifest.signature, records)
+        return feed, described, None, ("logged answers not compared: some lack outputs (a request that asked for "
+                                       "some outputs only, or a response that was not logged)")
+    return feed, described, LoggedAnswers(manifest.signature, records), ""

@@ -105,7 +105,9 @@ def verify_version(
     manifest = read_manifest(version_dir)
     answers: LoggedAnswers | None = None
     if config.data is not None and is_payload_log(config.data):  # requests a server logged, and its answers
-        feed, data_source, answers = logged_inputs(config.data, manifest)
+        feed, data_source, answers, note = logged_inputs(config.data, manifest)
+        if note:
+            progress(f"verify: {note}")
         feed, labels = slice_feed(feed, 0, min(config.samples, batch_size(feed))), None
     else:
         feed, labels, data_source = load_inputs(version_dir, manifest, config)

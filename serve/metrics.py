@@ -23,6 +23,9 @@ LABELS: dict[str, str] = {
     "version": "model version number",
     "protocol": "`tfserving-grpc`, `kserve-grpc` or `tfserving-rest`",
     "status": "gRPC status name (`OK`, `INVALID_ARGUMENT`, ...); REST answers count under the matching name",
+    "log": "`payload` (`--payload-log-*`) or `access` (`--access-log`)",
+    "reason": "`queue_full` (the writer fell behind; requests never wait for it) or `sink_error` (the file or URL "
+              "refused the records)",
 }
 """What each label holds (for the reference page)."""
 UNKNOWN_MODEL = "_unknown"
