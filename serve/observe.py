@@ -77,7 +77,7 @@ class RequestScope:
     started: float
     """`time.perf_counter()` at the same moment (latency)."""
     span: Any = None
-    """The request's OpenTelemetry span when it is sampled; None otherwise."""
+    """The request's OpenTelemetry span (a non-recording one when the sampler left it out); None without tracing."""
     model: str = ""
     """The model that answered (set by the inference service)."""
     version: str = ""
@@ -102,7 +102,7 @@ class Observers:
 
     def begin(self, protocol: str, operation: str, headers: Callable[[], Iterable[tuple[str, str]]],
               peer: str, *, kind_rpc: bool) -> RequestScope:
-        """A request arrived: start its span (when tracing) and make it the current request.
+        """A request arrived: its scope, with its span started when tracing (the caller makes it `REQUEST`).
 
         Args:
             protocol: the metrics' protocol label.

@@ -257,6 +257,3 @@ def stacked_inputs(records: list[LoggedRequest]) -> dict[str, np.ndarray]:
     names = list(records[0].inputs)
     return {name: np.concatenate([r.inputs[name] for r in records], axis=0) for name in names}
 
-
-def rows_logged(records: list[LoggedRequest]) -> int:
-    return sum(batch_size(r.inputs) for r in records)
