@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from kdeploy.common.errors import UsageError
-from kdeploy.contract.signature import DTYPES, STRING, ModelSignature, batch_size
+from kdeploy.contract.signature import DTYPES, STRING, ModelSignature
 
 logger = logging.getLogger(__name__)
 
