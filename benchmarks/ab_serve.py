@@ -69,13 +69,14 @@ def server_command(variant: str, model: str, version_dir: Path, port: int, scrat
             env, "kdeploy serve:")
 
 
-def perf(model: str, port: int, concurrency: str, shapes: str) -> tuple[float, float]:
+def perf(model: str, port: int, concurrency: str, shapes: str, windows: int = 3) -> tuple[float, float]:
     """Inferences per second and p50 µs of one short perf_analyzer run (zeros if it failed)."""
     tfserving = concurrency.endswith("t")
     level = concurrency.rstrip("t")
     with tempfile.NamedTemporaryFile(suffix=".csv") as out:
         command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
-                   "--concurrency-range", f"{level}:{level}", "-p", "1500", "-r", "3", "-s", "100", "-f", out.name]
+                   "--concurrency-range", f"{level}:{level}", "-p", "1500", "-r", str(windows), "-s", "100",
+                   "-f", out.name]
         command += ["--service-kind=tfserving", "--shape", shapes] if tfserving else ["-x", "1"]
         subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300, check=False)
         with open(out.name) as written:
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("rounds", type=int)
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--windows", type=int, default=3,
+                        help="perf_analyzer's measurement windows before it gives up on a stable one (a variant whose "
+                             "throughput swings, as with logging threads on a busy machine, needs more)")
     args = parser.parse_args()
     version_dir = sorted((OUT / "repo" / args.model).iterdir())[-1]
     signature = read_manifest(version_dir).signature
@@ -118,7 +122,8 @@ def main() -> None:
                 order = args.variants if round_number % 2 == 0 else args.variants[::-1]
                 for level in levels:
                     for variant in order:
-                        results[variant][level].append(perf(args.model, servers[variant][1], level, shapes))
+                        results[variant][level].append(perf(args.model, servers[variant][1], level, shapes,
+                                                            args.windows))
                 print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             for process, _port in servers.values():
