@@ -204,7 +204,8 @@ def build_observers(config: ServeConfig, metrics: ServerMetrics, environ: Mappin
                                                namespace=environ.get("POD_NAMESPACE", ""))
     except OSError as exc:
         observers.close()
-        raise UsageError(f"cannot open a log file: {exc.filename or ''} {exc.strerror or exc}".strip()) from None
+        where = f" {exc.filename}" if exc.filename else ""
+        raise UsageError(f"cannot open the log file{where}: {exc.strerror or exc}") from None
     except UsageError:
         observers.close()
         raise
