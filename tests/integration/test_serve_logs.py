@@ -216,8 +216,9 @@ def test_a_sink_that_blocks_drops_and_counts_instead_of_slowing_requests(exporte
             client.infer("digits", [tensor])
             latencies.append(time.perf_counter() - started)
         client.close()
-        # The sink holds the writer for its 5 s timeout per post; a request that waited for it would take that long.
-        assert max(latencies) < 2.5, max(latencies)
+        # The sink holds the writer for its 5 s timeout per post, so a request that waited for the writer would take
+        # that long; none comes near it (4 s leaves room for a busy machine's hiccups, not for a 5 s wait).
+        assert max(latencies) < 4.0, max(latencies)
         dropped = _metric(server, "kdeploy_log_records_dropped_total", log="payload", reason="queue_full")
         assert 200 - 4 - 5 <= dropped <= 200  # all but what the queue and the blocked writer hold
     finally:
