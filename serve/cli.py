@@ -117,6 +117,24 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=parse_workers, default=DEFAULTS.workers, metavar="N|auto",
                         help="server processes sharing the ports with SO_REUSEPORT, each loading the models; auto: "
                              f"one per CPU this process may use (the production setting; default {DEFAULTS.workers})")
+    logs = parser.add_argument_group("payload and access logs (tracing is set by the OTEL_* variables)")
+    logs.add_argument("--payload-log-rate", type=float, default=DEFAULTS.payload_log_rate, metavar="SHARE",
+                      help="log this share (0-1) of answered requests with their answers (default 0: off)")
+    logs.add_argument("--payload-log-file", type=Path, default=DEFAULTS.payload_log_file, metavar="PATH",
+                      help="payload log as JSON lines (one CloudEvent per line), rotated by size; with --workers, "
+                           "each worker writes PATH with .worker-N before its suffix")
+    logs.add_argument("--payload-log-url", default=DEFAULTS.payload_log_url, metavar="URL",
+                      help="also POST each event to URL as KServe's logger does (binary-mode CloudEvents)")
+    logs.add_argument("--payload-log-max-mb", type=int, default=DEFAULTS.payload_log_max_mb,
+                      help="rotate the payload log file at this size in MiB "
+                           f"(default {DEFAULTS.payload_log_max_mb}; 0: never)")
+    logs.add_argument("--payload-log-backups", type=int, default=DEFAULTS.payload_log_backups,
+                      help=f"rotated payload log files kept (default {DEFAULTS.payload_log_backups})")
+    logs.add_argument("--access-log", default=DEFAULTS.access_log, metavar="FILE|-",
+                      help="one JSON line per request to FILE, or - for standard output (default: off)")
+    logs.add_argument("--log-queue-size", type=int, default=DEFAULTS.log_queue_size,
+                      help="records each log queues for its writer thread before dropping them (counted in "
+                           f"kdeploy_log_records_dropped_total; default {DEFAULTS.log_queue_size})")
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                         help="log lines as text or JSON (default: JSON when standard error is not a terminal)")
     apply_env_defaults(parser)
@@ -138,16 +156,22 @@ def parse_workers(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {text!r}") from None
 
 
+def env_var(flag: str, prefix: str = ENV_PREFIX) -> str:
+    """The environment variable a flag defaults to: `--grpc-port` -> `KDEPLOY_GRPC_PORT`."""
+    return prefix + flag.lstrip("-").replace("-", "_").upper()
+
+
 def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
     """Let every `--some-flag` default to the environment variable `KDEPLOY_SOME_FLAG` (container settings).
 
     Command-line flags still win. Boolean flags take 1/true/yes; repeatable ones a comma-separated list.
     """
+    parser.set_defaults(env_prefix=ENV_PREFIX)  # how the reference pages (tools/docs.py) learn of the variables
     for action in parser._actions:  # noqa: SLF001 - argparse offers no public list of actions
         long_names = [o for o in action.option_strings if o.startswith("--")]
         if not long_names or action.dest == "help":
             continue
-        value = os.environ.get(ENV_PREFIX + long_names[0][2:].replace("-", "_").upper())
+        value = os.environ.get(env_var(long_names[0]))
         if value is None:
             continue
         if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
@@ -195,6 +219,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         grpc_channel_arguments=parse_grpc_channel_arguments(args.grpc_channel_arguments),
         rest_metrics_path=(read_monitoring_path(args.monitoring_config_file)
                            if args.monitoring_config_file is not None else None),
+        payload_log_rate=args.payload_log_rate, payload_log_file=args.payload_log_file,
+        payload_log_url=args.payload_log_url, payload_log_max_mb=args.payload_log_max_mb,
+        payload_log_backups=args.payload_log_backups, access_log=args.access_log,
+        log_queue_size=args.log_queue_size,
     )
 
 

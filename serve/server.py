@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from kdeploy.serve.config_reload import ModelConfigReloader
 from kdeploy.serve.grpc_server import GrpcFrontEnd, Method, Service
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager
+from kdeploy.serve.observe import Observers, build_observers
 from kdeploy.serve.rest_server import RestServer
 from kdeploy.serve.service import InferenceService
 from kdeploy.wire.protos.messages import Protos, load_protos
@@ -123,6 +125,8 @@ class RunningServer:
     metrics_port: int | None
     started_at: float
     stopping: threading.Event = field(default_factory=threading.Event)
+    observers: Observers | None = None
+    """Tracing, payload and access logs (None: all off)."""
 
     def set_serving(self) -> None:
         """Health SERVING for the server when every model is ready, and per model when that model is."""
@@ -161,6 +165,8 @@ class RunningServer:
         if rest is not None:
             self.front_end.run(rest.stop(), timeout=max(1.0, deadline - time.monotonic()))
         self.models.close()
+        if self.observers is not None:  # spans exported, queued log records written (before the process exits)
+            self.observers.close()
         self.metrics.close()  # a worker's last counts reach the files its parent reads
         if release_ports:
             self.front_end.close()
@@ -183,6 +189,13 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _kdeploy_version() -> str:
+    try:
+        return importlib.metadata.version("kdeploy")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 def build_server(config: ServeConfig) -> RunningServer:
     """Start gRPC (TF Serving, KServe v2, health, reflection), REST and metrics, then load the models.
 
@@ -200,9 +213,10 @@ def build_server(config: ServeConfig) -> RunningServer:
     running_box: list[RunningServer] = []  # the reloader tells the running server (made below) to update health
     reloader = ModelConfigReloader(models, lambda: running_box[0].set_serving() if running_box else None,
                                    config_file=config.model_config_file, allow_requests=config.allow_config_reload)
+    observers = build_observers(config, metrics, os.environ, _kdeploy_version())
     executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")
     service = InferenceService(models, metrics, executor=executor,
-                               inline_max_seconds=config.inline_max_micros / 1e6)
+                               inline_max_seconds=config.inline_max_micros / 1e6, observers=observers)
     tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes,
                                  tensor_encoding=config.predict_tensor_encoding, reloader=reloader)
     kserve = KServeV2Adapter(service, protos, config.backend)
@@ -214,19 +228,22 @@ def build_server(config: ServeConfig) -> RunningServer:
          Service(KSERVE_SERVICE, methods[KSERVE_SERVICE], kserve)],
         metrics, known, options=config.grpc_options,
         reflection_names=(PREDICTION_SERVICE, MODEL_SERVICE, KSERVE_SERVICE), reflection_pool=_reflection_pool(protos),
+        observers=observers,
     )
     # Health (NOT_SERVING) and UNAVAILABLE answers are served while the models load, then health flips to SERVING.
     extra = (f"unix:{config.grpc_socket_path}",) if config.grpc_socket_path else ()
     grpc_port = front_end.start(f"{config.host}:{config.grpc_port}", extra)
     if grpc_port == 0:
         front_end.close()
+        if observers is not None:
+            observers.close()
         raise UsageError(f"cannot listen for gRPC on {config.host}:{config.grpc_port} (port in use?)"
                          + (f" or on {extra[0]}" if extra else ""))
     rest, rest_port = None, None
     metrics_server, metrics_port = None, None
     try:
         if config.rest_port is not None:
-            rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known),
+            rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known), observers,
                               metrics_page=(config.rest_metrics_path, metrics.exposition)
                               if config.rest_metrics_path else None)
             rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port))
@@ -236,10 +253,12 @@ def build_server(config: ServeConfig) -> RunningServer:
         if rest is not None and rest_port is not None:
             front_end.run(rest.stop())
         front_end.close()
+        if observers is not None:
+            observers.close()
         raise UsageError(f"cannot listen for REST or metrics on {config.host}: {exc.strerror or exc}") from None
 
     running = RunningServer(config, models, metrics, front_end, grpc_port, executor, rest, rest_port,
-                            metrics_server, metrics_port, started)
+                            metrics_server, metrics_port, started, observers=observers)
     running_box.append(running)
     models.load_all()
     running.set_serving()
