@@ -192,11 +192,6 @@ class ModelManager:
         """Whether a model of that name is served now (the set changes when the model config is reloaded)."""
         return name in self._sources
 
-    @property
-    def sources(self) -> list[ModelSource]:
-        """The models served now, as configured."""
-        return list(self._sources.values())
-
     def reconfigure(self, sources: list[ModelSource]) -> None:
         """Serve exactly these models from now on, as TF Serving's ReloadConfig: new models load, models left out
         unload (after their in-flight requests), and a model whose base path changed is served from the new one;
@@ -205,13 +200,12 @@ class ModelManager:
         wanted = {s.name: s for s in sources}
         with self._poll_lock:
             with self._lock:
-                gone = [versions for name, versions in self._versions.items()
-                        if name not in wanted or wanted[name].base_path != self._sources[name].base_path]
-                for name in list(self._versions):
-                    if name not in wanted or wanted[name].base_path != self._sources[name].base_path:
-                        del self._versions[name]
-                        self._latest.pop(name, None)
-                        self._problems.pop(name, None)
+                dropped = [name for name in self._versions
+                           if name not in wanted or wanted[name].base_path != self._sources[name].base_path]
+                gone = [self._versions.pop(name) for name in dropped]
+                for name in dropped:
+                    self._latest.pop(name, None)
+                    self._problems.pop(name, None)
                 for name in wanted:
                     self._versions.setdefault(name, {})
                 self._sources = wanted
