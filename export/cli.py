@@ -8,6 +8,7 @@ from pathlib import Path
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import FORMATS, TFLITE_QUANTIZATIONS
 from kdeploy.wire.protocols import PROTOCOLS
+from kdeploy.wire.tls import add_tls_arguments, client_tls_from_args
 
 
 def parse_per_format(values: list[str] | None, flag: str) -> dict[str, float]:
@@ -114,6 +115,7 @@ def add_verify_parser(commands: argparse._SubParsersAction) -> None:
                         help="compare what a running server (kdeploy, TF Serving, Triton) returns instead of the files")
     parser.add_argument("--protocol", default="tfserving-grpc", choices=PROTOCOLS,
                         help="protocol of --endpoint (default tfserving-grpc; REST needs the REST port)")
+    add_tls_arguments(parser)
     _add_verify_options(parser)
     parser.set_defaults(run=run_verify)
 
@@ -126,6 +128,9 @@ def run_verify(args: argparse.Namespace) -> int:
     config = _verify_config(args)
     version_dir = resolve_version_dir(args.model_dir, args.version)
     candidates = None
+    tls = client_tls_from_args(args)
+    if tls is not None and not args.endpoint:
+        raise UsageError("--tls and --tls-* are for --endpoint (the files are verified without a connection)")
     if args.endpoint:
         from dataclasses import replace
 
@@ -136,7 +141,7 @@ def run_verify(args: argparse.Namespace) -> int:
             raise UsageError(f"{version_dir} has no manifest.json: --endpoint compares a server with the version's "
                              "source model, which only an exported version keeps; verify it without --endpoint")
         manifest = read_manifest(version_dir)
-        client = connect(args.protocol, args.endpoint, manifest.name, manifest.version, manifest.signature)
+        client = connect(args.protocol, args.endpoint, manifest.name, manifest.version, manifest.signature, tls=tls)
         candidates = {args.protocol: client}
         if config.report_dir is None:
             # Keep the files' own parity report; served parity goes beside it.

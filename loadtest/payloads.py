@@ -144,7 +144,8 @@ def signature_and_rows(settings: WorkloadSettings, address: str,
     if settings.signature_from_server:
         from kdeploy.loadtest.metadata import fetch_signature
 
-        signature = fetch_signature(settings.protocol, address, settings.model, settings.model_version, timeout_s)
+        signature = fetch_signature(settings.protocol, address, settings.model, settings.model_version, timeout_s,
+                                    tls=settings.tls)
     else:
         assert settings.repository is not None  # WorkloadSettings requires one of the two
         version_dir = version_dir_for(settings.repository, settings.model, settings.model_version)

@@ -30,6 +30,7 @@ from kdeploy.loadtest.metadata import GRPC_CHANNEL_OPTIONS
 from kdeploy.loadtest.pacing import OpenLoopSchedule
 from kdeploy.loadtest.payloads import Payloads
 from kdeploy.loadtest.recorder import RequestError
+from kdeploy.wire.tls import secure_channel
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class GrpcUser(PacedUser, User):
     def _connect(self) -> None:
         # A local subchannel pool gives every user its own connection, as separate clients would have.
         options = (*GRPC_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
-        self._channel = grpc.insecure_channel(host_address(self.host), options=options)
+        self._channel = secure_channel(host_address(self.host), self.workload.settings.tls, options=options)
         self._call = self._channel.unary_unary(self.workload.payloads.path)
         self._timeout = self.workload.settings.request_timeout_s
         # Connect, and send one request that is not counted, before measuring: the TCP/HTTP2 handshake and the
@@ -221,6 +222,12 @@ class TfServingRestUser(PacedUser, FastHttpUser):
         workload = find_workload(environment)
         if workload is not None:
             self.network_timeout = self.connection_timeout = workload.settings.request_timeout_s
+            tls = workload.settings.tls
+            if tls is not None:
+                # Verify the server (Locust's default is not to), with gevent's SSLContext (patched into `ssl`).
+                self.insecure = False
+                context = tls.ssl_context()
+                self.ssl_context_factory = lambda *args, **kwargs: context
         super().__init__(environment)
 
     def on_start(self) -> None:

@@ -13,6 +13,7 @@ from kdeploy.common.errors import UsageError
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
 from kdeploy.serve.config import BACKENDS, BatchingParameters, ServeConfig, VersionPolicy
 from kdeploy.serve.configs import ConfigsConfig
+from kdeploy.serve.tls import CertificateReloader
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,20 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     logs.add_argument("--log-queue-size", type=int, default=DEFAULTS.log_queue_size,
                       help="records each log queues for its writer thread before dropping them (counted in "
                            f"kdeploy_log_records_dropped_total; default {DEFAULTS.log_queue_size})")
+    tls = parser.add_argument_group("TLS", "TLS on every port (gRPC, REST, metrics); files renewed in place (as "
+                                           "cert-manager does) are picked up without a restart")
+    tls.add_argument("--tls-cert", type=Path, default=DEFAULTS.tls_cert, metavar="FILE",
+                     help="PEM certificate chain of the server (with --tls-key)")
+    tls.add_argument("--tls-key", type=Path, default=DEFAULTS.tls_key, metavar="FILE",
+                     help="PEM private key of --tls-cert (unencrypted)")
+    tls.add_argument("--tls-client-ca", type=Path, default=DEFAULTS.tls_client_ca, metavar="FILE",
+                     help="mutual TLS: PEM CA certificates every client's certificate must chain to")
+    tls.add_argument("--ssl-config-file", type=Path, default=DEFAULTS.ssl_config_file, metavar="FILE",
+                     help="TF Serving's SSLConfig text file (server_key, server_cert, custom_ca, client_verify) "
+                          "instead of the --tls-* files; applied to every port, not only gRPC")
+    tls.add_argument("--health-port", type=int, default=DEFAULTS.health_port,
+                     help="also answer grpc.health.v1, and nothing else, in plaintext on this port (for kubelet's "
+                          "gRPC probe, which does not speak TLS; 0 picks a free one; default off)")
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                         help="log lines as text or JSON (default: JSON when standard error is not a terminal)")
     apply_env_defaults(parser)
@@ -182,6 +197,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         payload_log_url=args.payload_log_url, payload_log_max_mb=args.payload_log_max_mb,
         payload_log_backups=args.payload_log_backups, access_log=args.access_log,
         log_queue_size=args.log_queue_size,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, ssl_config_file=args.ssl_config_file, health_port=args.health_port,
     )
 
 
@@ -210,7 +227,8 @@ def run_serve(args: argparse.Namespace) -> int:
     unservable = f" unservable={','.join(sorted(problems))}" if problems else ""
     print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
           f"grpc={config.host}:{running.grpc_port} rest={rest} metrics={metrics} backend={config.backend} "
-          f"models={versions}{unservable}", flush=True)
+          f"models={versions}{unservable}{_security_banner(config.host, running.tls, running.health_port)}",
+          flush=True)
     try:
         while not running.stopping.wait(3600):
             pass
@@ -234,8 +252,8 @@ def run_workers(config: ServeConfig, level: int, log_format: str) -> int:
     metrics = f"{config.host}:{pool.metrics_port}" if pool.metrics_port is not None else "off"
     models = ",".join(m.name for m in config.models)
     print(f"kdeploy serve: {'SERVING' if pool.all_ready else 'NOT_SERVING'} grpc={config.host}:{pool.config.grpc_port} "
-          f"rest={rest} metrics={metrics} backend={config.backend} workers={config.workers} models={models}",
-          flush=True)
+          f"rest={rest} metrics={metrics} backend={config.backend} workers={config.workers} models={models}"
+          f"{_security_banner(config.host, pool.tls, pool.config.health_port)}", flush=True)
     died = None
     try:
         died = pool.wait()
@@ -247,6 +265,12 @@ def run_workers(config: ServeConfig, level: int, log_format: str) -> int:
     code = pool.stop()
     print("kdeploy serve: stopped", file=sys.stderr, flush=True)
     return 1 if died is not None else code
+
+
+def _security_banner(host: str, tls: CertificateReloader | None, health_port: int | None) -> str:
+    """` tls=on|mutual` and ` health=HOST:PORT` for the start-up line (nothing when off)."""
+    text = "" if tls is None else f" tls={'mutual' if tls.mutual else 'on'}"
+    return text + (f" health={host}:{health_port}" if health_port is not None else "")
 
 
 def _already_draining(signum: int, frame: object) -> None:

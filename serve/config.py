@@ -9,6 +9,7 @@ from typing import Any
 
 from kdeploy.common.errors import UsageError
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
+from kdeploy.serve.tls import TlsSource
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
@@ -177,6 +178,17 @@ class ServeConfig:
     """One JSON line per request to this file, or `-` for standard output (None: no access log)."""
     log_queue_size: int = 1000
     """Records the payload log and the access log each hold for their writer; beyond it they drop (and count)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: TLS on the gRPC, REST and metrics ports (renewed files are picked up while running)."""
+    tls_key: Path | None = None
+    """PEM private key of `tls_cert` (unencrypted)."""
+    tls_client_ca: Path | None = None
+    """PEM CA certificates: mutual TLS, every client must present a certificate signed by one of them."""
+    ssl_config_file: Path | None = None
+    """TF Serving's SSLConfig text file (server_key, server_cert, custom_ca, client_verify), instead of `tls_*`."""
+    health_port: int | None = None
+    """A plaintext port answering grpc.health.v1 only (kubelet's gRPC probe does not speak TLS); None turns it off,
+    0 picks a free port."""
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -200,6 +212,7 @@ class ServeConfig:
         if self.drain_grace_seconds > self.drain_seconds:
             raise UsageError("--drain-grace-seconds must not be longer than --drain-seconds")
         self._check_logs()
+        self.check_tls()
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise UsageError(f"model names must be unique, got {names}")
@@ -217,6 +230,24 @@ class ServeConfig:
             raise UsageError("--payload-log-max-mb and --payload-log-backups must not be negative")
         if self.log_queue_size < 1:
             raise UsageError(f"--log-queue-size must be at least 1, got {self.log_queue_size}")
+
+    def check_tls(self) -> None:
+        if self.ssl_config_file is not None and (self.tls_cert or self.tls_key or self.tls_client_ca):
+            raise UsageError("give --ssl-config-file or --tls-cert/--tls-key, not both")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client "
+                             "certificates")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+
+    @property
+    def tls_source(self) -> TlsSource | None:
+        """Where the TLS material comes from, or None for plaintext ports."""
+        if self.ssl_config_file is not None:
+            return TlsSource(ssl_config_file=self.ssl_config_file)
+        if self.tls_cert is not None:
+            return TlsSource(cert=self.tls_cert, key=self.tls_key, client_ca=self.tls_client_ca)
+        return None
 
     @property
     def max_message_bytes(self) -> int:

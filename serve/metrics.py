@@ -7,12 +7,15 @@ type, help, labels) and `LABELS` below, so a metric added here is documented by 
 from __future__ import annotations
 
 import bisect
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
+
+from kdeploy.serve.metrics_http import serve_metrics
 
 # Fine enough for sub-millisecond servers: 50 µs to 10 s.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.025,
@@ -170,10 +173,10 @@ class ServerMetrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def serve(self, host: str, port: int) -> tuple[object, int]:
-        """Expose `GET /metrics` on host:port (0 picks a free port); returns the HTTP server and its port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server, server.server_address[1]
+    def serve(self, host: str, port: int, tls_context: ssl.SSLContext | None = None) -> tuple[object, int]:
+        """Expose `GET /metrics` on host:port (0 picks a free port; HTTPS with `tls_context`); returns the HTTP
+        server and its port."""
+        return serve_metrics(self.registry, host, port, tls_context)
 
 
 class _FlushFirst:
@@ -190,11 +193,11 @@ class _FlushFirst:
         return iter(())
 
 
-def serve_multiprocess(directory: str, host: str, port: int) -> tuple[object, int]:
+def serve_multiprocess(directory: str, host: str, port: int,
+                       tls_context: ssl.SSLContext | None = None) -> tuple[object, int]:
     """Expose the metrics that worker processes write under `directory` (PROMETHEUS_MULTIPROC_DIR), summed."""
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server, server.server_address[1]
+    return serve_metrics(registry, host, port, tls_context)

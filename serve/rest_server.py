@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -37,8 +38,9 @@ class RestServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
-        """Listen on host:port (0 picks a free port) and return the bound port.
+    async def start(self, host: str, port: int, reuse_port: bool = False,
+                    ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0 picks a free port; HTTPS with `ssl_context`) and return the bound port.
 
         Raises:
             OSError: when the address cannot be bound.
@@ -48,7 +50,8 @@ class RestServer:
         app.router.add_route("*", "/{path:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None, backlog=128)
+        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None, backlog=128,
+                           ssl_context=ssl_context)
         try:
             await site.start()
         except OSError:

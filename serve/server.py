@@ -31,6 +31,7 @@ from kdeploy.serve.models import ModelManager
 from kdeploy.serve.observe import Observers, build_observers
 from kdeploy.serve.rest_server import RestServer
 from kdeploy.serve.service import InferenceService
+from kdeploy.serve.tls import CertificateReloader
 from kdeploy.wire.protos.messages import Protos, load_protos
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,10 @@ class RunningServer:
     stopping: threading.Event = field(default_factory=threading.Event)
     observers: Observers | None = None
     """Tracing, payload and access logs (None: all off)."""
+    tls: CertificateReloader | None = None
+    """The TLS material every port serves (None: plaintext)."""
+    health_port: int | None = None
+    """The plaintext health-only port, when asked for."""
 
     def set_serving(self) -> None:
         """Health SERVING for the server when every model is ready, and per model when that model is."""
@@ -203,6 +208,8 @@ def build_server(config: ServeConfig) -> RunningServer:
     """
     config.check()
     started = time.perf_counter()
+    source = config.tls_source
+    tls = CertificateReloader(source) if source is not None else None  # bad TLS files: a UsageError before binding
     protos = load_protos()
     metrics = ServerMetrics()
     if config.metrics_flush_seconds > 0:
@@ -231,20 +238,25 @@ def build_server(config: ServeConfig) -> RunningServer:
         observers=observers,
     )
     # Health (NOT_SERVING) and UNAVAILABLE answers are served while the models load, then health flips to SERVING.
-    grpc_port = front_end.start(f"{config.host}:{config.grpc_port}")
-    if grpc_port == 0:
+    health_address = None if config.health_port is None else f"{config.host}:{config.health_port}"
+    grpc_port = front_end.start(f"{config.host}:{config.grpc_port}", tls.grpc_credentials() if tls else None,
+                                health_address=health_address)
+    if grpc_port == 0 or front_end.health_port == 0:
         front_end.close()
         if observers is not None:
             observers.close()
-        raise UsageError(f"cannot listen for gRPC on {config.host}:{config.grpc_port} (port in use?)")
+        which = f"gRPC on {config.host}:{config.grpc_port}" if grpc_port == 0 else f"health on {health_address}"
+        raise UsageError(f"cannot listen for {which} (port in use?)")
     rest, rest_port = None, None
     metrics_server, metrics_port = None, None
     try:
         if config.rest_port is not None:
             rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known), observers)
-            rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port))
+            rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port,
+                                                 ssl_context=tls.reloading_context() if tls else None))
         if config.metrics_port is not None:
-            metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port)
+            metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port,
+                                                         tls.reloading_context() if tls else None)
     except OSError as exc:
         if rest is not None and rest_port is not None:
             front_end.run(rest.stop())
@@ -254,7 +266,8 @@ def build_server(config: ServeConfig) -> RunningServer:
         raise UsageError(f"cannot listen for REST or metrics on {config.host}: {exc.strerror or exc}") from None
 
     running = RunningServer(config, models, metrics, front_end, grpc_port, executor, rest, rest_port,
-                            metrics_server, metrics_port, started, observers=observers)
+                            metrics_server, metrics_port, started, observers=observers,
+                            tls=tls, health_port=front_end.health_port)
     models.load_all()
     running.set_serving()
     if config.poll_seconds > 0:

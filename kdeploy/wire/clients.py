@@ -19,6 +19,7 @@ from kdeploy.contract.signature import Feed, ModelSignature
 from kdeploy.wire.protocols import GRPC_METHODS, PROTOCOLS
 from kdeploy.wire.protos.messages import load_protos
 from kdeploy.wire.tensors import fill_tensor_proto, kserve_datatype, ndarray_from_tensor_proto, raw_bytes
+from kdeploy.wire.tls import ClientTls, secure_channel
 
 
 class ServedModelError(Exception):
@@ -26,15 +27,17 @@ class ServedModelError(Exception):
 
 
 class _GrpcClient:
-    def __init__(self, address: str, timeout: float) -> None:
-        self._channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 256 << 20),
-                                                                ("grpc.max_send_message_length", 256 << 20)])
+    def __init__(self, address: str, timeout: float, tls: ClientTls | None = None) -> None:
+        self._channel = secure_channel(address, tls, options=[("grpc.max_receive_message_length", 256 << 20),
+                                                              ("grpc.max_send_message_length", 256 << 20)])
         self._timeout = timeout
         try:
             grpc.channel_ready_future(self._channel).result(timeout=min(timeout, 5.0))
         except grpc.FutureTimeoutError:
             self._channel.close()
-            raise UsageError(f"cannot reach a gRPC server at {address}") from None
+            hint = (" over TLS (check --tls-ca, --tls-cert and --tls-server-name; the server's log says why it refused)"
+                    if tls else " (a TLS server needs --tls-ca or --tls)")
+            raise UsageError(f"cannot reach a gRPC server at {address}{hint}") from None
 
     def _call(self, path: str, request: Any, response_type: Any) -> Any:
         method = self._channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
@@ -54,8 +57,8 @@ class TfServingGrpcClient(_GrpcClient):
     format = "tfserving-grpc"
 
     def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
-                 timeout: float = 30.0) -> None:
-        super().__init__(address, timeout)
+                 timeout: float = 30.0, tls: ClientTls | None = None) -> None:
+        super().__init__(address, timeout, tls)
         protos = load_protos()
         self._request_type = protos.cls("tensorflow.serving.PredictRequest")
         self._response_type = protos.cls("tensorflow.serving.PredictResponse")
@@ -79,8 +82,8 @@ class KServeGrpcClient(_GrpcClient):
     format = "kserve-grpc"
 
     def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
-                 timeout: float = 30.0) -> None:
-        super().__init__(address, timeout)
+                 timeout: float = 30.0, tls: ClientTls | None = None) -> None:
+        super().__init__(address, timeout, tls)
         protos = load_protos()
         self._request_type = protos.cls("inference.ModelInferRequest")
         self._response_type = protos.cls("inference.ModelInferResponse")
@@ -118,12 +121,13 @@ class TfServingRestClient:
     format = "tfserving-rest"
 
     def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, tls: ClientTls | None = None) -> None:
         path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
-        self._url = f"http://{address}{path}"
+        self._url = f"{'https' if tls else 'http'}://{address}{path}"
         self._timeout, self.signature = timeout, signature
+        self._context = tls.ssl_context() if tls else None
         try:
-            with urllib.request.urlopen(self._url, timeout=min(timeout, 5.0)):
+            with urllib.request.urlopen(self._url, timeout=min(timeout, 5.0), context=self._context):
                 pass
         except urllib.error.HTTPError:
             pass  # the server answered: reachable (the model error shows on the first predict)
@@ -135,7 +139,7 @@ class TfServingRestClient:
         request = urllib.request.Request(self._url + ":predict", data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as response:
                 payload = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             raise ServedModelError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
@@ -148,8 +152,9 @@ class TfServingRestClient:
         pass
 
 
-def connect(protocol: str, address: str, model: str, version: int | None, signature: ModelSignature) -> Any:
-    """A client for `protocol` at `address`, checked to be reachable.
+def connect(protocol: str, address: str, model: str, version: int | None, signature: ModelSignature,
+            tls: ClientTls | None = None) -> Any:
+    """A client for `protocol` at `address` (over TLS with `tls`), checked to be reachable.
 
     Raises:
         UsageError: for an unknown protocol or an address where nothing answers.
@@ -158,4 +163,4 @@ def connect(protocol: str, address: str, model: str, version: int | None, signat
                "tfserving-rest": TfServingRestClient}
     if protocol not in clients:
         raise UsageError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    return clients[protocol](address, model, version, signature)
+    return clients[protocol](address, model, version, signature, tls=tls)
