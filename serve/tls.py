@@ -305,18 +305,26 @@ class CertificateReloader:
         """Server credentials that take up renewed material at the next connection's handshake."""
         import grpc
 
-        served = [self.generation]
+        return grpc.dynamic_ssl_server_credentials(self._material.grpc_configuration(), self.grpc_fetcher(),
+                                                   require_client_authentication=self.mutual)
+
+    def grpc_fetcher(self) -> Callable[[], Any]:
+        """gRPC's certificate-configuration fetcher: the new configuration once after each renewal, else None.
+
+        gRPC's core calls it before every new connection's handshake; None keeps the configuration it has.
+        """
+        handed_over = [self.generation]
 
         def fetch() -> Any:
-            # Called by gRPC's core before every new connection's handshake; None keeps the current configuration.
             self.refresh()
-            if served[0] == self.generation:
-                return None
-            served[0] = self.generation
-            return self._material.grpc_configuration()
+            with self._lock:
+                if handed_over[0] == self.generation:
+                    return None
+                handed_over[0] = self.generation
+                material = self._material
+            return material.grpc_configuration()
 
-        return grpc.dynamic_ssl_server_credentials(self._material.grpc_configuration(), fetch,
-                                                   require_client_authentication=self.mutual)
+        return fetch
 
     def reloading_context(self) -> ssl.SSLContext:
         """An `SSLContext` for servers that take one context for good (aiohttp, the metrics server)."""
