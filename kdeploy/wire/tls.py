@@ -63,14 +63,14 @@ class ClientTls:
         """Channel options: the expected server name, when one is given."""
         return ((SERVER_NAME_OPTION, self.server_name),) if self.server_name else ()
 
-    def ssl_context(self, base: type[ssl.SSLContext] | None = None) -> ssl.SSLContext:
+    def ssl_context(self) -> ssl.SSLContext:
         """A client context that verifies the server (against `ca`, else the system's CAs) and presents `cert`.
 
-        Args:
-            base: the SSLContext class to build on (gevent's in a Locust process); default `ssl.SSLContext` as the
-                process has it now.
+        Built on `ssl.SSLContext` as the process has it when called: in a Locust process that is gevent's (Locust
+        patches `ssl` before anything else is imported), so the load generator's HTTPS stays cooperative.
         """
-        cls = _named_context_class(base or ssl.SSLContext) if self.server_name else (base or ssl.SSLContext)
+        base = ssl.SSLContext
+        cls = _named_context_class(base) if self.server_name else base
         context = cls(ssl.PROTOCOL_TLS_CLIENT)
         if self.server_name:
             context.expected_server_name = self.server_name  # type: ignore[attr-defined]

@@ -9,7 +9,8 @@ import pytest
 
 from kdeploy.common.errors import UsageError
 from kdeploy.serve.config import ServeConfig
-from kdeploy.serve.tls import CertificateReloader, TlsSource, material_from_ssl_config, read_material
+from kdeploy.serve.ssl_config import material_from_ssl_config
+from kdeploy.serve.tls import CertificateReloader, TlsSource, read_material
 from tests.certificates import SecretVolume, cert_pem, der, key_pem, make_pki, write_pair
 
 
