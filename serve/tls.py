@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kdeploy.common.errors import UsageError
+from kdeploy.wire.tls import read_pem
 
 logger = logging.getLogger(__name__)
 
@@ -118,18 +119,6 @@ def _pem_file(data: bytes) -> Iterator[str]:
         yield str(path)
 
 
-def _read(path: Path, flag: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{flag} {path}: no such file") from None
-    except OSError as exc:
-        raise UsageError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
-    if b"-----BEGIN " not in data:
-        raise UsageError(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
-    return data
-
-
 def read_material(source: TlsSource) -> TlsMaterial:
     """Read and check the material: every file there, PEM, the key matching the certificate, the CA readable.
 
@@ -145,8 +134,8 @@ def read_material(source: TlsSource) -> TlsMaterial:
     else:
         if source.cert is None or source.key is None:
             raise UsageError("--tls-cert and --tls-key go together")
-        material = TlsMaterial(_read(source.cert, "--tls-cert"), _read(source.key, "--tls-key"),
-                               _read(source.client_ca, "--tls-client-ca") if source.client_ca else None)
+        material = TlsMaterial(read_pem(source.cert, "--tls-cert"), read_pem(source.key, "--tls-key"),
+                               read_pem(source.client_ca, "--tls-client-ca") if source.client_ca else None)
         cert_what, key_what = f"--tls-cert {source.cert}", f"--tls-key {source.key}"
         ca_what = f"--tls-client-ca {source.client_ca}"
     try:

@@ -41,7 +41,7 @@ class ClientTls:
             raise UsageError("--tls-cert and --tls-key go together")
         for flag, path in (("--tls-ca", self.ca), ("--tls-cert", self.cert), ("--tls-key", self.key)):
             if path is not None:
-                _read(path, flag)
+                read_pem(path, flag)
         try:
             self.ssl_context()
         except ssl.SSLError as exc:
@@ -55,9 +55,9 @@ class ClientTls:
         import grpc
 
         return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.ca, "--tls-ca") if self.ca else None,
-            private_key=_read(self.key, "--tls-key") if self.key else None,
-            certificate_chain=_read(self.cert, "--tls-cert") if self.cert else None)
+            root_certificates=read_pem(self.ca, "--tls-ca") if self.ca else None,
+            private_key=read_pem(self.key, "--tls-key") if self.key else None,
+            certificate_chain=read_pem(self.cert, "--tls-cert") if self.cert else None)
 
     def grpc_options(self) -> tuple[tuple[str, Any], ...]:
         """Channel options: the expected server name, when one is given."""
@@ -83,7 +83,12 @@ class ClientTls:
         return context
 
 
-def _read(path: Path, flag: str) -> bytes:
+def read_pem(path: Path, flag: str) -> bytes:
+    """The bytes of a PEM file given with `flag`.
+
+    Raises:
+        UsageError: naming the flag and file when it is missing, unreadable or not PEM.
+    """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
