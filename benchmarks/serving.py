@@ -5,8 +5,9 @@ Measures, in one run and on one machine, with Triton's perf_analyzer (C++) as th
 - the null server (grpc.aio, returns a cached tensor) and the plain server (grpc.aio, inline onnxruntime), over
   KServe v2 and TF Serving gRPC (benchmarks/reference_servers.py);
 - kdeploy's server over KServe v2 and TF Serving gRPC: one worker, with dynamic batching (and the batch sizes it
-  formed), and `--workers auto`; and observed: every request traced (OTLP to a receiver in this process,
-  benchmarks/otlp_sink.py), payload-logged and access-logged (files under build/bench-serve/logs);
+  formed), `--workers auto`, and mutual TLS over KServe v2 (perf_analyzer's TF Serving client has no TLS); and
+  observed: every request traced (OTLP to a receiver in this process, benchmarks/otlp_sink.py), payload-logged and
+  access-logged (files under build/bench-serve/logs);
 at concurrency 1, 8 and 32, plus kdeploy's RSS and start-to-SERVING time, on four models: the tabular MLP, the
 digits CNN, a wide MLP (512 -> 2048 -> 2048 -> 10) and MobileNetV2 (random weights, 224x224x3).
 
@@ -123,12 +124,28 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False, shapes: str = "") -> dict:
+def tls_files(folder: Path) -> tuple[list[str], list[str]]:
+    """Certificates for a mutual-TLS server (a CA, the server's for 127.0.0.1, a client's): its flags, and
+    perf_analyzer's (which cannot override the name it checks, so the certificate names the address)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # tests/ is not installed; its certificate helper is what the TLS tests use
+    from tests.certificates import make_pki
+
+    pki = make_pki(folder)
+    server = ["--tls-cert", str(pki.secret.cert), "--tls-key", str(pki.secret.key), "--tls-client-ca", str(pki.ca_file)]
+    client = ["--ssl-grpc-use-ssl", "true", "--ssl-grpc-root-certifications-file", str(pki.ca_file),
+              "--ssl-grpc-private-key-file", str(pki.client_key), "--ssl-grpc-certificate-chain-file",
+              str(pki.client_cert)]
+    return server, client
+
+
+def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False, shapes: str = "",
+             ssl: list[str] | None = None) -> dict:
     """One perf_analyzer measurement; also how much CPU perf_analyzer itself used (is it the bottleneck?)."""
     csv_path = OUT / f"pa-{model}-{port}-{concurrency}-{'tfs' if tfserving else 'kv2'}.csv"
     command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
                "--concurrency-range", f"{concurrency}:{concurrency}", "-p", "2000", "-s", "50", "-r", "8",
-               "-f", str(csv_path)]
+               "-f", str(csv_path), *(ssl or [])]
     if tfserving:
         command += ["--service-kind=tfserving", *(["--shape", shapes] if shapes else [])]
     else:
@@ -155,10 +172,12 @@ def server_runs(name: str, version_dir: Path, batching_file: Path, otlp: str = "
     repo = version_dir.parent.parent
     results: dict = {}
     reference = [PY, str(ROOT / "benchmarks" / "reference_servers.py")]
+    tls_server, tls_client = tls_files(OUT / "pki")
     variants: list[tuple[str, list[str] | None, list[str]]] = [
         ("null", [*reference, "null", str(version_dir)], []),
         ("plain", [*reference, "plain", str(version_dir)], []),
         ("kdeploy", None, []),
+        ("kdeploy+mtls", None, tls_server),
         ("kdeploy+batching", None, ["--enable-batching", "--batching-parameters-file", str(batching_file)]),
         ("kdeploy workers=auto", None, ["--workers", "auto"]),
     ]
@@ -188,7 +207,10 @@ def server_runs(name: str, version_dir: Path, batching_file: Path, otlp: str = "
             entry: dict = {"start_s": start_seconds, "rss_mib": rss_mib(process.pid)}
             for concurrency in CONCURRENCY:
                 print(f"  {name} {label} kserve c{concurrency}", flush=True)
-                entry[f"kserve_c{concurrency}"] = run_perf(name, port, concurrency)
+                entry[f"kserve_c{concurrency}"] = run_perf(name, port, concurrency,
+                                                           ssl=tls_client if "mtls" in label else None)
+                if "mtls" in label:
+                    continue  # perf_analyzer's TF Serving client speaks plaintext only
                 if "batching" not in label or name == "wide":
                     print(f"  {name} {label} tfserving c{concurrency}", flush=True)
                     entry[f"tfserving_c{concurrency}"] = run_perf(name, port, concurrency, tfserving=True,
@@ -316,6 +338,13 @@ def ratio_table(results: dict) -> list[str]:
             lines.append(f"| traced (always_on) + payload log 1.0 + access log / plain kdeploy at c32 | {model} | "
                          + both(lambda p, m=model: ratio(cell(m, "kdeploy observed", p, 32, "infer_per_s"),
                                                          cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
+        if "kdeploy+mtls" in results["models"][model]["servers"]:  # runs recorded before TLS have no such rows
+            lines.append(f"| mutual TLS / plaintext c1 p50 (KServe) | {model} | " + both(
+                lambda p, m=model: ratio(cell(m, "kdeploy+mtls", p, 1, "p50_us"), cell(m, "kdeploy", p, 1, "p50_us")))
+                + " |")
+            lines.append(f"| mutual TLS / plaintext c32 throughput (KServe) | {model} | " + both(
+                lambda p, m=model: ratio(cell(m, "kdeploy+mtls", p, 32, "infer_per_s"),
+                                         cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
         lines.append(f"| workers=auto / 1 worker at c32 | {model} | " + both(
             lambda p, m=model: ratio(cell(m, "kdeploy workers=auto", p, 32, "infer_per_s"),
                                      cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
