@@ -56,7 +56,10 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         description="Export MODEL (a .keras or .h5 file, or a SavedModel folder) into REPO/NAME/VERSION/ with a "
                     "manifest, then verify parity with it.")
     parser.add_argument("model", type=Path, help="a .keras or .h5 file, or a SavedModel folder")
-    parser.add_argument("--repository", required=True, type=Path, help="model repository root")
+    parser.add_argument("--repository", required=True,
+                        help="model repository root: a folder, or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, "
+                             "az://CONTAINER/PREFIX (the version is built and verified locally, then uploaded with "
+                             "manifest.json last)")
     parser.add_argument("--name", required=True, help="model name (folder in the repository)")
     parser.add_argument("--version", type=int, help="version number (default: next)")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated (default {','.join(FORMATS)})")
@@ -76,10 +79,12 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from kdeploy.export.exporter import ExportConfig, export_model
     from kdeploy.export.parity_report import to_console
+    from kdeploy.storage.urls import parse_location
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     config = ExportConfig(
-        model_path=args.model, repository=args.repository, name=args.name, version=args.version, formats=formats,
+        model_path=args.model, repository=parse_location(args.repository), name=args.name, version=args.version,
+        formats=formats,
         tflite_quantization=args.tflite_quantization, representative_data=args.representative_data,
         onnx_opset=args.onnx_opset, force=args.force, allow_partial=args.allow_partial, verify=not args.no_verify,
         verify_config=_verify_config(args), unsafe=args.unsafe, signature=args.signature,
@@ -94,7 +99,7 @@ def run_export(args: argparse.Namespace) -> int:
         for failure in result.parity.failures if result.parity else []:
             print(f"  {failure}")
         return 1
-    print(f"kdeploy export: wrote {result.version_dir}")
+    print(f"kdeploy export: wrote {result.url or result.version_dir}")
     if result.failed_formats and not args.allow_partial:
         return 1
     return 0

@@ -30,8 +30,11 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     # Either source may come from the environment (KDEPLOY_REPOSITORY / KDEPLOY_MODEL_CONFIG_FILE).
     env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE"))
     source = parser.add_mutually_exclusive_group(required=not env_source)
-    source.add_argument("--repository", type=Path, help="model repository (REPO/NAME/VERSION)")
-    source.add_argument("--model-config-file", type=Path, help="TF Serving ModelServerConfig text file (models.config)")
+    source.add_argument("--repository",
+                        help="model repository (REPO/NAME/VERSION): a folder, or s3://BUCKET/PREFIX, "
+                             "gs://BUCKET/PREFIX, az://CONTAINER/PREFIX (synced into --cache-dir)")
+    source.add_argument("--model-config-file", type=Path,
+                        help="TF Serving ModelServerConfig text file (models.config); base paths may be URLs")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
                         help="serve only this model (repeatable; default: every model in the repository)")
     parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS,
@@ -78,6 +81,15 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--poll-seconds", type=float, default=DEFAULTS.poll_seconds,
                         help="check the repository for new versions this often "
                              f"(default {DEFAULTS.poll_seconds:g}; 0: never)")
+    parser.add_argument("--storage-poll-seconds", type=float, default=DEFAULTS.storage_poll_seconds,
+                        help="list object-store model folders this often, jittered, backed off after errors "
+                             f"(default {DEFAULTS.storage_poll_seconds:g}; 0: only at start-up)")
+    parser.add_argument("--storage-settle-seconds", type=float, default=DEFAULTS.storage_settle_seconds,
+                        help="serve an object-store version without manifest.json once it has not changed for this "
+                             f"long (default {DEFAULTS.storage_settle_seconds:g})")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULTS.cache_dir,
+                        help="local cache of object-store versions (default $XDG_CACHE_HOME/kdeploy or "
+                             "~/.cache/kdeploy)")
     parser.add_argument("--drain-seconds", type=float, default=DEFAULTS.drain_seconds,
                         help="on SIGTERM, finish in-flight requests and exit within this time "
                              f"(default {DEFAULTS.drain_seconds:g})")
@@ -132,11 +144,13 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     from kdeploy.serve.batching import read_batching_parameters
     from kdeploy.serve.sources import sources_from_model_config, sources_from_repository
+    from kdeploy.storage.urls import parse_location
 
     if args.model_config_file is not None:
-        models = sources_from_model_config(args.model_config_file)
+        models = sources_from_model_config(args.model_config_file, args.cache_dir)
     else:
-        models = sources_from_repository(args.repository, args.model, VersionPolicy.parse(args.version_policy))
+        models = sources_from_repository(parse_location(args.repository), args.model,
+                                         VersionPolicy.parse(args.version_policy), args.cache_dir)
     batching = None
     if args.enable_batching:
         batching = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
@@ -153,7 +167,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
         inline_max_micros=args.inline_max_micros, predict_tensor_encoding=args.predict_tensor_encoding,
-        tflite_interpreters=args.tflite_interpreters,
+        tflite_interpreters=args.tflite_interpreters, storage_poll_seconds=args.storage_poll_seconds,
+        storage_settle_seconds=args.storage_settle_seconds, cache_dir=args.cache_dir,
     )
 
 

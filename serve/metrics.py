@@ -9,6 +9,9 @@ Names and labels (documented in README):
 - `kdeploy_inflight_requests{model}`: requests being computed or queued.
 - `kdeploy_queue_depth{model}`: requests waiting in the batching queue.
 - `kdeploy_model_version_state{model,version}`: TF Serving's state number (10 START ... 30 AVAILABLE ... 50 END).
+- `kdeploy_repository_poll_errors_total{model,kind}`: object-store listings or downloads that failed (kind: denied,
+  not_found, unreachable, refused (a version not matching its manifest), exists, other).
+- `kdeploy_repository_sync_seconds{model}`: time to bring one version from an object store into the cache.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from prometheus_client.metrics_core import Metric
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SYNC_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0)
 UNKNOWN_MODEL = "_unknown"
 """Label for requests naming a model this server does not serve (keeps label values bounded)."""
 
@@ -61,6 +65,12 @@ class ServerMetrics:
                                  registry=r, multiprocess_mode="livesum")
         self.version_state = Gauge("kdeploy_model_version_state", "Model version state (TF Serving's numbers).",
                                    ["model", "version"], registry=r, multiprocess_mode="livemax")
+        self.repository_poll_errors = Counter("kdeploy_repository_poll_errors_total",
+                                              "Object-store listings and downloads that failed.", ["model", "kind"],
+                                              registry=r)
+        self.repository_sync_seconds = Histogram("kdeploy_repository_sync_seconds",
+                                                 "Time to bring one version from an object store into the cache.",
+                                                 ["model"], buckets=SYNC_BUCKETS, registry=r)
 
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -85,6 +95,14 @@ class ServerMetrics:
         with self._lock:
             self._observe(self.inference_time, (model, str(version)), seconds)
             self._observe(self.batch_size, (model,), rows)
+
+    def repository_poll_error(self, model: str, kind: str) -> None:
+        """An object-store listing or download of `model` failed (rare: straight to prometheus-client)."""
+        self.repository_poll_errors.labels(model, kind).inc()
+
+    def repository_synced(self, model: str, seconds: float) -> None:
+        """A version of `model` arrived in the cache."""
+        self.repository_sync_seconds.labels(model).observe(seconds)
 
     def sample_inflight(self, source: Callable[[], Mapping[str, int]]) -> None:
         """Read the in-flight requests per model from `source` at each flush (the model manager counts them
