@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -58,6 +57,8 @@ class ObjectStorage:
         self.url = url
         self._secrets = secret_values()
         self._store = store if store is not None else self._open()
+        self._ranges = True
+        """Whether the store answers ranged reads with the range (some S3-compatible servers send it all)."""
 
     def _open(self) -> Any:
         from obstore.store import AzureStore, GCSStore, S3Store
@@ -135,14 +136,16 @@ class ObjectStorage:
                  progress: Callable[[int], None] | None = None) -> int:
         """Stream objects below `path` into local files, large ones in parallel ranged parts.
 
-        Memory stays flat whatever the size: each part is written as it arrives (`os.pwrite` at its offset).
+        Memory stays flat whatever the size: each part is written as it arrives (`os.pwrite` at its offset). A
+        store that ignores ranges (some S3-compatible servers answer a ranged GET with the whole object) is noticed
+        on the first large file and then read one whole object per worker.
 
         Args:
             files: (object, local file) pairs; the object's path is relative to `path`.
             path: the folder the objects' paths are relative to.
             workers: parts downloading at once.
             part_bytes: size of a part.
-            progress: called with the bytes of each chunk written.
+            progress: called with the bytes of each part written.
 
         Returns:
             Bytes written.
@@ -150,53 +153,65 @@ class ObjectStorage:
         Raises:
             StorageError: when an object cannot be read or came shorter than listed.
         """
-        parts: list[tuple[str, int, int, int]] = []  # (object path, fd, start, end)
-        handles = []
+        handles: list[int] = []
         try:
+            targets = []
             for info, target in files:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 handles.append(fd)
                 os.ftruncate(fd, info.size)
                 name = f"{path.strip('/')}/{info.path}" if path.strip("/") else info.path
-                if info.size <= part_bytes:
-                    parts.append((name, fd, 0, info.size))
-                else:
-                    parts += [(name, fd, start, min(start + part_bytes, info.size))
-                              for start in range(0, info.size, part_bytes)]
-            lock = threading.Lock()
-            total = [0]
-
-            def fetch(part: tuple[str, int, int, int]) -> None:
-                written = self._fetch_part(*part, whole=part[2] == 0 and part[3] <= part_bytes)
-                with lock:
-                    total[0] += written
-                if progress is not None:
-                    progress(written)
-
-            with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="download") as pool:
-                for _ in pool.map(fetch, parts):  # re-raises the first failure
-                    pass
-            return total[0]
+                targets.append((name, fd, info.size))
+            try:
+                return self._download_parts(targets, workers, part_bytes if self._ranges else 0, progress)
+            except _RangesIgnoredError:
+                self._ranges = False
+                logger.info("%s ignores ranged reads: downloading whole objects in parallel", self.where())
+                return self._download_parts(targets, workers, 0, progress)
         finally:
             for fd in handles:
                 os.close(fd)
 
+    def _download_parts(self, targets: list[tuple[str, int, int]], workers: int, part_bytes: int,
+                        progress: Callable[[int], None] | None) -> int:
+        parts = []  # (object path, fd, start, end, the whole object); part_bytes 0: whole objects only
+        for name, fd, size in targets:
+            if part_bytes <= 0 or size <= part_bytes:
+                parts.append((name, fd, 0, size, True))
+            else:
+                parts += [(name, fd, start, min(start + part_bytes, size), False)
+                          for start in range(0, size, part_bytes)]
+        parts.sort(key=lambda part: part[3] - part[2], reverse=True)  # largest first: the pool ends together
+
+        def fetch(part: tuple[str, int, int, int, bool]) -> int:
+            written = self._fetch_part(*part)
+            if progress is not None:
+                progress(written)
+            return written
+
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="download") as pool:
+            return sum(pool.map(fetch, parts))  # re-raises the first failure
+
     def _fetch_part(self, name: str, fd: int, start: int, end: int, whole: bool) -> int:
         import obstore
 
-        with self._refused("downloading", name):
-            if end == start:
-                return 0
-            options: Any = {} if whole else {"range": (start, end)}
-            result = obstore.get(self._store, name, options=options)
-            offset = start
-            for chunk in result.stream(min_chunk_size=_STREAM_CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    done = os.pwrite(fd, view, offset)
-                    offset += done
-                    view = view[done:]
+        if end == start:
+            return 0
+        offset = start
+        try:
+            with self._refused("downloading", name):
+                result = obstore.get(self._store, name, options={} if whole else {"range": (start, end)})
+                for chunk in result.stream(min_chunk_size=_STREAM_CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        done = os.pwrite(fd, view, offset)
+                        offset += done
+                        view = view[done:]
+        except StorageError as exc:
+            if not whole and "non-partial response" in str(exc):
+                raise _RangesIgnoredError(str(exc)) from None
+            raise
         if offset != end:
             raise StorageError(f"{self.where(name)}: downloading failed: got {offset - start} bytes of "
                                f"{end - start} (the object changed or the connection broke)", "other")
@@ -234,6 +249,10 @@ class ObjectStorage:
             return
         with self._refused("deleting", paths[0]):
             obstore.delete(self._store, list(paths))
+
+
+class _RangesIgnoredError(StorageError):
+    """The store answered a ranged read with the whole object."""
 
 
 def _chunks(local: Path, progress: Callable[[int], None] | None) -> Iterator[bytes]:
