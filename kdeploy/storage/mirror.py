@@ -3,9 +3,10 @@
 Each poll lists every model folder once (one LIST request per model and 1,000 objects), decides from that listing
 alone which versions are complete, and downloads only the versions the version policy wants that the cache does not
 already hold (`kdeploy.storage.sync`). Versions written by kdeploy are complete once their `manifest.json` exists
-(export writes it last); a version without one (written by another tool) once none of its objects has changed for
-`settle_seconds`. A failed listing or download changes nothing in the cache, so the server goes on serving what it
-has; the error is counted, logged once per change of state, and the next poll comes after a growing, jittered delay.
+(export writes it last) and its export's claim is gone; a version without one (written by another tool) once none of
+its objects has changed for `settle_seconds`. A failed listing or download changes nothing in the cache, so the
+server goes on serving what it has; the error is counted, logged once per change of state, and the next poll comes
+after a growing, jittered delay.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kdeploy.contract.manifest import MANIFEST_FILE
 from kdeploy.contract.repository import version_of_folder
 from kdeploy.storage.errors import StorageError
 from kdeploy.storage.objects import ObjectInfo, ObjectStorage
+from kdeploy.storage.publish import CLAIM_FILE
 from kdeploy.storage.sync import (
     VersionRefusedError,
     is_cached,
@@ -145,12 +147,17 @@ class RepositoryMirror:
         listing = storage.list_files()
         versions: dict[str, list[ObjectInfo]] = {}
         model_files: list[ObjectInfo] = []
+        claimed: set[str] = set()
         for info in listing:
             folder, sep, rest = info.path.partition("/")
             if not sep:
                 model_files.append(info)  # config.pbtxt, batching_parameters.txt: beside the versions
+            elif rest == CLAIM_FILE:
+                claimed.add(folder)  # an export is writing it (or was stopped before it could clean up)
             elif version_of_folder(folder) is not None and (is_folder_marker(rest) or not _hidden(rest)):
                 versions.setdefault(folder, []).append(ObjectInfo(rest, info.size, info.etag, info.modified))
+        for folder in claimed:
+            versions.pop(folder, None)
         changed = self._sync_model_files(storage, model, model_files)
         complete = {version_of_folder(f): f for f, files in versions.items() if self._complete(model, f, files)}
         complete = {v: f for v, f in complete.items() if v is not None}
@@ -158,29 +165,34 @@ class RepositoryMirror:
         for folder in list(state.refused):
             if folder not in versions or state.refused[folder][0] != _signature(versions[folder]):
                 del state.refused[folder]  # changed or gone: may be tried again
-        candidates = sorted(v for v, f in complete.items() if f not in state.refused)
-        wanted = [complete[v] for v in model.select(candidates)]
-        all_synced = True
-        for folder in wanted:
-            files = versions[folder]
-            if is_cached(model.cache_dir, folder, files):
-                continue
-            try:
-                result = sync_version(storage, folder, files, model.cache_dir, workers=self._workers)
-            except VersionRefusedError as exc:
-                state.refused[folder] = (_signature(files), str(exc))
-                logger.error("model %s: %s", model.name, exc, extra={"model": model.name})
-                if self._observer is not None:
-                    self._observer.poll_error(model.name, exc.kind)
-                    self._observer.refused(model.name, version_of_folder(folder) or 0, str(exc))
-                all_synced = False
-                continue
-            changed = True
+        while True:  # a refused version leaves the candidates: the policy picks again among the others
+            candidates = sorted(v for v, f in complete.items() if f not in state.refused)
+            wanted = [complete[v] for v in model.select(candidates)]
+            refused = False
+            for folder in wanted:
+                if not is_cached(model.cache_dir, folder, versions[folder]):
+                    refused = not self._sync(storage, model, folder, versions[folder])
+                    changed |= not refused
+                    if refused:
+                        break
+            if not refused:
+                break
+        return self._prune(model, set(wanted)) or changed
+
+    def _sync(self, storage: ObjectStorage, model: MirroredModel, folder: str, files: list[ObjectInfo]) -> bool:
+        """Bring one version into the cache; False when it was refused (it does not match its manifest)."""
+        try:
+            result = sync_version(storage, folder, files, model.cache_dir, workers=self._workers)
+        except VersionRefusedError as exc:
+            self._state[model.name].refused[folder] = (_signature(files), str(exc))
+            logger.error("model %s: %s", model.name, exc, extra={"model": model.name})
             if self._observer is not None:
-                self._observer.synced(model.name, result.seconds, result.downloaded_bytes)
-        if all_synced:
-            changed |= self._prune(model, set(wanted))
-        return changed
+                self._observer.poll_error(model.name, exc.kind)
+                self._observer.refused(model.name, version_of_folder(folder) or 0, str(exc))
+            return False
+        if self._observer is not None:
+            self._observer.synced(model.name, result.seconds, result.downloaded_bytes)
+        return True
 
     def _complete(self, model: MirroredModel, folder: str, files: list[ObjectInfo]) -> bool:
         """A version is complete when its manifest is there, or (no manifest) when it has settled."""

@@ -106,10 +106,10 @@ def publish_version(local: Path, storage: ObjectStorage, folder: str, *, force: 
     except StorageError as exc:
         if exc.kind == EXISTS:  # the manifest's create-only write lost: the files under these names are theirs now
             raise UsageError(f"version {where} was published by another export meanwhile; this one stopped") from None
-        _clean_up(storage, [*written, f"{folder}/{CLAIM_FILE}"], where)
+        _clean_up(storage, written, f"{folder}/{CLAIM_FILE}", where)
         raise
     except BaseException:
-        _clean_up(storage, [*written, f"{folder}/{CLAIM_FILE}"], where)
+        _clean_up(storage, written, f"{folder}/{CLAIM_FILE}", where)
         raise
     storage.delete([f"{folder}/{CLAIM_FILE}"])
     progress(f"upload done: {len(objects)} objects, {total / 2**20:.1f} MiB, manifest.json last")
@@ -133,10 +133,12 @@ def _upload_bytes(storage: ObjectStorage, data: bytes, key: str, create_only: bo
         storage.upload(Path(handle.name), key, create_only=create_only)
 
 
-def _clean_up(storage: ObjectStorage, keys: list[str], where: str) -> None:
-    """Delete what an unfinished export uploaded (best effort: the store may be what failed)."""
+def _clean_up(storage: ObjectStorage, keys: list[str], claim: str, where: str) -> None:
+    """Delete what an unfinished export uploaded, its claim last (a server skips a claimed folder, so files left by
+    a clean-up that fails half-way are never served), best effort: the store may be what failed."""
     try:
         storage.delete(keys)
+        storage.delete([claim])
         logger.warning("export to %s stopped: deleted the %d objects it had written", where, len(keys))
     except StorageError as exc:
         logger.error("export to %s stopped and could not delete what it wrote (no manifest, so no server loads it): "
