@@ -111,8 +111,13 @@ def add_verify_parser(commands: argparse._SubParsersAction) -> None:
                                  description="Run the source model (Keras, or the SavedModel it was exported from) "
                                              "and every format of a version on the same inputs and compare them "
                                              "within per-format tolerances.")
-    parser.add_argument("model_dir", type=Path, metavar="REPO/NAME", help="model folder (or a version folder)")
+    parser.add_argument("model_dir", metavar="REPO/NAME",
+                        help="model folder (or a version folder); in an object store too (s3://BUCKET/REPO/NAME...): "
+                             "the version is downloaded into --cache-dir and checked against its manifest first")
     parser.add_argument("--version", type=int, help="version (default: latest)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where a version from an object store is downloaded (default $XDG_CACHE_HOME/kdeploy or "
+                             "~/.cache/kdeploy); the report goes there unless --report says otherwise")
     parser.add_argument("--endpoint", metavar="HOST:PORT",
                         help="compare what a running server (kdeploy, TF Serving, Triton) returns instead of the files")
     parser.add_argument("--protocol", default="tfserving-grpc", choices=PROTOCOLS,
@@ -125,9 +130,18 @@ def run_verify(args: argparse.Namespace) -> int:
     from kdeploy.contract.repository import resolve_version_dir
     from kdeploy.export.parity_report import to_console
     from kdeploy.export.verify import verify_version
+    from kdeploy.storage.urls import StorageUrl, parse_location
 
     config = _verify_config(args)
-    version_dir = resolve_version_dir(args.model_dir, args.version)
+    location = parse_location(args.model_dir)
+    if isinstance(location, StorageUrl):
+        from kdeploy.storage.localize import localize_version
+        from kdeploy.storage.sync import default_cache_dir
+
+        version_dir = localize_version(location, args.version, args.cache_dir or default_cache_dir())
+        print(f"kdeploy verify: {location} is in {version_dir}")
+    else:
+        version_dir = resolve_version_dir(location, args.version)
     candidates = None
     if args.endpoint:
         from dataclasses import replace

@@ -245,7 +245,8 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
         "configs", help="write TF Serving and Triton configuration for a model repository",
         description="Write models.config, batching_parameters.txt and monitoring.config for TF Serving, and "
                     "config.pbtxt per model for Triton, from the repository's manifests.")
-    parser.add_argument("--repository", required=True, type=Path, help="model repository")
+    parser.add_argument("--repository", required=True,
+                        help="model repository: a folder, or s3://, gs://, az:// (manifests are read in place)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (tfserving/ and triton/ inside)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME", help="only this model (repeatable)")
     parser.add_argument("--base-path", default=CONFIGS_DEFAULTS.base_path,
@@ -257,7 +258,10 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--allowed-batch-sizes", default=",".join(map(str, CONFIGS_DEFAULTS.allowed_batch_sizes)),
                         help="comma-separated, ascending")
     parser.add_argument("--triton-into-repository", action="store_true",
-                        help="also write REPO/NAME/config.pbtxt, where Triton reads it")
+                        help="also write REPO/NAME/config.pbtxt, where Triton reads it (uploaded, for an object store)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where versions without a manifest are downloaded from an object store (default "
+                             "$XDG_CACHE_HOME/kdeploy or ~/.cache/kdeploy)")
     parser.set_defaults(run=run_configs)
 
 
@@ -269,8 +273,11 @@ def run_configs(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--allowed-batch-sizes {args.allowed_batch_sizes!r}: "
                          "expected comma-separated integers") from None
+    from kdeploy.storage.urls import parse_location
+
     config = ConfigsConfig(
-        repository=args.repository, out_dir=args.out, models=tuple(args.model), base_path=args.base_path,
+        repository=parse_location(args.repository), cache_dir=args.cache_dir, out_dir=args.out,
+        models=tuple(args.model), base_path=args.base_path,
         policy=VersionPolicy.parse(args.version_policy), max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, allowed_batch_sizes=allowed,
         triton_into_repository=args.triton_into_repository,

@@ -25,16 +25,9 @@ from kdeploy.common.files import write_bytes_atomic, write_json_atomic
 from kdeploy.contract.manifest import MANIFEST_FILE
 from kdeploy.contract.repository import version_of_folder
 from kdeploy.storage.errors import StorageError
+from kdeploy.storage.layout import split_listing
 from kdeploy.storage.objects import ObjectInfo, ObjectStorage
-from kdeploy.storage.publish import CLAIM_FILE
-from kdeploy.storage.sync import (
-    VersionRefusedError,
-    is_cached,
-    is_folder_marker,
-    listing_signature,
-    remove_cached,
-    sync_version,
-)
+from kdeploy.storage.sync import VersionRefusedError, is_cached, listing_signature, remove_cached, sync_version
 from kdeploy.storage.urls import StorageUrl
 
 logger = logging.getLogger(__name__)
@@ -145,19 +138,7 @@ class RepositoryMirror:
     def _poll_model(self, model: MirroredModel) -> bool:
         storage = self._storage(model)
         listing = storage.list_files()
-        versions: dict[str, list[ObjectInfo]] = {}
-        model_files: list[ObjectInfo] = []
-        claimed: set[str] = set()
-        for info in listing:
-            folder, sep, rest = info.path.partition("/")
-            if not sep:
-                model_files.append(info)  # config.pbtxt, batching_parameters.txt: beside the versions
-            elif rest == CLAIM_FILE:
-                claimed.add(folder)  # an export is writing it (or was stopped before it could clean up)
-            elif version_of_folder(folder) is not None and (is_folder_marker(rest) or not _hidden(rest)):
-                versions.setdefault(folder, []).append(ObjectInfo(rest, info.size, info.etag, info.modified))
-        for folder in claimed:
-            versions.pop(folder, None)
+        versions, model_files = split_listing(listing)
         changed = self._sync_model_files(storage, model, model_files)
         complete = {version_of_folder(f): f for f, files in versions.items() if self._complete(model, f, files)}
         complete = {v: f for v, f in complete.items() if v is not None}
@@ -251,11 +232,6 @@ class RepositoryMirror:
         else:
             logger.info("model %s: polling %s works again", model.name, model.url, extra={"model": model.name})
         state.error = message
-
-
-def _hidden(path: str) -> bool:
-    """Hidden files (an export's claim, another tool's temporary upload) are no part of a version."""
-    return any(part.startswith(".") for part in path.split("/"))
 
 
 def _signature(files: list[ObjectInfo]) -> dict:

@@ -22,13 +22,11 @@ from pathlib import Path
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import MANIFEST_FILE
 from kdeploy.storage.errors import EXISTS, StorageError
+from kdeploy.storage.layout import CLAIM_FILE, FOLDER_MARKER
 from kdeploy.storage.objects import ObjectStorage
-from kdeploy.storage.sync import FOLDER_MARKER
 
 logger = logging.getLogger(__name__)
 
-CLAIM_FILE = ".exporting"
-"""Written create-only before the first upload, deleted after the manifest: one export per version at a time."""
 PROGRESS_STEP = 0.1
 """A progress line at least every tenth of the bytes (and one per file)."""
 

@@ -21,13 +21,11 @@ from pathlib import Path
 from kdeploy.common.files import current_umask, write_json_atomic
 from kdeploy.contract.manifest import MANIFEST_FILE, checksum_problems, read_manifest
 from kdeploy.storage.errors import REFUSED, StorageError
+from kdeploy.storage.layout import is_folder_marker
 from kdeploy.storage.objects import ObjectInfo, ObjectStorage
 
 logger = logging.getLogger(__name__)
 
-FOLDER_MARKER = ".kdeploy-folder"
-"""A zero-byte object standing for an empty folder (object stores have none; a SavedModel's empty `assets/` counts in
-its manifest digest): publish writes one per empty folder, sync makes the folder and writes no file."""
 RECORD_PREFIX = ".sync-"
 """`MODEL/.sync-FOLDER.json`: what the cached version FOLDER was made from (hidden: not a version folder)."""
 
@@ -54,10 +52,6 @@ class SyncResult:
     downloaded_bytes: int
     reused_files: int
     seconds: float
-
-
-def is_folder_marker(path: str) -> bool:
-    return path.rsplit("/", 1)[-1] == FOLDER_MARKER
 
 
 def listing_signature(files: Sequence[ObjectInfo]) -> dict[str, list[object]]:

@@ -12,9 +12,10 @@ import pytest
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import checksum_problems
 from kdeploy.storage.errors import UNREACHABLE
+from kdeploy.storage.layout import CLAIM_FILE
 from kdeploy.storage.mirror import MirroredModel, RepositoryMirror
 from kdeploy.storage.objects import ObjectStorage
-from kdeploy.storage.publish import CLAIM_FILE, publish_version
+from kdeploy.storage.publish import publish_version
 from kdeploy.storage.urls import parse_url
 
 pytestmark = pytest.mark.slow  # the exported versions come from TensorFlow conversions (shared per session)
