@@ -53,6 +53,7 @@ OVERLAYS: dict[str, OverlayInfo] = {
     "gpu": OverlayInfo(image="kdeploy-server", model_edit="server-env"),
     "tfserving": OverlayInfo(image="kdeploy-tfserving", model_edit="tfserving-probes"),
     "loadtest": OverlayInfo(image="kdeploy-loadtest", model_edit="loadtest-env"),
+    "bucket": OverlayInfo(image="kdeploy-server", model_edit="server-env"),
 }
 
 

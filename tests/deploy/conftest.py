@@ -17,8 +17,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-OVERLAYS = ("onnx", "gpu", "tfserving", "loadtest")
-SERVER_OVERLAYS = ("onnx", "gpu", "tfserving")
+OVERLAYS = ("onnx", "gpu", "tfserving", "loadtest", "bucket")
+SERVER_OVERLAYS = ("onnx", "gpu", "tfserving", "bucket")
 KUBERNETES_VERSION = "1.37.0"
 """The Kubernetes release the manifests are validated against (kubernetes-validate's newest schema)."""
 
