@@ -72,6 +72,11 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/foundation.py
 
+# Object-storage sync (a few minutes): a ~200 MB version from a local S3 server, kdeploy against rclone copy, the
+# server's RSS while it syncs, store requests per poll. build/bench-storage/results.json; not part of the tests.
+bench-storage: $(STAMP)
+	$(BIN)/python benchmarks/storage_sync.py
+
 # Recompile serve/protos/descriptors.binpb after editing a .proto file under serve/protos/.
 protos: $(STAMP)
 	$(BIN)/python -m kdeploy.wire.protos.build

@@ -215,11 +215,11 @@ base paths that point at the repository on its machine).
 """
 
 
-def write_configs(config: ConfigsConfig) -> list[Path]:
+def write_configs(config: ConfigsConfig) -> list[Path | str]:
     """Write TF Serving's and Triton's configuration for the repository's latest versions.
 
     Returns:
-        The files written.
+        The files written (the URL of a config.pbtxt uploaded into an object store).
     """
     config.check()
     protos = load_protos()

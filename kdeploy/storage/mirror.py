@@ -140,8 +140,8 @@ class RepositoryMirror:
         listing = storage.list_files()
         versions, model_files = split_listing(listing)
         changed = self._sync_model_files(storage, model, model_files)
-        complete = {version_of_folder(f): f for f, files in versions.items() if self._complete(model, f, files)}
-        complete = {v: f for v, f in complete.items() if v is not None}
+        complete = {v: f for f, files in versions.items()
+                    if (v := version_of_folder(f)) is not None and self._complete(model, f, files)}
         state = self._state[model.name]
         for folder in list(state.refused):
             if folder not in versions or state.refused[folder][0] != _signature(versions[folder]):

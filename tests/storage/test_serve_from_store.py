@@ -128,10 +128,10 @@ def test_a_store_outage_disturbs_nothing_and_a_warm_restart_fetches_nothing(expo
         with SteadyLoad(server.grpc, images(exported_repo, 1)) as load:
             s3_server.stop()
             try:
-                time.sleep(2.5 * POLL)  # two poll intervals and more with the store gone
+                time.sleep(2 * POLL)  # two poll intervals with the store gone, and until two polls have failed
+                wait_for(lambda: metric(scrape(server.metrics), "kdeploy_repository_poll_errors_total",
+                                        model="digits", kind="unreachable") >= 2, timeout=30, message="two errors")
                 assert statuses(server.grpc, "digits")[1][0] == 30
-                assert metric(scrape(server.metrics), "kdeploy_repository_poll_errors_total", model="digits",
-                              kind="unreachable") >= 2
             finally:
                 s3_server.start()
             publish_version(version, storage, "2", progress=lambda _: None)
