@@ -27,7 +27,14 @@ from kdeploy.contract.repository import version_of_folder
 from kdeploy.storage.errors import StorageError
 from kdeploy.storage.layout import split_listing
 from kdeploy.storage.objects import ObjectInfo, ObjectStorage
-from kdeploy.storage.sync import VersionRefusedError, is_cached, listing_signature, remove_cached, sync_version
+from kdeploy.storage.sync import (
+    VersionRefusedError,
+    is_cached,
+    listing_signature,
+    remove_cached,
+    remove_stale,
+    sync_version,
+)
 from kdeploy.storage.urls import StorageUrl
 
 logger = logging.getLogger(__name__)
@@ -132,6 +139,8 @@ class RepositoryMirror:
     def _storage(self, model: MirroredModel) -> ObjectStorage:
         state = self._state[model.name]
         if state.storage is None:
+            if remove_stale(model.cache_dir):
+                logger.info("model %s: removed downloads a stopped process left in %s", model.name, model.cache_dir)
             state.storage = self._factory(model.url)
         return state.storage
 

@@ -116,6 +116,8 @@ def sync_version(storage: ObjectStorage, folder: str, files: Sequence[ObjectInfo
                 fetch.append((info, local))
         downloaded = storage.download(fetch, folder, workers=workers, progress=progress)
         _check(stage, storage.where(folder))
+        if is_cached(model_dir, folder, files):
+            return SyncResult(target, 0, 0, len(files), time.perf_counter() - started)  # another process won
         _replace(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -154,6 +156,28 @@ def _replace(stage: Path, target: Path) -> None:
         raise
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+STALE_SECONDS = 3600.0
+"""Leftover staging folders (a process killed mid-download) older than this are removed; younger ones may belong to
+another server process sharing the cache (`--workers`)."""
+
+
+def remove_stale(model_dir: Path, now: float | None = None) -> int:
+    """Remove staging and trash folders that a killed process left in a model's cache folder; returns how many."""
+    if not model_dir.is_dir():
+        return 0
+    now = time.time() if now is None else now
+    removed = 0
+    for path in model_dir.iterdir():
+        if path.name.startswith((".staging-", ".replaced-", ".removed-")) and path.is_dir():
+            try:
+                if now - path.stat().st_mtime > STALE_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
 
 
 def remove_cached(model_dir: Path, folder: str) -> None:

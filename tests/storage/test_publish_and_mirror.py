@@ -188,3 +188,21 @@ def test_azure_publish_and_mirror(exported_repo, azure_env, tmp_path):
     assert mirror.poll(raise_errors=True) and observer.refused_log == []
     assert (tmp_path / "digits" / "1" / "model.onnx").read_bytes() == (
         exported_repo / "digits" / "1" / "model.onnx").read_bytes()
+
+
+def test_downloads_left_by_a_killed_process_are_removed_once_stale(tmp_path):
+    import os
+    import time
+
+    from kdeploy.storage.sync import STALE_SECONDS, remove_stale
+
+    model_dir = tmp_path / "digits"
+    (model_dir / "1").mkdir(parents=True)
+    old, fresh = model_dir / ".staging-2-abc", model_dir / ".staging-3-def"
+    for path in (old, fresh):
+        path.mkdir()
+        (path / "model.onnx").write_bytes(b"partial")
+    long_ago = time.time() - STALE_SECONDS - 60
+    os.utime(old, (long_ago, long_ago))
+    assert remove_stale(model_dir) == 1
+    assert not old.exists() and fresh.is_dir() and (model_dir / "1").is_dir()  # another worker's may be running

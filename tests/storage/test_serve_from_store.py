@@ -160,14 +160,16 @@ def test_wrong_credentials_stop_the_start_in_one_line_without_the_secret(exporte
     env = {**s3_env, "AWS_SECRET_ACCESS_KEY": secret, "TF_CPP_MIN_LOG_LEVEL": "3"}
     import os
 
-    for command in (["serve", "--repository", "s3://models/creds", "--cache-dir", str(tmp_path), "--grpc-port", "0",
-                     "--rest-port", "0", "--metrics-port", "0"],
-                    ["verify", "s3://models/creds/digits", "--cache-dir", str(tmp_path)]):
+    for url, command in (("s3://models/creds", ["serve", "--repository", "s3://models/creds", "--cache-dir",
+                                                 str(tmp_path), "--grpc-port", "0", "--rest-port", "0",
+                                                 "--metrics-port", "0"]),
+                         ("s3://models/creds/digits", ["verify", "s3://models/creds/digits", "--cache-dir",
+                                                       str(tmp_path)])):
         done = subprocess.run([sys.executable, "-m", "kdeploy", *command], capture_output=True, text=True,
                               timeout=120, env={**os.environ, **env})
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2, done.stderr
-        assert lines[-1].startswith(f"kdeploy {command[0]}: error: s3://models/creds: listing failed: 403 Forbidden")
+        assert lines[-1].startswith(f"kdeploy {command[0]}: error: {url}: listing failed: 403 Forbidden"), lines
         assert "Traceback" not in done.stderr and secret not in done.stdout + done.stderr
 
 
