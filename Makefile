@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 AZURITE := build/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images coverage \
+.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images coverage docs \
 	bench-storage
 
 $(STAMP): pyproject.toml constraints.txt
@@ -58,6 +58,12 @@ lint: $(STAMP)
 	cd $(LINT_TREE) && PYTHONPATH=. ../../$(BIN)/lint-imports --config ../../pyproject.toml --no-cache
 	cd $(LINT_TREE) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p kdeploy
 
+# The docs site (MkDocs, strict: a broken link or a page missing from mkdocs.yml's nav fails): the reference pages and
+# benchmark tables are written from the code and benchmarks/results/*.json first (tools/docs.py). Output: build/site.
+docs: $(STAMP)
+	$(BIN)/python -m tools.docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --quiet --strict
+
 # Re-resolve the pins after changing dependencies in pyproject.toml (needs the package index).
 lock:
 	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
@@ -68,9 +74,11 @@ lock:
 clean:
 	rm -rf build $(VENV)
 
-# Measured numbers for README (training, export and verify times, artifact sizes). Not part of the tests.
+# Measured numbers for docs/benchmarks.md (training, export and verify times, artifact sizes), recorded in
+# benchmarks/results/foundation.json. Not part of the tests.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/foundation.py
+	$(BIN)/python -m tools.docs
 
 # Object-storage sync (a few minutes): a ~200 MB version from a local S3 server, kdeploy against rclone copy, the
 # server's RSS while it syncs, store requests per poll. build/bench-storage/results.json; not part of the tests.
@@ -88,3 +96,4 @@ perf-analyzer:
 # Serving benchmark (several minutes): kdeploy vs in-process onnxruntime, a null and a plain server.
 bench-serve: $(STAMP) perf-analyzer
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python -m tools.docs

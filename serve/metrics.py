@@ -1,17 +1,7 @@
 """Prometheus metrics of one server, on a registry of its own (nothing is registered at import time).
 
-Names and labels (documented in README):
-- `kdeploy_requests_total{model,version,protocol,status}`: requests answered, by gRPC status name (REST too).
-- `kdeploy_request_latency_seconds{model,protocol}`: time from request decoded to response ready.
-- `kdeploy_queue_seconds{model}`: time a request waited in the batching queue.
-- `kdeploy_inference_seconds{model,version}`: time in the runtime per executed batch.
-- `kdeploy_batch_size{model}`: rows per executed batch (after merging; before padding).
-- `kdeploy_inflight_requests{model}`: requests being computed or queued.
-- `kdeploy_queue_depth{model}`: requests waiting in the batching queue.
-- `kdeploy_model_version_state{model,version}`: TF Serving's state number (10 START ... 30 AVAILABLE ... 50 END).
-- `kdeploy_repository_poll_errors_total{model,kind}`: object-store listings or downloads that failed (kind: denied,
-  not_found, unreachable, refused (a version not matching its manifest), exists, other).
-- `kdeploy_repository_sync_seconds{model}`: time to bring one version from an object store into the cache.
+Every metric is created in `ServerMetrics.__init__`; docs/reference/metrics.md is generated from that registry (name,
+type, help, labels) and `LABELS` below, so a metric added here is documented by `make docs`.
 """
 
 from __future__ import annotations
@@ -29,6 +19,15 @@ LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SYNC_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0)
+LABELS: dict[str, str] = {
+    "model": "model name (`_unknown` for requests naming a model the server does not serve, so values stay bounded)",
+    "version": "model version number",
+    "protocol": "`tfserving-grpc`, `kserve-grpc` or `tfserving-rest`",
+    "status": "gRPC status name (`OK`, `INVALID_ARGUMENT`, ...); REST answers count under the matching name",
+    "kind": "how an object-store poll failed: `denied`, `not_found`, `unreachable`, `refused` (a version that does "
+            "not match its manifest), `exists`, `other`",
+}
+"""What each label holds (for the reference page)."""
 UNKNOWN_MODEL = "_unknown"
 """Label for requests naming a model this server does not serve (keeps label values bounded)."""
 
@@ -50,7 +49,8 @@ class ServerMetrics:
         r.register(_FlushFirst(self))  # registered before the metrics: collected (flushed) before them
         self.requests = Counter("kdeploy_requests_total", "Requests answered.",
                                 ["model", "version", "protocol", "status"], registry=r)
-        self.latency = Histogram("kdeploy_request_latency_seconds", "Request latency inside the server.",
+        self.latency = Histogram("kdeploy_request_latency_seconds",
+                                 "Request latency inside the server, from request decoded to response ready.",
                                  ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_time = Histogram("kdeploy_queue_seconds", "Time spent waiting in the batching queue.",
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
@@ -63,8 +63,10 @@ class ServerMetrics:
                               registry=r, multiprocess_mode="livesum")
         self.queue_depth = Gauge("kdeploy_queue_depth", "Requests waiting in the batching queue.", ["model"],
                                  registry=r, multiprocess_mode="livesum")
-        self.version_state = Gauge("kdeploy_model_version_state", "Model version state (TF Serving's numbers).",
-                                   ["model", "version"], registry=r, multiprocess_mode="livemax")
+        self.version_state = Gauge("kdeploy_model_version_state",
+                                   "Model version state, TF Serving's numbers: 10 START, 20 LOADING, 30 AVAILABLE, "
+                                   "40 UNLOADING, 50 END.", ["model", "version"], registry=r,
+                                   multiprocess_mode="livemax")
         self.repository_poll_errors = Counter("kdeploy_repository_poll_errors_total",
                                               "Object-store listings and downloads that failed.", ["model", "kind"],
                                               registry=r)
