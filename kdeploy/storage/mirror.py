@@ -120,7 +120,10 @@ class RepositoryMirror:
             changed, failed = False, False
             for model in self.models:
                 try:
-                    changed |= self._poll_model(model)
+                    try:
+                        changed |= self._poll_model(model)
+                    except OSError as exc:  # the cache's disk (full, read-only): as much a failed poll as the store
+                        raise StorageError(f"{model.url}: caching into {model.cache_dir} failed: {exc}") from None
                 except StorageError as exc:
                     if raise_errors:
                         raise

@@ -206,3 +206,15 @@ def test_downloads_left_by_a_killed_process_are_removed_once_stale(tmp_path):
     os.utime(old, (long_ago, long_ago))
     assert remove_stale(model_dir) == 1
     assert not old.exists() and fresh.is_dir() and (model_dir / "1").is_dir()  # another worker's may be running
+
+
+def test_a_cache_that_cannot_be_written_is_a_counted_poll_error(exported_repo, s3_env, tmp_path):
+    storage = ObjectStorage(parse_url("s3://models/badcache/digits"))
+    publish_version(exported_repo / "digits" / "1", storage, "1", progress=lambda _: None)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache should be")
+    mirror, observer = mirror_of("s3://models/badcache/digits", blocker)
+    assert not mirror.poll()
+    assert observer.errors == [("digits", "other")] and mirror.consecutive_errors == 1
+    with pytest.raises(UsageError, match=r"s3://models/badcache/digits: caching into .*not-a-folder/digits failed"):
+        mirror.poll(raise_errors=True)
