@@ -164,7 +164,9 @@ def test_wrong_credentials_stop_the_start_in_one_line_without_the_secret(exporte
                                                  str(tmp_path), "--grpc-port", "0", "--rest-port", "0",
                                                  "--metrics-port", "0"]),
                          ("s3://models/creds/digits", ["verify", "s3://models/creds/digits", "--cache-dir",
-                                                       str(tmp_path)])):
+                                                       str(tmp_path)]),
+                         ("s3://models/creds/digits", ["export", str(exported_repo / "digits" / "1" / "model.keras"),
+                                                       "--repository", "s3://models/creds", "--name", "digits"])):
         done = subprocess.run([sys.executable, "-m", "kdeploy", *command], capture_output=True, text=True,
                               timeout=120, env={**os.environ, **env})
         lines = done.stderr.strip().splitlines()
@@ -195,3 +197,27 @@ def test_serving_from_azure_through_a_model_config_file(exported_repo, azurite, 
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
     finally:
         stop(server)
+
+
+def test_the_server_images_packages_serve_from_a_bucket(exported_repo, s3_env, tmp_path):
+    """Only what requirements/server.txt installs is importable (no TensorFlow), as in the server image."""
+    import os
+    import re
+
+    from tests.deploy.test_images import run_guarded
+
+    publish_version(exported_repo / "digits" / "1", ObjectStorage(parse_url("s3://models/image/digits")), "1",
+                    progress=lambda _: None)
+    argv = ["serve", "--repository", "s3://models/image", "--cache-dir", str(tmp_path), "--grpc-port", "0",
+            "--rest-port", "0", "--metrics-port", "0", "--drain-grace-seconds", "0"]
+    proc = run_guarded("server.txt", [], argv, env={**os.environ, **s3_env})
+    try:
+        banner = proc.stdout.readline()
+        assert "SERVING" in banner and "digits:1(AVAILABLE)" in banner, banner + proc.stderr.read()
+        x = images(exported_repo)
+        got = tfs_predict(re.search(r"grpc=(\S+)", banner)[1], "digits", {"image": x})["probabilities"]
+        np.testing.assert_allclose(got, keras_outputs(exported_repo, "digits", {"image": x})["probabilities"],
+                                   atol=1e-5, rtol=1e-4)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
