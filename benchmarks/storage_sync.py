@@ -166,7 +166,8 @@ def render(results: dict) -> str:
         f"| kdeploy / rclone | {results['kdeploy_over_rclone']}x | | within 1.2x |",
         f"| server RSS growth while syncing | {results['server_rss_growth_mib']} MiB "
         f"({results['server_rss_baseline_mib']} to {results['server_rss_peak_mib']} MiB) | | at most 64 MiB |",
-        f"| store requests per idle poll | {per_poll['list']} LIST, {per_poll['get']} GET | | about 1 LIST per model |",
+        f"| store requests per poll interval, idle, over {results['polls_measured_over_seconds']:g} s | "
+        f"{per_poll['list']} LIST, {per_poll['get']} GET | | about 1 LIST per model |",
     ]) + "\n"
 
 
