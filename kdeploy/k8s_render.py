@@ -54,6 +54,7 @@ OVERLAYS: dict[str, OverlayInfo] = {
     "tfserving": OverlayInfo(image="kdeploy-tfserving", model_edit="tfserving-probes"),
     "loadtest": OverlayInfo(image="kdeploy-loadtest", model_edit="loadtest-env"),
     "onnx-tls": OverlayInfo(image="kdeploy-server", model_edit="server-env"),
+    "bucket": OverlayInfo(image="kdeploy-server", model_edit="server-env"),
 }
 
 

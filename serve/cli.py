@@ -31,8 +31,11 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     # Either source may come from the environment (KDEPLOY_REPOSITORY / KDEPLOY_MODEL_CONFIG_FILE).
     env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE"))
     source = parser.add_mutually_exclusive_group(required=not env_source)
-    source.add_argument("--repository", type=Path, help="model repository (REPO/NAME/VERSION)")
-    source.add_argument("--model-config-file", type=Path, help="TF Serving ModelServerConfig text file (models.config)")
+    source.add_argument("--repository",
+                        help="model repository (REPO/NAME/VERSION): a folder, or s3://BUCKET/PREFIX, "
+                             "gs://BUCKET/PREFIX, az://CONTAINER/PREFIX (synced into --cache-dir)")
+    source.add_argument("--model-config-file", type=Path,
+                        help="TF Serving ModelServerConfig text file (models.config); base paths may be URLs")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
                         help="serve only this model (repeatable; default: every model in the repository)")
     parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS,
@@ -79,6 +82,15 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--poll-seconds", type=float, default=DEFAULTS.poll_seconds,
                         help="check the repository for new versions this often "
                              f"(default {DEFAULTS.poll_seconds:g}; 0: never)")
+    parser.add_argument("--storage-poll-seconds", type=float, default=DEFAULTS.storage_poll_seconds,
+                        help="list object-store model folders this often, jittered, backed off after errors "
+                             f"(default {DEFAULTS.storage_poll_seconds:g}; 0: only at start-up)")
+    parser.add_argument("--storage-settle-seconds", type=float, default=DEFAULTS.storage_settle_seconds,
+                        help="serve an object-store version without manifest.json once it has not changed for this "
+                             f"long (default {DEFAULTS.storage_settle_seconds:g})")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULTS.cache_dir,
+                        help="local cache of object-store versions (default $XDG_CACHE_HOME/kdeploy or "
+                             "~/.cache/kdeploy)")
     parser.add_argument("--drain-seconds", type=float, default=DEFAULTS.drain_seconds,
                         help="on SIGTERM, finish in-flight requests and exit within this time "
                              f"(default {DEFAULTS.drain_seconds:g})")
@@ -171,11 +183,13 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     from kdeploy.serve.batching import read_batching_parameters
     from kdeploy.serve.sources import sources_from_model_config, sources_from_repository
+    from kdeploy.storage.urls import parse_location
 
     if args.model_config_file is not None:
-        models = sources_from_model_config(args.model_config_file)
+        models = sources_from_model_config(args.model_config_file, args.cache_dir)
     else:
-        models = sources_from_repository(args.repository, args.model, VersionPolicy.parse(args.version_policy))
+        models = sources_from_repository(parse_location(args.repository), args.model,
+                                         VersionPolicy.parse(args.version_policy), args.cache_dir)
     batching = None
     if args.enable_batching:
         batching = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
@@ -199,6 +213,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         log_queue_size=args.log_queue_size,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca, ssl_config_file=args.ssl_config_file, health_port=args.health_port,
+        storage_poll_seconds=args.storage_poll_seconds, storage_settle_seconds=args.storage_settle_seconds,
+        cache_dir=args.cache_dir,
     )
 
 
@@ -225,11 +241,11 @@ def run_serve(args: argparse.Namespace) -> int:
     rest = f"{config.host}:{running.rest_port}" if running.rest_port is not None else "off"
     metrics = f"{config.host}:{running.metrics_port}" if running.metrics_port is not None else "off"
     unservable = f" unservable={','.join(sorted(problems))}" if problems else ""
-    print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
-          f"grpc={config.host}:{running.grpc_port} rest={rest} metrics={metrics} backend={config.backend} "
-          f"models={versions}{unservable}{_security_banner(config.host, running.tls, running.health_port)}",
-          flush=True)
-    try:
+    try:  # a SIGTERM right after the start-up line (a client that read it) drains too
+        print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
+              f"grpc={config.host}:{running.grpc_port} rest={rest} metrics={metrics} backend={config.backend} "
+              f"models={versions}{unservable}{_security_banner(config.host, running.tls, running.health_port)}",
+              flush=True)
         while not running.stopping.wait(3600):
             pass
     except KeyboardInterrupt:
@@ -282,7 +298,8 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
         "configs", help="write TF Serving and Triton configuration for a model repository",
         description="Write models.config, batching_parameters.txt and monitoring.config for TF Serving, and "
                     "config.pbtxt per model for Triton, from the repository's manifests.")
-    parser.add_argument("--repository", required=True, type=Path, help="model repository")
+    parser.add_argument("--repository", required=True,
+                        help="model repository: a folder, or s3://, gs://, az:// (manifests are read in place)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (tfserving/ and triton/ inside)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME", help="only this model (repeatable)")
     parser.add_argument("--base-path", default=CONFIGS_DEFAULTS.base_path,
@@ -294,7 +311,10 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--allowed-batch-sizes", default=",".join(map(str, CONFIGS_DEFAULTS.allowed_batch_sizes)),
                         help="comma-separated, ascending")
     parser.add_argument("--triton-into-repository", action="store_true",
-                        help="also write REPO/NAME/config.pbtxt, where Triton reads it")
+                        help="also write REPO/NAME/config.pbtxt, where Triton reads it (uploaded, for an object store)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where versions without a manifest are downloaded from an object store (default "
+                             "$XDG_CACHE_HOME/kdeploy or ~/.cache/kdeploy)")
     parser.set_defaults(run=run_configs)
 
 
@@ -306,8 +326,11 @@ def run_configs(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--allowed-batch-sizes {args.allowed_batch_sizes!r}: "
                          "expected comma-separated integers") from None
+    from kdeploy.storage.urls import parse_location
+
     config = ConfigsConfig(
-        repository=args.repository, out_dir=args.out, models=tuple(args.model), base_path=args.base_path,
+        repository=parse_location(args.repository), cache_dir=args.cache_dir, out_dir=args.out,
+        models=tuple(args.model), base_path=args.base_path,
         policy=VersionPolicy.parse(args.version_policy), max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, allowed_batch_sizes=allowed,
         triton_into_repository=args.triton_into_repository,

@@ -10,6 +10,7 @@ from typing import Any
 from kdeploy.common.errors import UsageError
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
 from kdeploy.serve.tls import TlsSource
+from kdeploy.storage.urls import StorageUrl
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
@@ -109,6 +110,9 @@ class ModelSource:
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     labels: dict[str, int] = field(default_factory=dict)
     """Version labels (`stable` -> 1), as in TF Serving's version_labels."""
+    url: StorageUrl | None = None
+    """The model's folder in an object store, when its versions live there: `base_path` is then its local cache
+    folder, which the server loads from as from any folder (`kdeploy.storage.mirror` keeps it in line)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,15 @@ class ServeConfig:
     """Prometheus `GET /metrics`; None turns it off, 0 picks a free port."""
     poll_seconds: float = 2.0
     """How often the repository is checked for new or removed versions; 0 turns polling off."""
+    storage_poll_seconds: float = 30.0
+    """How often a model folder in an object store is listed (one LIST request per model), jittered, and backed off
+    up to 8x after errors; 0 lists it only at start-up."""
+    storage_settle_seconds: float = 60.0
+    """A version without a manifest.json in an object store (written by another tool) is served once none of its
+    objects has changed for this long."""
+    cache_dir: Path | None = None
+    """Local cache of the versions served from an object store (default: $XDG_CACHE_HOME/kdeploy or ~/.cache/kdeploy;
+    an emptyDir in Kubernetes)."""
     drain_seconds: float = 30.0
     """On SIGTERM, the longest the server takes to finish in-flight requests and exit."""
     drain_grace_seconds: float = 5.0
@@ -200,6 +213,8 @@ class ServeConfig:
                              f"choose from {', '.join(GRAPH_OPTIMIZATIONS)}")
         if self.max_message_mb < 1:
             raise UsageError("--max-message-mb must be at least 1")
+        if self.storage_poll_seconds < 0 or self.storage_settle_seconds < 0:
+            raise UsageError("--storage-poll-seconds and --storage-settle-seconds must not be negative")
         if self.poll_seconds < 0 or self.drain_seconds < 0 or self.drain_grace_seconds < 0:
             raise UsageError("--poll-seconds, --drain-seconds and --drain-grace-seconds must not be negative")
         if self.predict_tensor_encoding not in TENSOR_ENCODINGS:

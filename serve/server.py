@@ -29,6 +29,7 @@ from kdeploy.serve.grpc_server import GrpcFrontEnd, Method, Service
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager
 from kdeploy.serve.observe import Observers, build_observers
+from kdeploy.serve.remote import build_mirror, mirror_forever
 from kdeploy.serve.rest_server import RestServer
 from kdeploy.serve.service import InferenceService
 from kdeploy.serve.tls import CertificateReloader
@@ -268,10 +269,21 @@ def build_server(config: ServeConfig) -> RunningServer:
     running = RunningServer(config, models, metrics, front_end, grpc_port, executor, rest, rest_port,
                             metrics_server, metrics_port, started, observers=observers,
                             tls=tls, health_port=front_end.health_port)
+    mirror = build_mirror(config, metrics, models)
+    if mirror is not None:
+        try:  # the first listing: a wrong credential or URL stops the start (unless told to wait for models)
+            mirror.poll(raise_errors=not config.wait_for_models)
+        except UsageError:
+            running.stop(grace_seconds=0.0)
+            raise
     models.load_all()
     running.set_serving()
     if config.poll_seconds > 0:
         threading.Thread(target=running.poll_forever, name="poll", daemon=True).start()
+    if mirror is not None and config.storage_poll_seconds > 0:
+        threading.Thread(target=mirror_forever, name="storage-poll", daemon=True,
+                         args=(mirror, config.storage_poll_seconds, running.stopping, models,
+                               running.set_serving)).start()
     logger.info("serving in %.2f s", time.perf_counter() - started,
                 extra={"grpc_port": grpc_port, "rest_port": rest_port, "metrics_port": metrics_port})
     return running

@@ -26,11 +26,16 @@ logger = logging.getLogger(__name__)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def version_of_folder(name: str) -> int | None:
+    """The version a folder name stands for (a positive integer), or None for any other folder."""
+    return int(name) if name.isdigit() and int(name) > 0 else None
+
+
 def version_numbers(model_dir: Path) -> list[int]:
     """The version folders (positive integers) in a model folder, ascending; hidden folders do not count."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+    return sorted(v for p in model_dir.iterdir() if p.is_dir() and (v := version_of_folder(p.name)) is not None)
 
 
 class ModelRepository:

@@ -17,8 +17,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-OVERLAYS = ("onnx", "gpu", "tfserving", "loadtest", "onnx-tls")
-SERVER_OVERLAYS = ("onnx", "gpu", "tfserving", "onnx-tls")
+OVERLAYS = ("onnx", "gpu", "tfserving", "loadtest", "onnx-tls", "bucket")
+SERVER_OVERLAYS = ("onnx", "gpu", "tfserving", "onnx-tls", "bucket")
 KUBERNETES_VERSION = "1.37.0"
 """The Kubernetes release the manifests are validated against (kubernetes-validate's newest schema)."""
 
