@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images coverage
+.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images coverage docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -48,6 +48,12 @@ lint: $(STAMP)
 	cd $(LINT_TREE) && PYTHONPATH=. ../../$(BIN)/lint-imports --config ../../pyproject.toml --no-cache
 	cd $(LINT_TREE) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p kdeploy
 
+# The docs site (MkDocs, strict: a broken link or a page missing from mkdocs.yml's nav fails): the reference pages and
+# benchmark tables are written from the code and benchmarks/results/*.json first (tools/docs.py). Output: build/site.
+docs: $(STAMP)
+	$(BIN)/python -m tools.docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --quiet --strict
+
 # Re-resolve the pins after changing dependencies in pyproject.toml (needs the package index).
 lock:
 	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
@@ -58,9 +64,11 @@ lock:
 clean:
 	rm -rf build $(VENV)
 
-# Measured numbers for README (training, export and verify times, artifact sizes). Not part of the tests.
+# Measured numbers for docs/benchmarks.md (training, export and verify times, artifact sizes), recorded in
+# benchmarks/results/foundation.json. Not part of the tests.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/foundation.py
+	$(BIN)/python -m tools.docs
 
 # Recompile serve/protos/descriptors.binpb after editing a .proto file under serve/protos/.
 protos: $(STAMP)
@@ -73,3 +81,4 @@ perf-analyzer:
 # Serving benchmark (several minutes): kdeploy vs in-process onnxruntime, a null and a plain server.
 bench-serve: $(STAMP) perf-analyzer
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python -m tools.docs

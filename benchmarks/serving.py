@@ -11,7 +11,8 @@ at concurrency 1, 8 and 32, plus kdeploy's RSS and start-to-SERVING time, on fou
 digits CNN, a wide MLP (512 -> 2048 -> 2048 -> 10) and MobileNetV2 (random weights, 224x224x3).
 
 Run `make bench-serve` (it installs perf_analyzer in build/perf-venv first). Results: build/bench-serve/results.json
-and Markdown tables on standard output. Not a test: nothing here asserts a time.
+during the run, then the record benchmarks/results/serving.json, from which `make docs` writes the tables in
+docs/benchmarks.md (`render`); the tables are printed too. Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "bench-serve"
+RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
 PERF_VENV = ROOT / "build" / "perf-venv"
 PERF = PERF_VENV / "bin" / "perf_analyzer"
 CONCURRENCY = (1, 8, 32)
@@ -245,19 +247,22 @@ def main() -> int:
                              "allowed_batch_sizes: 1\nallowed_batch_sizes: 2\nallowed_batch_sizes: 4\n"
                              "allowed_batch_sizes: 8\nallowed_batch_sizes: 16\nallowed_batch_sizes: 32\n")
     versions = prepare_models()
-    results = {"machine": machine(), "models": {}}
+    from datetime import date
+
+    results = {"machine": machine(), "date": date.today().isoformat(), "models": {}}
     for name, version_dir in versions.items():
         print(f"model {name}", flush=True)
         results["models"][name] = {"in_process": in_process(version_dir), "servers": server_runs(name, version_dir,
                                                                                                  batching_file)}
         (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))
     return 0
 
 
 def render(results: dict) -> str:
-    """Markdown tables for README."""
-    lines = [f"Machine: {results['machine']}.", ""]
+    """The Markdown tables of one run (docs/benchmarks.md is written from this)."""
+    lines = [f"Machine: {results['machine']}" + (f"; {results['date']}." if "date" in results else "."), ""]
     lines += ["| model | in-process p50 batch 1 | in-process inf/s batch 1 / 8 / 32 |", "|---|---|---|"]
     for name, data in results["models"].items():
         ip = data["in_process"]

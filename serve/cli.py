@@ -109,16 +109,22 @@ def parse_workers(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {text!r}") from None
 
 
+def env_var(flag: str, prefix: str = ENV_PREFIX) -> str:
+    """The environment variable a flag defaults to: `--grpc-port` -> `KDEPLOY_GRPC_PORT`."""
+    return prefix + flag.lstrip("-").replace("-", "_").upper()
+
+
 def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
     """Let every `--some-flag` default to the environment variable `KDEPLOY_SOME_FLAG` (container settings).
 
     Command-line flags still win. Boolean flags take 1/true/yes; repeatable ones a comma-separated list.
     """
+    parser.set_defaults(env_prefix=ENV_PREFIX)  # how the reference pages (tools/docs.py) learn of the variables
     for action in parser._actions:  # noqa: SLF001 - argparse offers no public list of actions
         long_names = [o for o in action.option_strings if o.startswith("--")]
         if not long_names or action.dest == "help":
             continue
-        value = os.environ.get(ENV_PREFIX + long_names[0][2:].replace("-", "_").upper())
+        value = os.environ.get(env_var(long_names[0]))
         if value is None:
             continue
         if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001

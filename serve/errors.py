@@ -32,6 +32,22 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.INTERNAL: 500,
 }
 
+WHEN: dict[ErrorKind, str] = {
+    ErrorKind.NOT_FOUND: "unknown model, version or label",
+    ErrorKind.INVALID_INPUT: (
+        "missing or unexpected input, wrong dtype, rank or dimension, `tensor_content` length not matching the "
+        "shape, empty request, unknown output; unknown signature in Classify, Regress, MultiInference or REST; a "
+        "value TensorFlow refuses (a `tf.Example` it cannot parse: TensorFlow's message)"),
+    ErrorKind.FAILED_PRECONDITION: "unknown signature in a gRPC Predict (as TF Serving answers it)",
+    ErrorKind.TOO_LARGE: "message over `--max-message-mb`, or a typed tensor whose expansion would exceed 4 times that",
+    ErrorKind.UNAVAILABLE: "model not loaded or failed to load; batching queue full; server draining",
+    ErrorKind.DEADLINE: "the request's deadline passed while it was queued (it is dropped, not computed)",
+    ErrorKind.UNIMPLEMENTED: "a MultiInference task whose signature method is neither classify nor regress",
+    ErrorKind.INTERNAL: "the runtime failed on the request (logged with model and version; the client gets a "
+                        "generic message)",
+}
+"""When each kind is raised: the reference page's error table (docs/reference/errors.md) is written from this."""
+
 HTTP_TO_GRPC_NAME: dict[int, str] = {200: "OK"} | {
     code: GRPC_STATUS[kind].name for kind, code in reversed(HTTP_STATUS.items())
 }

@@ -1,14 +1,7 @@
 """Prometheus metrics of one server, on a registry of its own (nothing is registered at import time).
 
-Names and labels (documented in README):
-- `kdeploy_requests_total{model,version,protocol,status}`: requests answered, by gRPC status name (REST too).
-- `kdeploy_request_latency_seconds{model,protocol}`: time from request decoded to response ready.
-- `kdeploy_queue_seconds{model}`: time a request waited in the batching queue.
-- `kdeploy_inference_seconds{model,version}`: time in the runtime per executed batch.
-- `kdeploy_batch_size{model}`: rows per executed batch (after merging; before padding).
-- `kdeploy_inflight_requests{model}`: requests being computed or queued.
-- `kdeploy_queue_depth{model}`: requests waiting in the batching queue.
-- `kdeploy_model_version_state{model,version}`: TF Serving's state number (10 START ... 30 AVAILABLE ... 50 END).
+Every metric is created in `ServerMetrics.__init__`; docs/reference/metrics.md is generated from that registry (name,
+type, help, labels) and `LABELS` below, so a metric added here is documented by `make docs`.
 """
 
 from __future__ import annotations
@@ -25,6 +18,13 @@ from prometheus_client.metrics_core import Metric
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LABELS: dict[str, str] = {
+    "model": "model name (`_unknown` for requests naming a model the server does not serve, so values stay bounded)",
+    "version": "model version number",
+    "protocol": "`tfserving-grpc`, `kserve-grpc` or `tfserving-rest`",
+    "status": "gRPC status name (`OK`, `INVALID_ARGUMENT`, ...); REST answers count under the matching name",
+}
+"""What each label holds (for the reference page)."""
 UNKNOWN_MODEL = "_unknown"
 """Label for requests naming a model this server does not serve (keeps label values bounded)."""
 
@@ -46,7 +46,8 @@ class ServerMetrics:
         r.register(_FlushFirst(self))  # registered before the metrics: collected (flushed) before them
         self.requests = Counter("kdeploy_requests_total", "Requests answered.",
                                 ["model", "version", "protocol", "status"], registry=r)
-        self.latency = Histogram("kdeploy_request_latency_seconds", "Request latency inside the server.",
+        self.latency = Histogram("kdeploy_request_latency_seconds",
+                                 "Request latency inside the server, from request decoded to response ready.",
                                  ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_time = Histogram("kdeploy_queue_seconds", "Time spent waiting in the batching queue.",
                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
@@ -59,8 +60,10 @@ class ServerMetrics:
                               registry=r, multiprocess_mode="livesum")
         self.queue_depth = Gauge("kdeploy_queue_depth", "Requests waiting in the batching queue.", ["model"],
                                  registry=r, multiprocess_mode="livesum")
-        self.version_state = Gauge("kdeploy_model_version_state", "Model version state (TF Serving's numbers).",
-                                   ["model", "version"], registry=r, multiprocess_mode="livemax")
+        self.version_state = Gauge("kdeploy_model_version_state",
+                                   "Model version state, TF Serving's numbers: 10 START, 20 LOADING, 30 AVAILABLE, "
+                                   "40 UNLOADING, 50 END.", ["model", "version"], registry=r,
+                                   multiprocess_mode="livemax")
 
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()

@@ -3,7 +3,7 @@
 `CONTAINER_ENGINE=podman|docker` chooses; otherwise the first engine that answers `info` wins (a docker client
 without a running daemon does not count). Podman gets a `containers.conf` of kdeploy's own unless the caller set
 `CONTAINERS_CONF`: on the small VMs kdeploy is built on, crun fails with cgroups v1 "hybrid" and runc cannot raise
-podman's default rlimits, so it names runc, cgroupfs and capped ulimits (see README, Troubleshooting).
+podman's default rlimits, so it names runc, cgroupfs and capped ulimits (see docs/troubleshooting.md).
 """
 
 from __future__ import annotations
