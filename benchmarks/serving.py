@@ -320,8 +320,9 @@ def ratio_table(results: dict) -> list[str]:
     for model in results["models"]:
         grpc = cell(model, "kdeploy", "kserve", 32, "infer_per_s")
         rest = [ratio(cell(model, "kdeploy", p, 32, "infer_per_s"), grpc) for p in ("kserve-rest", "kserve-rest-json")]
-        lines.append(f"| KServe v2 HTTP / gRPC at c32 ≥ 0.8 (binary / JSON tensors) | {model} | "
-                     + " / ".join("-" if v is None else f"{v:.2f}" for v in rest) + " |")
+        if rest != [None, None]:  # records from before HTTP was measured have none
+            lines.append(f"| KServe v2 HTTP / gRPC at c32 ≥ 0.8 (binary / JSON tensors) | {model} | "
+                         + " / ".join("-" if v is None else f"{v:.2f}" for v in rest) + " |")
     if "wide" in results["models"]:
         lines.append("| batching / no batching at c32 ≥ 2.5 | wide | " + both(
             lambda p: ratio(cell("wide", "kdeploy+batching", p, 32, "infer_per_s"),

@@ -21,7 +21,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LABELS: dict[str, str] = {
     "model": "model name (`_unknown` for requests naming a model the server does not serve, so values stay bounded)",
     "version": "model version number",
-    "protocol": "`tfserving-grpc`, `kserve-grpc` or `tfserving-rest`",
+    "protocol": "`tfserving-grpc`, `kserve-grpc`, `tfserving-rest` or `kserve-rest`",
     "status": "gRPC status name (`OK`, `INVALID_ARGUMENT`, ...); REST answers count under the matching name",
 }
 """What each label holds (for the reference page)."""
