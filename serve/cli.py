@@ -28,10 +28,15 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         description="Serve the models of a repository written by `kdeploy export`, speaking TF Serving's gRPC and "
                     "REST APIs and the KServe v2 (Open Inference) gRPC protocol on one gRPC port.")
     # Either source may come from the environment (KDEPLOY_REPOSITORY / KDEPLOY_MODEL_CONFIG_FILE).
-    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE"))
+    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE", "MODEL_DIR"))
     source = parser.add_mutually_exclusive_group(required=not env_source)
     source.add_argument("--repository", type=Path, help="model repository (REPO/NAME/VERSION)")
     source.add_argument("--model-config-file", type=Path, help="TF Serving ModelServerConfig text file (models.config)")
+    source.add_argument("--model-dir", type=Path,
+                        help="one model from a folder as KServe's storage initializer leaves it (/mnt/models): a "
+                             "version folder, a model folder of versions, or a repository")
+    parser.add_argument("--model-name", metavar="NAME",
+                        help="with --model-dir: the name to serve the model under (default: the folder's name)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
                         help="serve only this model (repeatable; default: every model in the repository)")
     parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS,
@@ -139,8 +144,14 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     from kdeploy.serve.batching import read_batching_parameters
     from kdeploy.serve.sources import sources_from_model_config, sources_from_repository
 
+    if args.model_name is not None and args.model_dir is None:
+        raise UsageError("--model-name goes with --model-dir")
     if args.model_config_file is not None:
         models = sources_from_model_config(args.model_config_file)
+    elif args.model_dir is not None:
+        from kdeploy.serve.model_dir import sources_from_model_dir
+
+        models = sources_from_model_dir(args.model_dir, args.model_name, VersionPolicy.parse(args.version_policy))
     else:
         models = sources_from_repository(args.repository, args.model, VersionPolicy.parse(args.version_policy))
     batching = None

@@ -206,3 +206,27 @@ def test_drain_readiness_first_then_503(repo):
         assert status == 503
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("layout", ["version", "model", "repository"])
+def test_model_dir_serves_what_kserve_storage_leaves_in_mnt_models(repo, tmp_path, layout):
+    """`--model-dir /mnt/models --model-name ISVC`, as the kserve overlay's runtime runs the server."""
+    import tritonclient.http as triton
+
+    mnt = tmp_path / "mnt" / "models"
+    source = {"version": repo / "digits" / "1", "model": repo / "digits", "repository": None}[layout]
+    if source is None:
+        shutil.copytree(repo / "digits", mnt / "digits")
+    else:
+        shutil.copytree(source, mnt)
+    proc = start_server("--model-dir", mnt, "--model-name", "digits-isvc", "--poll-seconds", "0")
+    try:
+        client = triton.InferenceServerClient(proc.rest)
+        assert client.is_model_ready("digits-isvc", "1")
+        x = digits_rows(repo, 2)
+        tensor = triton.InferInput("image", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        got = client.infer("digits-isvc", [tensor]).as_numpy("probabilities")
+        np.testing.assert_allclose(got, keras_outputs(repo, "digits", {"image": x})["probabilities"], **FP32)
+    finally:
+        assert proc.stop() == 0
