@@ -49,7 +49,7 @@ def test_render_sets_the_model_where_each_overlay_names_it(kdeploy):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--overlay", "nope"], "unknown overlay 'nope'; choose from gpu, loadtest, onnx, tfserving"),
+    (["--overlay", "nope"], "unknown overlay 'nope'; choose from gpu, kserve, loadtest, onnx, tfserving"),
     (["--overlay", "onnx", "--image", "Not An Image"], "--image 'Not An Image'"),
     (["--overlay", "onnx", "--model", "../etc"], "--model '../etc'"),
     (["--overlay", "onnx", "--k8s-dir", "/nonexistent"], "no k8s/overlays folder /nonexistent"),
