@@ -23,7 +23,8 @@ from tests.deploy.conftest import REPO
 REQUIREMENTS = REPO / "requirements"
 PROJECT_PACKAGES = ("kdeploy", "export", "serve", "train", "loadtest")
 HEAVY = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "keras", "tf2onnx", "tf-keras", "scikit-learn",
-         "ai-edge-litert", "onnx", "torch", "jax")
+         "onnx", "torch", "jax")
+"""Never in the server images (LiteRT is: the serve extra's TFLite backend, about 60 MB)."""
 GPU_ONLY = ("onnxruntime-gpu",)
 """Not in constraints.txt (the dev machine has no GPU): pinned in server-gpu.txt by their own resolution."""
 
@@ -74,7 +75,7 @@ def test_server_images_have_no_tensorflow():
     assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
     loadtest = pins(REQUIREMENTS / "loadtest.txt")
     assert {"locust", "matplotlib"} <= set(loadtest)
-    assert not [p for p in loadtest if p in HEAVY or p.startswith(("tensorflow", "onnxruntime"))]
+    assert not [p for p in loadtest if p in HEAVY or p.startswith(("tensorflow", "onnxruntime", "ai-edge-litert"))]
 
 
 def allowed_modules(requirements: str) -> list[str]:
@@ -120,6 +121,23 @@ def test_guard_blocks_what_the_image_lacks():
     proc = run_guarded("server.txt", ["tensorflow"], ["--help"])
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "No module named 'tensorflow'" in err
+
+
+@pytest.mark.parametrize("requirements, argv, extra", [
+    ("server.txt", ["export", "model.keras", "--repository", "r", "--name", "m"], "export"),
+    ("server.txt", ["train", "--recipe", "digits-cnn", "--out", "t"], "export"),
+    ("server.txt", ["loadtest", "--target", "127.0.0.1:9", "--model", "m", "--out", "o"], "loadtest"),
+    ("server.txt", ["serve", "--repository", ".", "--backend", "savedmodel"], "export"),
+    ("loadtest.txt", ["serve", "--repository", "."], "serve"),
+    ("loadtest.txt", ["verify", "r/m"], "export"),
+])
+def test_a_missing_extra_is_one_line_naming_it(requirements, argv, extra):
+    """A command run where its extra is not installed (an image's contents) names the extra to install, exit 2."""
+    proc = run_guarded(requirements, [], argv)
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"kdeploy {argv[0]}: error: needs the {extra} extra: pip install 'kdeploy[{extra}]' (")
 
 
 @pytest.fixture
