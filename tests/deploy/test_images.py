@@ -140,33 +140,6 @@ def test_a_missing_extra_is_one_line_naming_it(requirements, argv, extra):
     assert lines[0].startswith(f"kdeploy {argv[0]}: error: needs the {extra} extra: pip install 'kdeploy[{extra}]' (")
 
 
-@pytest.fixture
-def onnx_repository(tmp_path: Path) -> Path:
-    """A one-model repository: y = relu(x) in ONNX, with the manifest `kdeploy export` would write."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from kdeploy.common.files import sha256_path
-    from kdeploy.contract.manifest import Artifact, Manifest, write_manifest
-    from kdeploy.contract.signature import ModelSignature
-
-    version_dir = tmp_path / "models" / "relu" / "1"
-    version_dir.mkdir(parents=True)
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
-              version_dir / "model.onnx")
-    signature = ModelSignature.from_json({"name": "serving_default",
-                                          "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
-                                          "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 4]}]})
-    path = version_dir / "model.onnx"
-    artifact = Artifact(format="onnx", path="model.onnx", bytes=path.stat().st_size, sha256=sha256_path(path))
-    write_manifest(version_dir, Manifest(name="relu", version=1, signature=signature, source=artifact,
-                                         artifacts={"onnx": artifact}))
-    return tmp_path / "models"
-
-
 def test_server_image_contents_serve_and_drain(onnx_repository):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

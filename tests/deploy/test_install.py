@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.test_images import REQUIREMENTS, onnx_repository, pins  # noqa: F401 - a fixture
+from tests.deploy.test_images import REQUIREMENTS, pins
 
 pytestmark = [pytest.mark.slow, pytest.mark.install]
 ROOT = Path(__file__).resolve().parents[2]
