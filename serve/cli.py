@@ -24,9 +24,10 @@ CONFIGS_DEFAULTS = ConfigsConfig(repository=Path(), out_dir=Path())
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "serve", help="serve a model repository over TF Serving's gRPC/REST API and KServe v2 gRPC",
+        "serve", help="serve a model repository over TF Serving's gRPC/REST API and KServe v2 gRPC/REST",
         description="Serve the models of a repository written by `kdeploy export`, speaking TF Serving's gRPC and "
-                    "REST APIs and the KServe v2 (Open Inference) gRPC protocol on one gRPC port.")
+                    "REST APIs and the KServe v2 (Open Inference) protocol: gRPC on the gRPC port, HTTP on the "
+                    "REST port.")
     # Either source may come from the environment (KDEPLOY_REPOSITORY / KDEPLOY_MODEL_CONFIG_FILE).
     env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE", "MODEL_DIR"))
     source = parser.add_mutually_exclusive_group(required=not env_source)
@@ -46,7 +47,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port,
                         help=f"gRPC port (default {DEFAULTS.grpc_port}; 0 picks a free one)")
     parser.add_argument("--rest-port", type=int, default=DEFAULTS.rest_port,
-                        help=f"REST port (default {DEFAULTS.rest_port}; 0 picks a free one)")
+                        help=f"REST port: TF Serving's /v1 and KServe v2's /v2 (default {DEFAULTS.rest_port}; 0 picks "
+                             "a free one)")
     parser.add_argument("--no-rest", action="store_true", help="do not serve REST")
     parser.add_argument("--version-policy", default=VersionPolicy().describe(),
                         help=f"latest[:N], all or specific:V[,V] (default {VersionPolicy().describe()})")
