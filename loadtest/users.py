@@ -113,8 +113,10 @@ class PacedUser:
 
     def _begin(self) -> None:
         self.workload = workload_of(self.environment)
-        if (self.workload.payloads.protocol in REST_PROTOCOLS) != (self.protocol in REST_PROTOCOLS):
-            # Only possible when the web UI switches --protocol between gRPC and REST after Locust started.
+        sent = self.workload.payloads.protocol
+        if (sent in REST_PROTOCOLS or self.protocol in REST_PROTOCOLS) and sent != self.protocol:
+            # Only possible when the web UI switches --protocol to or from REST after Locust started (each HTTP
+            # protocol has its own body and headers; the gRPC users send either gRPC protocol's serialized bytes).
             raise RuntimeError(f"{type(self).__name__} cannot send {self.workload.payloads.protocol} requests; "
                                "restart Locust with that --protocol")
         bodies = self.workload.payloads.bodies
