@@ -31,7 +31,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from kdeploy.contract.signature import SignatureError
-from kdeploy.serve.adapters.kserve_v2 import EXTENSIONS, KServeV2Adapter
+from kdeploy.serve.adapters.kserve_v2 import EXTENSIONS, KServeV2Adapter, version_number
 from kdeploy.serve.errors import GRPC_STATUS, HTTP_STATUS, INTERNAL_MESSAGE
 from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
 from kdeploy.serve.models import ServedVersion, VersionState
@@ -39,6 +39,7 @@ from kdeploy.serve.service import InferenceService
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid, not_found, unavailable
 from kdeploy.wire.kserve_rest import (
     BINARY_EXTENSION,
+    INFERENCE_HEADER,
     RestInferRequest,
     header_length_of,
     infer_request_from_body,
@@ -143,7 +144,7 @@ class KServeRestApi:
         return {"ready": True}
 
     def _model_ready(self, name: str, version_text: str) -> dict[str, Any]:
-        version = _version_number(name, version_text)
+        version = version_number(name, version_text)
         statuses = self.service.models.statuses(name, version)  # NOT_FOUND for an unknown model or version
         if not any(s.state is VersionState.AVAILABLE for s in statuses):
             states = ", ".join(f"{s.version}: {s.state.name}" for s in statuses)
@@ -162,7 +163,7 @@ class KServeRestApi:
         try:
             _check_method(method, "POST", match.string)
             request = infer_request_from_body(body, header_length_of(header_text, len(body)))
-            version = _version_number(name, urllib.parse.unquote(match["version"] or ""))
+            version = version_number(name, urllib.parse.unquote(match["version"] or ""))
             with self.service.serving(name, version) as served:
                 served_version = str(served.version)
                 reply = await self._run(served, request)
@@ -182,7 +183,7 @@ class KServeRestApi:
         signature = served.signature
         if request.raw_input is not None:
             if len(signature.inputs) != 1:
-                raise invalid(f"a raw binary request ({_header_zero()}) is for a model with one input; model "
+                raise invalid(f"a raw binary request ({INFERENCE_HEADER}: 0) is for a model with one input; model "
                               f"{served.name!r} has {signature.input_names}")
             tensors = [raw_input_tensor(request.raw_input, signature.inputs[0])]
         else:
@@ -207,19 +208,6 @@ class KServeRestApi:
 def _check_method(method: str, expected: str, path: str) -> None:
     if method != expected:
         raise ServeError(ErrorKind.INVALID_INPUT, f"{path} takes {expected}, not {method}")
-
-
-def _version_number(name: str, text: str) -> int | None:
-    """A version from the path, checked as the gRPC adapter checks ModelInfer's `model_version`."""
-    if not text:
-        return None
-    if not text.isdigit():
-        raise invalid(f"model {name!r}: version must be a positive integer, got {text!r}")
-    return int(text)
-
-
-def _header_zero() -> str:
-    return "Inference-Header-Content-Length: 0"
 
 
 def _reply(status: int, payload: dict[str, Any]) -> RestReply:
