@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images coverage docs
+.PHONY: demo test test-install lint install clean lock bench protos bench-serve perf-analyzer images test-images coverage docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Install by role for real (tests/deploy/test_install.py, tests/integration/test_kserve_client.py): fresh venvs with
+# `pip install 'kdeploy[serve]'` and KServe's SDK, from the package index (a few minutes, most of it downloads).
+test-install: $(STAMP)
+	$(BIN)/python -m pytest -m install
 
 # server, loadtest and trainer images (tfserving too when tensorflow/serving is present locally) with podman or
 # docker (CONTAINER_ENGINE=podman|docker, else detected), the demo repository baked in (MODEL_SOURCE=context).

@@ -2,8 +2,8 @@
 'kdeploy[serve]'` (pinned by requirements/server.txt, as the server image installs it) serves an exported ONNX version
 over KServe v2 REST without importing TensorFlow, and names the extra a command lacks.
 
-Slow (a venv and a pip install from the package index, through pip's cache: about a minute): `-m install` selects
-it; `make test` runs it.
+Slow (a venv and a pip install from the package index: about two minutes, most of it downloads): marked `install`,
+which `make test` leaves out and `make test-install` (CI, after `make test`) runs.
 """
 
 from __future__ import annotations
