@@ -5,8 +5,9 @@ Measures, in one run and on one machine, with Triton's perf_analyzer (C++) as th
 - the null server (grpc.aio, returns a cached tensor) and the plain server (grpc.aio, inline onnxruntime), over
   KServe v2 and TF Serving gRPC (benchmarks/reference_servers.py);
 - kdeploy's server over KServe v2 and TF Serving gRPC: one worker, with dynamic batching (and the batch sizes it
-  formed), and `--workers auto`; and over KServe v2 HTTP (`perf_analyzer -i http`: binary tensors, and JSON tensors
-  for the one-worker server);
+  formed), `--workers auto`, and observed: every request traced (OTLP to a receiver in this process,
+  benchmarks/otlp_sink.py), payload-logged and access-logged (files under build/bench-serve/logs); and over KServe v2
+  HTTP (`perf_analyzer -i http`: binary tensors, and JSON tensors for the one-worker server);
 at concurrency 1, 8 and 32, plus kdeploy's RSS and start-to-SERVING time, on four models: the tabular MLP, the
 digits CNN, a wide MLP (512 -> 2048 -> 2048 -> 10) and MobileNetV2 (random weights, 224x224x3).
 
@@ -154,7 +155,7 @@ def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False
             "p99_us": float(row["p99 latency"]), "pa_cpu_cores": cpu / wall}
 
 
-def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
+def server_runs(name: str, version_dir: Path, batching_file: Path, otlp: str = "") -> dict:
     from kdeploy.contract.manifest import read_manifest
 
     signature = read_manifest(version_dir).signature
@@ -169,6 +170,13 @@ def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
         ("kdeploy+batching", None, ["--enable-batching", "--batching-parameters-file", str(batching_file)]),
         ("kdeploy workers=auto", None, ["--workers", "auto"]),
     ]
+    logs = OUT / "logs" / name
+    observed = ["--payload-log-rate", "1", "--payload-log-file", str(logs / "payload.jsonl"), "--access-log",
+                str(logs / "access.jsonl"), "--payload-log-max-mb", "50", "--payload-log-backups", "1"]
+    if otlp:
+        variants.append(("kdeploy observed", None, observed))
+    observed_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_SAMPLER": "always_on",
+                    "OTEL_BSP_MAX_QUEUE_SIZE": "8192"}
     for label, base, flags in variants:
         port, rest_port = free_port(), free_port()
         if base is None:
@@ -181,7 +189,8 @@ def server_runs(name: str, version_dir: Path, batching_file: Path) -> dict:
         # The server's log goes to a file: an unread pipe would block the server once it filled.
         log = open(OUT / f"server-{name}-{label}.log", "w")  # noqa: SIM115 - closed with the process below
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                   env={**os.environ, "PYTHONPATH": str(ROOT),
+                                        **(observed_env if label == "kdeploy observed" else {})})
         try:
             start_seconds = wait_ready(process, marker)
             entry: dict = {"start_s": start_seconds, "rss_mib": rss_mib(process.pid)}
@@ -249,12 +258,16 @@ def main() -> int:
     versions = prepare_models()
     from datetime import date
 
+    from otlp_sink import start  # benchmarks/otlp_sink.py, beside this file
+
+    otlp, sink, _ = start()
     results = {"machine": machine(), "date": date.today().isoformat(), "models": {}}
     for name, version_dir in versions.items():
         print(f"model {name}", flush=True)
         results["models"][name] = {"in_process": in_process(version_dir), "servers": server_runs(name, version_dir,
-                                                                                                 batching_file)}
+                                                                                                 batching_file, otlp)}
         (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    sink.stop(0)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))
     return 0
@@ -314,6 +327,10 @@ def ratio_table(results: dict) -> list[str]:
         lines.append(f"| c32 throughput / null ≥ 0.85 (small models) | {model} | " + both(
             lambda p, m=model: ratio(cell(m, "kdeploy", p, 32, "infer_per_s"), cell(m, "null", p, 32, "infer_per_s")))
             + " |")
+        if "kdeploy observed" in results["models"][model]["servers"]:  # runs recorded before it have no such row
+            lines.append(f"| traced (always_on) + payload log 1.0 + access log / plain kdeploy at c32 | {model} | "
+                         + both(lambda p, m=model: ratio(cell(m, "kdeploy observed", p, 32, "infer_per_s"),
+                                                         cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
         lines.append(f"| workers=auto / 1 worker at c32 | {model} | " + both(
             lambda p, m=model: ratio(cell(m, "kdeploy workers=auto", p, 32, "infer_per_s"),
                                      cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
