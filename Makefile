@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 AZURITE := build/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: demo test lint install clean lock bench protos bench-serve perf-analyzer images test-images coverage docs \
-	bench-storage
+.PHONY: demo test test-install lint install clean lock bench protos bench-serve perf-analyzer images test-images \
+	coverage docs bench-storage
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -30,6 +30,11 @@ $(AZURITE):
 	  npm install --prefix build/azurite --no-audit --no-fund --loglevel=error azurite@3.35.0 || \
 	  echo "azurite could not be installed: the Azure Blob Storage tests will skip"; \
 	else echo "npm not found: the Azure Blob Storage tests will skip"; fi
+
+# Install by role for real (tests/deploy/test_install.py, tests/integration/test_kserve_client.py): fresh venvs with
+# `pip install 'kdeploy[serve]'` and KServe's SDK, from the package index (a few minutes, most of it downloads).
+test-install: $(STAMP)
+	$(BIN)/python -m pytest -m install
 
 # server, loadtest and trainer images (tfserving too when tensorflow/serving is present locally) with podman or
 # docker (CONTAINER_ENGINE=podman|docker, else detected), the demo repository baked in (MODEL_SOURCE=context).

@@ -16,8 +16,9 @@ Variants:
 - `NAME=PATH`: the server of another checkout of this repository (a `git worktree` of the commit to compare),
   `NAME=PATH:FLAGS` with flags.
 
-Run: `python benchmarks/ab_serve.py MODEL ROUNDS VARIANT... [--concurrency 1,32,1t,32t]` ("t": TF Serving's Predict
-instead of KServe) after `make bench-serve` made `build/bench-serve/repo`. Not a test: nothing here asserts a time.
+Run: `python benchmarks/ab_serve.py MODEL ROUNDS VARIANT... [--concurrency 1,32,1t,32t,32h,32j]` ("t": TF Serving's
+Predict instead of KServe gRPC; "h": KServe v2 over HTTP with binary tensors, "j": with JSON tensors, on kdeploy's
+REST port) after `make bench-serve` made `build/bench-serve/repo`. Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ for _name, _module in list(sys.modules.items()):
 
 
 def server_command(variant: str, model: str, version_dir: Path, port: int, scratch: Path, otlp: str = "",
-                   tls_server: list[str] | None = None) -> tuple[list[str], dict[str, str], str]:
-    """The command, extra environment and readiness marker of one variant."""
+                   tls_server: list[str] | None = None, rest_port: int = 0) -> tuple[list[str], dict[str, str], str]:
+    """The command, extra environment and readiness marker of one variant (REST on `rest_port`, if not 0)."""
     head, _, options = variant.partition(":")
     if head in ("null", "plain"):
         env = dict(item.split("=", 1) for item in options.split(";") if item)
@@ -70,7 +71,8 @@ def server_command(variant: str, model: str, version_dir: Path, port: int, scrat
         env["PYTHONPATH"] = str(site)
     flags = [f for f in options.split(";") if f]
     return ([sys.executable, "-m", "kdeploy", "serve", "--repository", str(OUT / "repo"), "--model", model,
-             "--grpc-port", str(port), "--no-rest", "--metrics-port", "0", "--poll-seconds", "0", *flags],
+             "--grpc-port", str(port), *(["--rest-port", str(rest_port)] if rest_port else ["--no-rest"]),
+             "--metrics-port", "0", "--poll-seconds", "0", *flags],
             env, "kdeploy serve:")
 
 
@@ -80,21 +82,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def perf(model: str, port: int, concurrency: str, shapes: str, windows: int = 3, stability: int = 100,
+def perf(model: str, ports: tuple[int, int], concurrency: str, shapes: str, windows: int = 3, stability: int = 100,
          ssl: list[str] | None = None, pid: int | None = None) -> tuple[float, float, float] | None:
     """Inferences per second, p50 µs and the server's CPU µs per inference of one short perf_analyzer run (None if
-    it failed or never settled).
+    it failed or never settled); `ports`: gRPC, REST.
 
     CPU per inference (the server's CPU time over the run / the inferences it answered, estimated as the measured
     rate times the run's wall time) hardly moves when other work slows the machine, where latency and rate do.
     """
-    tfserving = concurrency.endswith("t")
-    level = concurrency.rstrip("t")
+    kind = concurrency[-1] if concurrency[-1] in "thj" else ""
+    level = concurrency.rstrip("thj")
+    http = kind in ("h", "j")
     with tempfile.NamedTemporaryFile(suffix=".csv") as out:
-        command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
+        command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{ports[1] if http else ports[0]}",
+                   "-i", "http" if http else "grpc",
                    "--concurrency-range", f"{level}:{level}", "-p", "1500", "-r", str(windows), "-s", str(stability),
                    "-f", out.name]
-        command += ["--service-kind=tfserving", "--shape", shapes] if tfserving else ["-x", "1"]
+        command += ["--service-kind=tfserving", "--shape", shapes] if kind == "t" else ["-x", "1"]
+        if kind == "j":
+            command += ["--input-tensor-format", "json", "--output-tensor-format", "json"]
         command += ssl or []
         cpu_before, started = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
         subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300, check=False)
@@ -124,7 +130,7 @@ def main() -> None:
     signature = read_manifest(version_dir).signature
     shapes = " ".join(f"{s.name}:1,{','.join(str(d) for d in s.shape[1:])}" for s in signature.inputs)
     levels = args.concurrency.split(",")
-    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    servers: dict[str, tuple[subprocess.Popen, tuple[int, int]]] = {}
     results: dict[str, dict[str, list[tuple[float, float, float] | None]]] = {v: {c: [] for c in levels}
                                                                               for v in args.variants}
     sink, endpoint = None, ""
@@ -136,25 +142,25 @@ def main() -> None:
         tls_server, tls_client = tls_files(Path(scratch) / "pki")
         try:
             for variant in args.variants:
-                port = free_port()
+                port, rest_port = free_port(), free_port()
                 command, env, marker = server_command(variant, args.model, version_dir, port, Path(scratch),
-                                                      endpoint, tls_server)
+                                                      endpoint, tls_server, rest_port)
                 process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                            env={**os.environ, **env})
                 wait_ready(process, marker)
                 threading.Thread(target=process.stdout.read, daemon=True).start()  # keep the pipe from filling
-                servers[variant] = (process, port)
+                servers[variant] = (process, (port, rest_port))
             for round_number in range(args.rounds):
                 order = args.variants if round_number % 2 == 0 else args.variants[::-1]
                 for level in levels:
                     for variant in order:
-                        process, port = servers[variant]
+                        process, ports = servers[variant]
                         ssl = tls_client if variant.startswith("kdeploy-mtls") else None
-                        results[variant][level].append(perf(args.model, port, level, shapes, args.windows,
+                        results[variant][level].append(perf(args.model, ports, level, shapes, args.windows,
                                                             args.stability, ssl, process.pid))
                 print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
-            for process, _port in servers.values():
+            for process, _ports in servers.values():
                 process.kill()
             if sink is not None:
                 sink.stop(0)

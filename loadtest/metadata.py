@@ -1,7 +1,8 @@
 """The model's signature as a server describes it, and the reachability check that comes with asking.
 
 TF Serving's `GetModelMetadata` (gRPC, and `GET /v1/models/NAME/metadata` over REST) answers with a
-`SignatureDefMap`; KServe v2's `ModelMetadata` with tensor names, datatypes and shapes. Both become a
+`SignatureDefMap`; KServe v2's `ModelMetadata` (gRPC, and `GET /v2/models/NAME` over REST) with tensor names,
+datatypes and shapes. Both become a
 `ModelSignature`, so a load test can run against a server whose repository is not at hand (TF Serving, Triton).
 Asking is also the preflight: an unreachable target, an unknown model or the wrong protocol is reported within
 the timeout, before Locust starts.
@@ -21,6 +22,7 @@ from google.protobuf import json_format
 
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.signature import DTYPES, STRING, ModelSignature, SignatureError, TensorSpec
+from kdeploy.wire.protocols import REST_PROTOCOLS
 from kdeploy.wire.protos.messages import Protos, load_protos
 from kdeploy.wire.tls import ClientTls, secure_channel
 
@@ -106,6 +108,16 @@ def signature_from_rest_metadata(body: Mapping[str, Any], protos: Protos) -> Mod
     return signature_from_signature_def_map(signature_map)
 
 
+def signature_from_kserve_rest_metadata(body: Mapping[str, Any], protos: Protos) -> ModelSignature:
+    """KServe v2 REST model metadata JSON (`{"name", "inputs": [...], "outputs": [...]}`) as a signature."""
+    response = protos.cls("inference.ModelMetadataResponse")()
+    try:
+        json_format.ParseDict(body, response, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise UsageError(f"cannot read the server's KServe v2 metadata: {exc}") from None
+    return signature_from_kserve_metadata(response)
+
+
 def _grpc_problem(exc: grpc.RpcError, protocol: str, address: str, model: str, timeout_s: float,
                   tls: ClientTls | None = None) -> UsageError:
     code, details = exc.code(), exc.details()
@@ -146,10 +158,14 @@ def _fetch_grpc(protocol: str, address: str, model: str, version: int | None, ti
     return signature_from_kserve_metadata(response)
 
 
-def _fetch_rest(address: str, model: str, version: int | None, timeout_s: float,
+def _fetch_rest(protocol: str, address: str, model: str, version: int | None, timeout_s: float,
                 tls: ClientTls | None) -> ModelSignature:
     scheme = "https" if tls else "http"
-    url = f"{scheme}://{address}/v1/models/{model}" + ("" if version is None else f"/versions/{version}") + "/metadata"
+    versions = "" if version is None else f"/versions/{version}"
+    if protocol == "kserve-rest":
+        url = f"{scheme}://{address}/v2/models/{model}{versions}"
+    else:
+        url = f"{scheme}://{address}/v1/models/{model}{versions}/metadata"
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # never through a proxy
     if tls is not None:
         handlers.append(urllib.request.HTTPSHandler(context=tls.ssl_context()))
@@ -164,9 +180,11 @@ def _fetch_rest(address: str, model: str, version: int | None, timeout_s: float,
         raise UsageError(f"{address} refused the metadata request for {model!r}: HTTP {exc.code} {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UsageError(f"cannot reach {address} (tfserving-rest) within {timeout_s:g} s: {reason}") from None
+        raise UsageError(f"cannot reach {address} ({protocol}) within {timeout_s:g} s: {reason}") from None
     except ValueError:
-        raise UsageError(f"{url} did not answer with JSON; is {address} a TF Serving REST port?") from None
+        raise UsageError(f"{url} did not answer with JSON; is {address} a {protocol} port?") from None
+    if protocol == "kserve-rest":
+        return signature_from_kserve_rest_metadata(body, load_protos())
     return signature_from_rest_metadata(body, load_protos())
 
 
@@ -185,6 +203,6 @@ def fetch_signature(protocol: str, address: str, model: str, version: int | None
     Raises:
         UsageError: when the server cannot be reached in time, does not serve the model, or speaks another protocol.
     """
-    if protocol == "tfserving-rest":
-        return _fetch_rest(address, model, version, timeout_s, tls)
+    if protocol in REST_PROTOCOLS:
+        return _fetch_rest(protocol, address, model, version, timeout_s, tls)
     return _fetch_grpc(protocol, address, model, version, timeout_s, tls)

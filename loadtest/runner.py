@@ -29,6 +29,7 @@ from kdeploy.common.errors import KdeployError, UsageError
 from kdeploy.loadtest.config import ENV_PREFIX, PREFLIGHT_TIMEOUT_S, LoadTestConfig
 from kdeploy.loadtest.shapes import ShapePlan, plan_for
 from kdeploy.loadtest.slo import Slo, parse_slo, percentile_of, slo_verdict
+from kdeploy.wire.protocols import REST_PROTOCOLS
 
 if TYPE_CHECKING:
     from kdeploy.loadtest.recorder import Records
@@ -95,7 +96,7 @@ def locust_command(run: PreparedRun, staging: Path) -> list[str]:
     """The Locust command line for a prepared run, writing into `staging`."""
     config = run.config
     scheme = "https" if config.workload.tls is not None else "http"
-    host = f"{scheme}://{config.target.address}" if config.protocol == "tfserving-rest" else config.target.address
+    host = f"{scheme}://{config.target.address}" if config.protocol in REST_PROTOCOLS else config.target.address
     # Locust runs in the staging folder, so every path it gets must be absolute.
     workload = dataclasses.replace(
         config.workload, latency_file=staging.resolve() / "latencies.npz",

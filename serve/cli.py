@@ -25,17 +25,23 @@ CONFIGS_DEFAULTS = ConfigsConfig(repository=Path(), out_dir=Path())
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "serve", help="serve a model repository over TF Serving's gRPC/REST API and KServe v2 gRPC",
+        "serve", help="serve a model repository over TF Serving's gRPC/REST API and KServe v2 gRPC/REST",
         description="Serve the models of a repository written by `kdeploy export`, speaking TF Serving's gRPC and "
-                    "REST APIs and the KServe v2 (Open Inference) gRPC protocol on one gRPC port.")
+                    "REST APIs and the KServe v2 (Open Inference) protocol: gRPC on the gRPC port, HTTP on the "
+                    "REST port.")
     # Either source may come from the environment (KDEPLOY_REPOSITORY / KDEPLOY_MODEL_CONFIG_FILE).
-    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE"))
+    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE", "MODEL_DIR"))
     source = parser.add_mutually_exclusive_group(required=not env_source)
     source.add_argument("--repository",
                         help="model repository (REPO/NAME/VERSION): a folder, or s3://BUCKET/PREFIX, "
                              "gs://BUCKET/PREFIX, az://CONTAINER/PREFIX (synced into --cache-dir)")
     source.add_argument("--model-config-file", type=Path,
                         help="TF Serving ModelServerConfig text file (models.config); base paths may be URLs")
+    source.add_argument("--model-dir", type=Path,
+                        help="one model from a folder as KServe's storage initializer leaves it (/mnt/models): a "
+                             "version folder, a model folder of versions, or a repository")
+    parser.add_argument("--model-name", metavar="NAME",
+                        help="with --model-dir: the name to serve the model under (default: the folder's name)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
                         help="serve only this model (repeatable; default: every model in the repository)")
     parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS,
@@ -45,7 +51,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port,
                         help=f"gRPC port (default {DEFAULTS.grpc_port}; 0 picks a free one)")
     parser.add_argument("--rest-port", type=int, default=DEFAULTS.rest_port,
-                        help=f"REST port (default {DEFAULTS.rest_port}; 0 picks a free one)")
+                        help=f"REST port: TF Serving's /v1 and KServe v2's /v2 (default {DEFAULTS.rest_port}; 0 picks "
+                             "a free one)")
     parser.add_argument("--no-rest", action="store_true", help="do not serve REST")
     parser.add_argument("--version-policy", default=VersionPolicy().describe(),
                         help=f"latest[:N], all or specific:V[,V] (default {VersionPolicy().describe()})")
@@ -185,8 +192,14 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     from kdeploy.serve.sources import sources_from_model_config, sources_from_repository
     from kdeploy.storage.urls import parse_location
 
+    if args.model_name is not None and args.model_dir is None:
+        raise UsageError("--model-name goes with --model-dir")
     if args.model_config_file is not None:
         models = sources_from_model_config(args.model_config_file, args.cache_dir)
+    elif args.model_dir is not None:
+        from kdeploy.serve.model_dir import sources_from_model_dir
+
+        models = sources_from_model_dir(args.model_dir, args.model_name, VersionPolicy.parse(args.version_policy))
     else:
         models = sources_from_repository(parse_location(args.repository), args.model,
                                          VersionPolicy.parse(args.version_policy), args.cache_dir)

@@ -126,7 +126,7 @@ class ServeConfig:
     grpc_port: int = 8500
     """0 picks a free port (printed at start-up)."""
     rest_port: int | None = 8501
-    """TF Serving's REST API; None turns it off, 0 picks a free port."""
+    """TF Serving's REST API and KServe v2 over HTTP; None turns it off, 0 picks a free port."""
     max_message_mb: int = 64
     """Largest request or response, in MiB (gRPC answers RESOURCE_EXHAUSTED, REST 413 beyond it)."""
     intra_op_threads: int = 0

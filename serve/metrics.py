@@ -25,7 +25,7 @@ SYNC_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 6
 LABELS: dict[str, str] = {
     "model": "model name (`_unknown` for requests naming a model the server does not serve, so values stay bounded)",
     "version": "model version number",
-    "protocol": "`tfserving-grpc`, `kserve-grpc` or `tfserving-rest`",
+    "protocol": "`tfserving-grpc`, `kserve-grpc`, `tfserving-rest` or `kserve-rest`",
     "status": "gRPC status name (`OK`, `INVALID_ARGUMENT`, ...); REST answers count under the matching name",
     "log": "`payload` (`--payload-log-*`) or `access` (`--access-log`)",
     "reason": "`queue_full` (the writer fell behind; requests never wait for it) or `sink_error` (the file or URL "

@@ -1,6 +1,8 @@
-"""TF Serving's REST API over HTTP: aiohttp on the gRPC front end's event loop (keep-alive on).
+"""TF Serving's REST API and KServe v2 over HTTP: aiohttp on the gRPC front end's event loop (keep-alive on).
 
-The handler only moves bytes: the body in, `RestApi.handle` (routing, decoding, inference, errors), JSON out. An
+The handler only moves bytes: the body in, `RestApi.handle` (routing, decoding, inference, errors), JSON out; paths
+under `/v2` (and KServe v1's `GET /v1/models`) go to `KServeRestApi.handle` instead, whose answers may carry binary
+tensor data after the JSON. An
 oversized body is answered 413 with the same JSON error shape as every other error, after it has been read (a client
 still sending when the connection closes would see a broken pipe instead), and while draining new requests are
 answered 503 so load balancers and clients retry elsewhere.
@@ -18,8 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
+from kdeploy.serve.adapters.kserve_rest import KServeRestApi, RestReply, is_kserve_path
 from kdeploy.serve.adapters.rest import RestApi
 from kdeploy.serve.observe import REQUEST, Observers, http_route
+from kdeploy.wire.kserve_rest import INFERENCE_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +35,10 @@ DRAINING_MESSAGE = "the server is shutting down; retry (another replica takes ne
 class RestServer:
     """One aiohttp site serving `api`; start, refuse and stop run on the event loop."""
 
-    def __init__(self, api: RestApi, observers: Observers | None = None) -> None:
+    def __init__(self, api: RestApi, observers: Observers | None = None, kserve: KServeRestApi | None = None) -> None:
         self._api = api
         self._observers = observers
+        self._kserve = kserve
         self._refusing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -60,6 +65,11 @@ class RestServer:
         server: Any = site._server  # noqa: SLF001 - aiohttp exposes the bound sockets nowhere else
         self.port = server.sockets[0].getsockname()[1]
         return self.port
+
+    def enter_graceful_shutdown(self) -> None:
+        """Readiness (`/v2/health/ready`) answers 503 from now on; requests are still served (called on the loop)."""
+        if self._kserve is not None:
+            self._kserve.draining = True
 
     def refuse(self) -> None:
         """Answer every new request 503 from now on (called on the loop)."""
@@ -109,6 +119,10 @@ class RestServer:
                 await _discard(request, DISCARD_LIMIT_BYTES)
                 size = f"{length} bytes" if length is not None else "the request body"
                 return _json(413, {"error": f"{size} is over the limit of {limit} bytes"}, close=True)
+        if self._kserve is not None and is_kserve_path(request.raw_path):
+            reply = await self._kserve.handle(request.method, request.raw_path, body,
+                                              request.headers.get(INFERENCE_HEADER))
+            return _kserve_response(reply)
         status, payload = await self._api.handle(request.method, request.raw_path, body)
         return _json(status, payload)
 
@@ -119,6 +133,13 @@ async def _discard(request: web.Request, limit: int) -> None:
         if not chunk:
             return
         limit -= len(chunk)
+
+
+def _kserve_response(reply: RestReply) -> web.Response:
+    if reply.header_length is None:
+        return web.Response(body=reply.body, status=reply.status, content_type="application/json")
+    return web.Response(body=reply.body, status=reply.status, content_type="application/octet-stream",
+                        headers={INFERENCE_HEADER: str(reply.header_length)})
 
 
 def _json(status: int, payload: dict[str, Any], close: bool = False) -> web.Response:

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import Manifest, bare_artifact_path
 from kdeploy.runtimes.base import Backend, load_backend
+from kdeploy.serve.adapters.kserve_rest import KServeRestApi
 from kdeploy.serve.adapters.kserve_v2 import KServeV2Adapter
 from kdeploy.serve.adapters.rest import RestApi
 from kdeploy.serve.adapters.tfserving import TfServingAdapter
@@ -161,6 +162,8 @@ class RunningServer:
         deadline = time.monotonic() + self.config.drain_seconds
         self.stopping.set()
         self.front_end.enter_graceful_shutdown()
+        if self.rest is not None:
+            self.front_end.call_soon(self.rest.enter_graceful_shutdown)  # /v2/health/ready: 503 at once
         logger.info("draining: NOT_SERVING; new requests accepted for %.1f s more", grace)
         time.sleep(grace)
         rest = self.rest
@@ -252,7 +255,8 @@ def build_server(config: ServeConfig) -> RunningServer:
     metrics_server, metrics_port = None, None
     try:
         if config.rest_port is not None:
-            rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known), observers)
+            rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known), observers,
+                              KServeRestApi(service, kserve, protos, metrics, known))
             rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port,
                                                  ssl_context=tls.reloading_context() if tls else None))
         if config.metrics_port is not None:

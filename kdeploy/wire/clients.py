@@ -1,4 +1,5 @@
-"""Clients for a running model server, with the `Backend` interface: TF Serving gRPC and REST, KServe v2 gRPC.
+"""Clients for a running model server, with the `Backend` interface: TF Serving gRPC and REST, KServe v2 gRPC and
+REST (binary tensors).
 
 They let served-output parity (`kdeploy verify --endpoint`) treat kdeploy's server, TF Serving or Triton like any
 other runtime. TF-free: messages come from the vendored protocol definitions.
@@ -16,6 +17,7 @@ import numpy as np
 
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.signature import Feed, ModelSignature
+from kdeploy.wire.kserve_rest import INFERENCE_HEADER, infer_request_body, outputs_from_response
 from kdeploy.wire.protocols import GRPC_METHODS, PROTOCOLS
 from kdeploy.wire.protos.messages import load_protos
 from kdeploy.wire.tensors import fill_tensor_proto, kserve_datatype, ndarray_from_tensor_proto, raw_bytes
@@ -152,6 +154,47 @@ class TfServingRestClient:
         pass
 
 
+class KServeRestClient:
+    """KServe v2 `POST /v2/models/NAME[/versions/V]/infer` with binary tensors both ways (Triton's extension)."""
+
+    format = "kserve-rest"
+
+    def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
+                 timeout: float = 30.0, tls: ClientTls | None = None) -> None:
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
+        scheme = "https" if tls else "http"
+        self._url = f"{scheme}://{address}{path}"
+        self._timeout, self.signature = timeout, signature
+        handlers: list[Any] = [urllib.request.ProxyHandler({})]  # never through a proxy
+        if tls:
+            handlers.append(urllib.request.HTTPSHandler(context=tls.ssl_context()))
+        self._opener = urllib.request.build_opener(*handlers)
+        try:
+            with self._opener.open(f"{scheme}://{address}/v2/health/live", timeout=min(timeout, 5.0)):
+                pass
+        except urllib.error.HTTPError as exc:
+            raise UsageError(f"{address} answered HTTP {exc.code} to /v2/health/live: is it a KServe v2 REST port?"
+                             ) from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot reach a REST server at {address}: {exc}") from None
+
+    def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        body, length = infer_request_body(feed, binary=True)
+        headers = {"Content-Type": "application/octet-stream"}
+        if length is not None:
+            headers[INFERENCE_HEADER] = str(length)
+        request = urllib.request.Request(self._url + "/infer", data=body, method="POST", headers=headers)
+        try:
+            with self._opener.open(request, timeout=self._timeout) as response:
+                data, header = response.read(), response.headers.get(INFERENCE_HEADER)
+        except urllib.error.HTTPError as exc:
+            raise ServedModelError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+        return outputs_from_response(data, None if header is None else int(header))
+
+    def close(self) -> None:
+        pass
+
+
 def connect(protocol: str, address: str, model: str, version: int | None, signature: ModelSignature,
             tls: ClientTls | None = None) -> Any:
     """A client for `protocol` at `address` (over TLS with `tls`), checked to be reachable.
@@ -160,7 +203,7 @@ def connect(protocol: str, address: str, model: str, version: int | None, signat
         UsageError: for an unknown protocol or an address where nothing answers.
     """
     clients = {"tfserving-grpc": TfServingGrpcClient, "kserve-grpc": KServeGrpcClient,
-               "tfserving-rest": TfServingRestClient}
+               "tfserving-rest": TfServingRestClient, "kserve-rest": KServeRestClient}
     if protocol not in clients:
         raise UsageError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     return clients[protocol](address, model, version, signature, tls=tls)

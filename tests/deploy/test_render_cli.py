@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.conftest import OVERLAYS, documents, find, validate
+from tests.deploy.conftest import K8S, OVERLAYS, documents, find, validate
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -51,7 +51,8 @@ def test_render_sets_the_model_where_each_overlay_names_it(kdeploy):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--overlay", "nope"], "unknown overlay 'nope'; choose from " + ", ".join(sorted(OVERLAYS))),
+    (["--overlay", "nope"], "unknown overlay 'nope'; choose from "
+     + ", ".join(sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir()))),
     (["--overlay", "onnx", "--image", "Not An Image"], "--image 'Not An Image'"),
     (["--overlay", "onnx", "--model", "../etc"], "--model '../etc'"),
     (["--overlay", "onnx", "--k8s-dir", "/nonexistent"], "no k8s/overlays folder /nonexistent"),
