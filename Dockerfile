@@ -68,13 +68,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
 # ---------------------------------------------------------------------------------------------------------------
-# trainer: the whole tool with TensorFlow (pins from constraints.txt).
+# trainer: the whole tool with TensorFlow, kdeploy[all] (pins from constraints.txt).
 FROM runtime AS trainer
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /src
 COPY --from=builder /src /src
 COPY constraints.txt ./
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-build-isolation -c constraints.txt . \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-build-isolation -c constraints.txt '.[all]' \
  && pip check \
  && rm -rf /src/build \
  && install -d -o 10001 -g 10001 /models /workspace
@@ -101,13 +101,14 @@ COPY ${MODEL_REPOSITORY}/ /models/
 FROM models-${MODEL_SOURCE} AS models
 
 # ---------------------------------------------------------------------------------------------------------------
-# server: `kdeploy serve` with onnxruntime; TensorFlow is neither installed nor imported. kdeploy itself goes in
-# with --no-deps (pyproject lists the whole tool's dependencies); requirements/server.txt is the complete set.
+# server: `kdeploy serve` with onnxruntime and LiteRT, kdeploy[serve]; TensorFlow is neither installed nor imported.
+# requirements/server.txt pins the complete set the extra resolves to (as constraints: a package it lacked would
+# show in tests/deploy/test_install.py, which installs the same way and compares).
 FROM builder AS server-build
 COPY requirements/server.txt requirements/server.txt
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps -r requirements/server.txt \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    pip install --no-build-isolation -c requirements/server.txt '.[serve]' \
  && pip check \
- && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && pip uninstall --yes setuptools
 
 # TF Serving's models.config, batching_parameters.txt and monitoring.config for the baked repository.
@@ -123,7 +124,7 @@ COPY --from=models /models /models
 ENV KDEPLOY_REPOSITORY=/models \
     KDEPLOY_HOST=0.0.0.0
 LABEL org.opencontainers.image.title="kdeploy-server" \
-      org.opencontainers.image.description="kdeploy serve (onnx backend): TF Serving gRPC/REST and KServe v2 gRPC"
+      org.opencontainers.image.description="kdeploy serve (onnx, tflite): TF Serving gRPC/REST, KServe v2 gRPC/REST"
 USER 10001:10001
 WORKDIR /home/kdeploy
 # gRPC (TF Serving, KServe v2, grpc.health.v1), REST, Prometheus metrics.
@@ -137,9 +138,11 @@ ENTRYPOINT ["tini", "--", "kdeploy", "serve"]
 # only the NVIDIA driver and container toolkit) and are registered with the dynamic loader.
 FROM builder AS server-gpu-build
 COPY requirements/server-gpu.txt requirements/server-gpu.txt
+# onnxruntime-gpu stands in for the serve extra's onnxruntime (they install the same module), so kdeploy goes in
+# without its extras on the pinned set, which `pip check` then finds complete for the base package.
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps -r requirements/server-gpu.txt \
- && pip check \
  && pip install --no-cache-dir --no-deps --no-build-isolation . \
+ && pip check \
  && pip uninstall --yes setuptools
 
 FROM runtime AS server-gpu
@@ -183,9 +186,9 @@ ENTRYPOINT ["tini", "--", "tensorflow_model_server", "--port=8500", "--rest_api_
 # repository comes along for the signature and the held-out rows the requests are made of.
 FROM builder AS loadtest-build
 COPY requirements/loadtest.txt requirements/loadtest.txt
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked pip install --no-deps -r requirements/loadtest.txt \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    pip install --no-build-isolation -c requirements/loadtest.txt '.[loadtest]' \
  && pip check \
- && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && pip uninstall --yes setuptools
 
 FROM runtime AS loadtest

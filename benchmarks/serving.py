@@ -5,8 +5,10 @@ Measures, in one run and on one machine, with Triton's perf_analyzer (C++) as th
 - the null server (grpc.aio, returns a cached tensor) and the plain server (grpc.aio, inline onnxruntime), over
   KServe v2 and TF Serving gRPC (benchmarks/reference_servers.py);
 - kdeploy's server over KServe v2 and TF Serving gRPC: one worker, with dynamic batching (and the batch sizes it
-  formed), and `--workers auto`; and observed: every request traced (OTLP to a receiver in this process,
-  benchmarks/otlp_sink.py), payload-logged and access-logged (files under build/bench-serve/logs);
+  formed), `--workers auto`, and mutual TLS over KServe v2 (perf_analyzer's TF Serving client has no TLS); and
+  observed: every request traced (OTLP to a receiver in this process, benchmarks/otlp_sink.py), payload-logged and
+  access-logged (files under build/bench-serve/logs); and over KServe v2 HTTP (`perf_analyzer -i http`: binary
+  tensors, and JSON tensors for the one-worker server);
 at concurrency 1, 8 and 32, plus kdeploy's RSS and start-to-SERVING time, on four models: the tabular MLP, the
 digits CNN, a wide MLP (512 -> 2048 -> 2048 -> 10) and MobileNetV2 (random weights, 224x224x3).
 
@@ -123,12 +125,34 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False, shapes: str = "") -> dict:
-    """One perf_analyzer measurement; also how much CPU perf_analyzer itself used (is it the bottleneck?)."""
-    csv_path = OUT / f"pa-{model}-{port}-{concurrency}-{'tfs' if tfserving else 'kv2'}.csv"
-    command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
+def tls_files(folder: Path) -> tuple[list[str], list[str]]:
+    """Certificates for a mutual-TLS server (a CA, the server's for 127.0.0.1, a client's): its flags, and
+    perf_analyzer's (which cannot override the name it checks, so the certificate names the address)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # tests/ is not installed; its certificate helper is what the TLS tests use
+    from tests.certificates import make_pki
+
+    pki = make_pki(folder)
+    server = ["--tls-cert", str(pki.secret.cert), "--tls-key", str(pki.secret.key), "--tls-client-ca", str(pki.ca_file)]
+    client = ["--ssl-grpc-use-ssl", "true", "--ssl-grpc-root-certifications-file", str(pki.ca_file),
+              "--ssl-grpc-private-key-file", str(pki.client_key), "--ssl-grpc-certificate-chain-file",
+              str(pki.client_cert)]
+    return server, client
+
+
+def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False, shapes: str = "",
+             ssl: list[str] | None = None, http: bool = False, json_tensors: bool = False) -> dict:
+    """One perf_analyzer measurement; also how much CPU perf_analyzer itself used (is it the bottleneck?).
+
+    `http`: KServe v2 over HTTP on `port` (a REST port), binary tensors unless `json_tensors`.
+    """
+    kind = "tfs" if tfserving else ("json" if json_tensors else "http") if http else "kv2"
+    csv_path = OUT / f"pa-{model}-{port}-{concurrency}-{kind}.csv"
+    command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "http" if http else "grpc",
                "--concurrency-range", f"{concurrency}:{concurrency}", "-p", "2000", "-s", "50", "-r", "8",
-               "-f", str(csv_path)]
+               "-f", str(csv_path), *(ssl or [])]
+    if json_tensors:
+        command += ["--input-tensor-format", "json", "--output-tensor-format", "json"]
     if tfserving:
         command += ["--service-kind=tfserving", *(["--shape", shapes] if shapes else [])]
     else:
@@ -155,10 +179,12 @@ def server_runs(name: str, version_dir: Path, batching_file: Path, otlp: str = "
     repo = version_dir.parent.parent
     results: dict = {}
     reference = [PY, str(ROOT / "benchmarks" / "reference_servers.py")]
+    tls_server, tls_client = tls_files(OUT / "pki")
     variants: list[tuple[str, list[str] | None, list[str]]] = [
         ("null", [*reference, "null", str(version_dir)], []),
         ("plain", [*reference, "plain", str(version_dir)], []),
         ("kdeploy", None, []),
+        ("kdeploy+mtls", None, tls_server),
         ("kdeploy+batching", None, ["--enable-batching", "--batching-parameters-file", str(batching_file)]),
         ("kdeploy workers=auto", None, ["--workers", "auto"]),
     ]
@@ -170,11 +196,11 @@ def server_runs(name: str, version_dir: Path, batching_file: Path, otlp: str = "
     observed_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_SAMPLER": "always_on",
                     "OTEL_BSP_MAX_QUEUE_SIZE": "8192"}
     for label, base, flags in variants:
-        port = free_port()
+        port, rest_port = free_port(), free_port()
         if base is None:
             command = [PY, "-m", "kdeploy", "serve", "--repository", str(repo), "--model", name, "--grpc-port",
-                       str(port), "--no-rest", "--no-metrics", "--poll-seconds", "0", "--drain-grace-seconds", "0",
-                       "--log-format", "text", *flags]
+                       str(port), "--rest-port", str(rest_port), "--no-metrics", "--poll-seconds", "0",
+                       "--drain-grace-seconds", "0", "--log-format", "text", *flags]
             marker = "kdeploy serve: SERVING"
         else:
             command, marker = [*base, str(port)], "ready on"
@@ -188,11 +214,21 @@ def server_runs(name: str, version_dir: Path, batching_file: Path, otlp: str = "
             entry: dict = {"start_s": start_seconds, "rss_mib": rss_mib(process.pid)}
             for concurrency in CONCURRENCY:
                 print(f"  {name} {label} kserve c{concurrency}", flush=True)
-                entry[f"kserve_c{concurrency}"] = run_perf(name, port, concurrency)
+                entry[f"kserve_c{concurrency}"] = run_perf(name, port, concurrency,
+                                                           ssl=tls_client if "mtls" in label else None)
+                if "mtls" in label:
+                    continue  # perf_analyzer's TF Serving client speaks plaintext only
                 if "batching" not in label or name == "wide":
                     print(f"  {name} {label} tfserving c{concurrency}", flush=True)
                     entry[f"tfserving_c{concurrency}"] = run_perf(name, port, concurrency, tfserving=True,
                                                                   shapes=shapes)
+                if base is None and "batching" not in label:
+                    print(f"  {name} {label} kserve-rest c{concurrency}", flush=True)
+                    entry[f"kserve-rest_c{concurrency}"] = run_perf(name, rest_port, concurrency, http=True)
+                if label == "kdeploy":
+                    print(f"  {name} {label} kserve-rest-json c{concurrency}", flush=True)
+                    entry[f"kserve-rest-json_c{concurrency}"] = run_perf(name, rest_port, concurrency, http=True,
+                                                                         json_tensors=True)
             entry["rss_after_mib"] = rss_mib(process.pid)
             if "batching" in label:
                 entry["batch_sizes"] = batch_histogram(port, name)
@@ -271,7 +307,7 @@ def render(results: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     for name, data in results["models"].items():
         for label, entry in data["servers"].items():
-            for protocol in ("kserve", "tfserving"):
+            for protocol in ("kserve", "tfserving", "kserve-rest", "kserve-rest-json"):
                 if f"{protocol}_c1" not in entry:
                     continue
                 cells = [entry.get(f"{protocol}_c{c}", {}) for c in CONCURRENCY]
@@ -316,9 +352,22 @@ def ratio_table(results: dict) -> list[str]:
             lines.append(f"| traced (always_on) + payload log 1.0 + access log / plain kdeploy at c32 | {model} | "
                          + both(lambda p, m=model: ratio(cell(m, "kdeploy observed", p, 32, "infer_per_s"),
                                                          cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
+        if "kdeploy+mtls" in results["models"][model]["servers"]:  # runs recorded before TLS have no such rows
+            lines.append(f"| mutual TLS / plaintext c1 p50 (KServe) | {model} | " + both(
+                lambda p, m=model: ratio(cell(m, "kdeploy+mtls", p, 1, "p50_us"), cell(m, "kdeploy", p, 1, "p50_us")))
+                + " |")
+            lines.append(f"| mutual TLS / plaintext c32 throughput (KServe) | {model} | " + both(
+                lambda p, m=model: ratio(cell(m, "kdeploy+mtls", p, 32, "infer_per_s"),
+                                         cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
         lines.append(f"| workers=auto / 1 worker at c32 | {model} | " + both(
             lambda p, m=model: ratio(cell(m, "kdeploy workers=auto", p, 32, "infer_per_s"),
                                      cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
+    for model in results["models"]:
+        grpc = cell(model, "kdeploy", "kserve", 32, "infer_per_s")
+        rest = [ratio(cell(model, "kdeploy", p, 32, "infer_per_s"), grpc) for p in ("kserve-rest", "kserve-rest-json")]
+        if rest != [None, None]:  # records from before HTTP was measured have none
+            lines.append(f"| KServe v2 HTTP / gRPC at c32 ≥ 0.8 (binary / JSON tensors) | {model} | "
+                         + " / ".join("-" if v is None else f"{v:.2f}" for v in rest) + " |")
     if "wide" in results["models"]:
         lines.append("| batching / no batching at c32 ≥ 2.5 | wide | " + both(
             lambda p: ratio(cell("wide", "kdeploy+batching", p, 32, "infer_per_s"),

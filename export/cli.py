@@ -8,6 +8,7 @@ from pathlib import Path
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import FORMATS, TFLITE_QUANTIZATIONS
 from kdeploy.wire.protocols import PROTOCOLS
+from kdeploy.wire.tls import add_tls_arguments, client_tls_from_args
 
 
 def parse_per_format(values: list[str] | None, flag: str) -> dict[str, float]:
@@ -58,7 +59,10 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         description="Export MODEL (a .keras or .h5 file, or a SavedModel folder) into REPO/NAME/VERSION/ with a "
                     "manifest, then verify parity with it.")
     parser.add_argument("model", type=Path, help="a .keras or .h5 file, or a SavedModel folder")
-    parser.add_argument("--repository", required=True, type=Path, help="model repository root")
+    parser.add_argument("--repository", required=True,
+                        help="model repository root: a folder, or s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, "
+                             "az://CONTAINER/PREFIX (the version is built and verified locally, then uploaded with "
+                             "manifest.json last)")
     parser.add_argument("--name", required=True, help="model name (folder in the repository)")
     parser.add_argument("--version", type=int, help="version number (default: next)")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated (default {','.join(FORMATS)})")
@@ -78,10 +82,12 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from kdeploy.export.exporter import ExportConfig, export_model
     from kdeploy.export.parity_report import to_console
+    from kdeploy.storage.urls import parse_location
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     config = ExportConfig(
-        model_path=args.model, repository=args.repository, name=args.name, version=args.version, formats=formats,
+        model_path=args.model, repository=parse_location(args.repository), name=args.name, version=args.version,
+        formats=formats,
         tflite_quantization=args.tflite_quantization, representative_data=args.representative_data,
         onnx_opset=args.onnx_opset, force=args.force, allow_partial=args.allow_partial, verify=not args.no_verify,
         verify_config=_verify_config(args), unsafe=args.unsafe, signature=args.signature,
@@ -96,7 +102,7 @@ def run_export(args: argparse.Namespace) -> int:
         for failure in result.parity.failures if result.parity else []:
             print(f"  {failure}")
         return 1
-    print(f"kdeploy export: wrote {result.version_dir}")
+    print(f"kdeploy export: wrote {result.url or result.version_dir}")
     if result.failed_formats and not args.allow_partial:
         return 1
     return 0
@@ -108,12 +114,18 @@ def add_verify_parser(commands: argparse._SubParsersAction) -> None:
                                  description="Run the source model (Keras, or the SavedModel it was exported from) "
                                              "and every format of a version on the same inputs and compare them "
                                              "within per-format tolerances.")
-    parser.add_argument("model_dir", type=Path, metavar="REPO/NAME", help="model folder (or a version folder)")
+    parser.add_argument("model_dir", metavar="REPO/NAME",
+                        help="model folder (or a version folder); in an object store too (s3://BUCKET/REPO/NAME...): "
+                             "the version is downloaded into --cache-dir and checked against its manifest first")
     parser.add_argument("--version", type=int, help="version (default: latest)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where a version from an object store is downloaded (default $XDG_CACHE_HOME/kdeploy or "
+                             "~/.cache/kdeploy); the report goes there unless --report says otherwise")
     parser.add_argument("--endpoint", metavar="HOST:PORT",
                         help="compare what a running server (kdeploy, TF Serving, Triton) returns instead of the files")
     parser.add_argument("--protocol", default="tfserving-grpc", choices=PROTOCOLS,
                         help="protocol of --endpoint (default tfserving-grpc; REST needs the REST port)")
+    add_tls_arguments(parser)
     _add_verify_options(parser)
     parser.set_defaults(run=run_verify)
 
@@ -122,10 +134,22 @@ def run_verify(args: argparse.Namespace) -> int:
     from kdeploy.contract.repository import resolve_version_dir
     from kdeploy.export.parity_report import to_console
     from kdeploy.export.verify import verify_version
+    from kdeploy.storage.urls import StorageUrl, parse_location
 
     config = _verify_config(args)
-    version_dir = resolve_version_dir(args.model_dir, args.version)
+    location = parse_location(args.model_dir)
+    if isinstance(location, StorageUrl):
+        from kdeploy.storage.localize import localize_version
+        from kdeploy.storage.sync import default_cache_dir
+
+        version_dir = localize_version(location, args.version, args.cache_dir or default_cache_dir())
+        print(f"kdeploy verify: {location} is in {version_dir}")
+    else:
+        version_dir = resolve_version_dir(location, args.version)
     candidates = None
+    tls = client_tls_from_args(args)
+    if tls is not None and not args.endpoint:
+        raise UsageError("--tls and --tls-* are for --endpoint (the files are verified without a connection)")
     if args.endpoint:
         from dataclasses import replace
 
@@ -136,7 +160,7 @@ def run_verify(args: argparse.Namespace) -> int:
             raise UsageError(f"{version_dir} has no manifest.json: --endpoint compares a server with the version's "
                              "source model, which only an exported version keeps; verify it without --endpoint")
         manifest = read_manifest(version_dir)
-        client = connect(args.protocol, args.endpoint, manifest.name, manifest.version, manifest.signature)
+        client = connect(args.protocol, args.endpoint, manifest.name, manifest.version, manifest.signature, tls=tls)
         candidates = {args.protocol: client}
         if config.report_dir is None:
             # Keep the files' own parity report; served parity goes beside it.

@@ -20,17 +20,19 @@ from kdeploy.common.versions import library_versions
 from kdeploy.contract.manifest import (
     ARTIFACT_PATHS,
     FORMATS,
+    MANIFEST_FILE,
     TFLITE_QUANTIZATIONS,
     VALIDATION_FILE,
     Manifest,
     describe_artifact,
     write_manifest,
 )
-from kdeploy.contract.repository import ModelRepository
+from kdeploy.contract.repository import ModelRepository, version_of_folder
 from kdeploy.export.parity import ParityReport
 from kdeploy.export.sources import open_source, source_kind
 from kdeploy.export.verify import VerifyConfig, verify_version
 from kdeploy.export.warmup_requests import write_warmup_requests
+from kdeploy.storage.urls import StorageUrl
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ class ExportConfig:
 
     model_path: Path
     """A `.keras` file, a legacy `.h5` file (Keras 2 / tf.keras) or a SavedModel folder."""
-    repository: Path
+    repository: Path | StorageUrl
+    """A local folder, or a folder in an object store (the version is built locally, then published to it)."""
     name: str
     version: int | None = None
     """Version to write; default: one more than the highest in the repository."""
@@ -117,6 +120,8 @@ class ExportResult:
     published: bool
     seconds: dict[str, float]
     """Wall time per step (each format, verify)."""
+    url: str | None = None
+    """Where the version was published in an object store (None for a local repository)."""
 
     @property
     def ok(self) -> bool:
@@ -147,12 +152,46 @@ def export_model(
         KeyboardInterrupt: when cancelled.
     """
     config.check()
+    if isinstance(config.repository, StorageUrl):
+        return _export_to_store(config, config.repository, progress, cancel)
     repo = ModelRepository(config.repository)
-    model_dir = repo.model_dir(config.name)
     version = config.version or repo.next_version(config.name)
     if repo.version_dir(config.name, version).exists() and not config.force:
         raise UsageError(f"version {version} of {config.name!r} already exists in {repo.root}; "
                          "pass --force to replace it")
+    return _export_into(config, repo, version, progress, cancel)
+
+
+def _export_to_store(config: ExportConfig, url: StorageUrl, progress: Callable[[str], None],
+                     cancel: threading.Event | None) -> ExportResult:
+    """Build and verify the version in a local folder, then publish it to the store (manifest last)."""
+    from kdeploy.storage.objects import ObjectStorage
+    from kdeploy.storage.publish import publish_version
+
+    local = ModelRepository(Path(tempfile.mkdtemp(prefix="kdeploy-export-")))
+    keep = False
+    try:
+        storage = ObjectStorage(url.child(config.name))
+        versions = sorted(v for f in storage.list_folders() if (v := version_of_folder(f)) is not None)
+        version = config.version or (versions[-1] + 1 if versions else 1)
+        folder = local.version_dir(config.name, version).name  # also checks the name
+        if version in versions and not config.force and storage.exists(f"{folder}/{MANIFEST_FILE}"):
+            raise UsageError(f"version {storage.where(folder)} already exists; pass --force to replace it")
+        result = _export_into(config, local, version, progress, cancel)
+        if not result.published:
+            keep = True  # parity failed: the hidden folder it was set aside in stays for inspection
+            return result
+        result.url = publish_version(result.version_dir, storage, folder, force=config.force, progress=progress,
+                                     cancel=cancel)
+        return result
+    finally:
+        if not keep:
+            shutil.rmtree(local.root, ignore_errors=True)
+
+
+def _export_into(config: ExportConfig, repo: ModelRepository, version: int, progress: Callable[[str], None],
+                 cancel: threading.Event | None) -> ExportResult:
+    model_dir = repo.model_dir(config.name)
 
     # Heavy imports only once the arguments are known to be good.
     import_tensorflow_quietly()

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from kdeploy.common.errors import KdeployError
+from kdeploy.common.extras import require_extra
 from kdeploy.common.logs import configure_logging
 
 
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.interrupted = threading.Event()
     signal.signal(signal.SIGTERM, functools.partial(_interrupt, args.interrupted))
     try:
+        require_extra(args.command, getattr(args, "backend", None))
         return int(args.run(args))
     except KdeployError as exc:
         print(f"kdeploy {args.command}: error: {exc}", file=sys.stderr)

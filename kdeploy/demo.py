@@ -62,7 +62,7 @@ def serve_and_call(repository: Path, name: str, version_dir: Path, report_dir: P
     from kdeploy.serve.server import build_server
     from kdeploy.serve.sources import sources_from_repository
     from kdeploy.wire.clients import connect
-    from kdeploy.wire.protocols import PROTOCOLS
+    from kdeploy.wire.protocols import PROTOCOLS, REST_PROTOCOLS
 
     manifest = read_manifest(version_dir)
     if manifest.validation_data is None:
@@ -77,7 +77,7 @@ def serve_and_call(repository: Path, name: str, version_dir: Path, report_dir: P
         print(f"serving {name} on grpc 127.0.0.1:{running.grpc_port} and rest 127.0.0.1:{running.rest_port} "
               f"(onnx backend); one held-out image (label {label}) through each protocol:")
         for protocol in PROTOCOLS:
-            port = running.rest_port if protocol == "tfserving-rest" else running.grpc_port
+            port = running.rest_port if protocol in REST_PROTOCOLS else running.grpc_port
             client = connect(protocol, f"127.0.0.1:{port}", name, manifest.version, manifest.signature)
             try:
                 started = time.perf_counter()

@@ -45,7 +45,7 @@ class OverlayInfo:
     image: str
     """The image name the overlay's manifests use (the `name` of its kustomize `images:` entry)."""
     model_edit: str
-    """How the model name is set: `server-env`, `tfserving-probes` or `loadtest-env`."""
+    """How the model name is set: `server-env`, `tfserving-probes`, `loadtest-env` or `kserve-isvc`."""
 
 
 OVERLAYS: dict[str, OverlayInfo] = {
@@ -53,6 +53,9 @@ OVERLAYS: dict[str, OverlayInfo] = {
     "gpu": OverlayInfo(image="kdeploy-server", model_edit="server-env"),
     "tfserving": OverlayInfo(image="kdeploy-tfserving", model_edit="tfserving-probes"),
     "loadtest": OverlayInfo(image="kdeploy-loadtest", model_edit="loadtest-env"),
+    "onnx-tls": OverlayInfo(image="kdeploy-server", model_edit="server-env"),
+    "bucket": OverlayInfo(image="kdeploy-server", model_edit="server-env"),
+    "kserve": OverlayInfo(image="kdeploy-server", model_edit="kserve-isvc"),
 }
 
 
@@ -235,4 +238,8 @@ def model_edit(kind: str, model: str) -> dict[str, Any]:
                  "spec": {"template": {"spec": {"containers": [
                      {"name": "server", **{probe: {"httpGet": {"path": path}} for probe, path in paths.items()}}]}}}}
         return {"patches": [{"patch": json.dumps(patch)}]}
+    if kind == "kserve-isvc":
+        # KServe serves the model under the InferenceService's name (the runtimes pass --model-name={{.Name}}).
+        operation = [{"op": "replace", "path": "/metadata/name", "value": model}]
+        return {"patches": [{"target": {"kind": "InferenceService", "name": "digits"}, "patch": json.dumps(operation)}]}
     raise ValueError(f"unknown model edit {kind!r}")

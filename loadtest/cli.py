@@ -21,6 +21,7 @@ from kdeploy.loadtest.config import (
     parse_rate,
     parse_target,
 )
+from kdeploy.wire.tls import add_tls_arguments, client_tls_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
                         help="Locust processes; above 1 runs a Locust master and workers (default 1)")
     parser.add_argument("--allow-remote", action="store_true", help="allow a target that is not this machine")
     parser.add_argument("--out", type=Path, help="output folder for the reports")
+    add_tls_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace, target: Target, out_dir: Path) -> LoadTestConfig:
@@ -88,7 +90,7 @@ def config_from_args(args: argparse.Namespace, target: Target, out_dir: Path) ->
         model=args.model, protocol=protocol, model_version=args.model_version, repository=args.repository,
         signature_from_server=args.signature_from_server, data=args.data, batch=args.batch,
         rate=parse_rate(args.rate) if args.rate else None, request_timeout_s=args.request_timeout,
-        max_requests=args.max_requests, shape=args.shape, step_users=args.step_users,
+        max_requests=args.max_requests, shape=args.shape, step_users=args.step_users, tls=client_tls_from_args(args),
     )
     return LoadTestConfig(target=target, workload=workload, out_dir=out_dir, users=args.users,
                           spawn_rate=args.spawn_rate, duration_s=parse_duration(args.duration), slo=args.slo,

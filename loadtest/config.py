@@ -3,7 +3,7 @@
 `LoadTestConfig` is what `kdeploy loadtest` (or Python) hands to the runner. `WorkloadSettings` is the part the
 Locust process needs; it travels to Locust as custom command-line arguments (`to_locust_args`), which Locust
 also accepts as `KDEPLOY_LOADTEST_*` env vars and forwards from a master to its workers. Standard library only
-(and `kdeploy.wire.protocols`, which is too).
+(and `kdeploy.wire.protocols` and `kdeploy.wire.tls`, which are too).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from kdeploy.common.errors import UsageError
 from kdeploy.wire.protocols import PROTOCOLS
+from kdeploy.wire.tls import ClientTls
 
 SHAPES: tuple[str, ...] = ("constant", "step", "ramp")
 ENV_PREFIX = "KDEPLOY_LOADTEST_"
@@ -148,6 +149,8 @@ class WorkloadSettings:
     step_users: int | None = None
     """Users added per step (`--shape step`); default a fifth of `--users`."""
     seed: int = 0
+    tls: ClientTls | None = None
+    """Connect over TLS with these settings (None: plaintext)."""
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -188,6 +191,8 @@ class WorkloadSettings:
                 args += [flag, str(value)]
         if self.signature_from_server:
             args.append("--signature-from-server")
+        if self.tls is not None:
+            args += _tls_locust_args(self.tls)
         return args
 
     @classmethod
@@ -204,7 +209,36 @@ class WorkloadSettings:
             request_timeout_s=float(options.request_timeout), max_requests=int(options.max_requests),
             latency_file=path(options.latency_file), shape=options.shape or "constant",
             step_users=int(options.step_users) if options.step_users else None, seed=int(options.seed),
+            tls=_tls_from_options(options),
         )
+
+
+# Locust has --tls-cert and --tls-key of its own (its web UI's HTTPS): the client certificate travels as
+# --tls-client-cert and --tls-client-key.
+_TLS_LOCUST_FLAGS = (("ca", "--tls-ca"), ("cert", "--tls-client-cert"), ("key", "--tls-client-key"),
+                     ("server_name", "--tls-server-name"))
+
+
+def _tls_locust_args(tls: ClientTls) -> list[str]:
+    args = ["--tls"]
+    for attribute, flag in _TLS_LOCUST_FLAGS:
+        value = getattr(tls, attribute)
+        if value is not None:
+            args += [flag, str(value.resolve()) if isinstance(value, Path) else value]
+    return args
+
+
+def _tls_from_options(options: Any) -> ClientTls | None:
+    values = {attribute: getattr(options, flag[2:].replace("-", "_"), None) or None
+              for attribute, flag in _TLS_LOCUST_FLAGS}
+    if not _truthy(getattr(options, "tls", False)) and not any(values.values()):
+        return None
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return ClientTls(ca=path(values["ca"]), cert=path(values["cert"]), key=path(values["key"]),
+                     server_name=values["server_name"])
 
 
 def _truthy(value: object) -> bool:
@@ -238,6 +272,13 @@ def add_locust_arguments(parser: Any) -> None:
     add("--shape", default="constant", choices=SHAPES, help="constant (Locust's users), step or ramp")
     add("--step-users", type=int, default=None, help="users added per step (--shape step)")
     add("--seed", type=int, default=0, include_in_web_ui=False, help="seed of generated inputs")
+    add("--tls", action="store_true", default=False, include_in_web_ui=False,
+        help="connect over TLS (the system's CAs unless --tls-ca)")
+    add("--tls-ca", default="", include_in_web_ui=False, help="PEM CA certificates to verify the server with")
+    add("--tls-client-cert", default="", include_in_web_ui=False, help="PEM client certificate (mutual TLS)")
+    add("--tls-client-key", default="", include_in_web_ui=False, help="PEM private key of --tls-client-cert")
+    add("--tls-server-name", default="", include_in_web_ui=False,
+        help="name the server's certificate must carry, when not the host dialled")
 
 
 @dataclass(frozen=True)

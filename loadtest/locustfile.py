@@ -33,6 +33,7 @@ from kdeploy.loadtest.recorder import REPORT_KEY, LatencyRecorder
 from kdeploy.loadtest.shapes import ShapePlan, plan_for
 from kdeploy.loadtest.users import (
     KServeGrpcUser,
+    KServeRestUser,
     TfServingGrpcUser,
     TfServingRestUser,
     Workload,
@@ -41,7 +42,7 @@ from kdeploy.loadtest.users import (
     set_workload,
 )
 
-__all__ = ["KServeGrpcUser", "KdeployShape", "TfServingGrpcUser", "TfServingRestUser"]
+__all__ = ["KServeGrpcUser", "KServeRestUser", "KdeployShape", "TfServingGrpcUser", "TfServingRestUser"]
 
 logger = logging.getLogger("kdeploy.loadtest.locustfile")
 
@@ -52,7 +53,7 @@ Locust's `Runner.stop` blocks the event loop for tens of milliseconds (it calls 
 message); a request in flight then would have that added to its latency.
 """
 
-USERS = {u.protocol: u for u in (TfServingGrpcUser, KServeGrpcUser, TfServingRestUser)}
+USERS = {u.protocol: u for u in (TfServingGrpcUser, KServeGrpcUser, TfServingRestUser, KServeRestUser)}
 
 
 class KdeployShape(LoadTestShape):

@@ -1,7 +1,8 @@
 """The model's signature as a server describes it, and the reachability check that comes with asking.
 
 TF Serving's `GetModelMetadata` (gRPC, and `GET /v1/models/NAME/metadata` over REST) answers with a
-`SignatureDefMap`; KServe v2's `ModelMetadata` with tensor names, datatypes and shapes. Both become a
+`SignatureDefMap`; KServe v2's `ModelMetadata` (gRPC, and `GET /v2/models/NAME` over REST) with tensor names,
+datatypes and shapes. Both become a
 `ModelSignature`, so a load test can run against a server whose repository is not at hand (TF Serving, Triton).
 Asking is also the preflight: an unreachable target, an unknown model or the wrong protocol is reported within
 the timeout, before Locust starts.
@@ -21,7 +22,9 @@ from google.protobuf import json_format
 
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.signature import DTYPES, STRING, ModelSignature, SignatureError, TensorSpec
+from kdeploy.wire.protocols import REST_PROTOCOLS
 from kdeploy.wire.protos.messages import Protos, load_protos
+from kdeploy.wire.tls import ClientTls, secure_channel
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +108,24 @@ def signature_from_rest_metadata(body: Mapping[str, Any], protos: Protos) -> Mod
     return signature_from_signature_def_map(signature_map)
 
 
-def _grpc_problem(exc: grpc.RpcError, protocol: str, address: str, model: str, timeout_s: float) -> UsageError:
+def signature_from_kserve_rest_metadata(body: Mapping[str, Any], protos: Protos) -> ModelSignature:
+    """KServe v2 REST model metadata JSON (`{"name", "inputs": [...], "outputs": [...]}`) as a signature."""
+    response = protos.cls("inference.ModelMetadataResponse")()
+    try:
+        json_format.ParseDict(body, response, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise UsageError(f"cannot read the server's KServe v2 metadata: {exc}") from None
+    return signature_from_kserve_metadata(response)
+
+
+def _grpc_problem(exc: grpc.RpcError, protocol: str, address: str, model: str, timeout_s: float,
+                  tls: ClientTls | None = None) -> UsageError:
     code, details = exc.code(), exc.details()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return UsageError(f"cannot reach {address} ({protocol}) within {timeout_s:g} s: {code.name}: {details}")
+        # gRPC reports a failed TLS handshake (either side refusing) as a closed or unreachable connection.
+        hint = ("; over TLS: check --tls-ca, --tls-cert/--tls-key and --tls-server-name" if tls
+                else "; a TLS server needs --tls or --tls-ca")
+        return UsageError(f"cannot reach {address} ({protocol}) within {timeout_s:g} s: {code.name}: {details}{hint}")
     if code is grpc.StatusCode.NOT_FOUND:
         return UsageError(f"{address} does not serve model {model!r}: {details}")
     if code is grpc.StatusCode.UNIMPLEMENTED:
@@ -116,7 +133,8 @@ def _grpc_problem(exc: grpc.RpcError, protocol: str, address: str, model: str, t
     return UsageError(f"{address} refused the metadata request for {model!r}: {code.name}: {details}")
 
 
-def _fetch_grpc(protocol: str, address: str, model: str, version: int | None, timeout_s: float) -> ModelSignature:
+def _fetch_grpc(protocol: str, address: str, model: str, version: int | None, timeout_s: float,
+                tls: ClientTls | None) -> ModelSignature:
     protos = load_protos()
     if protocol == "tfserving-grpc":
         request = protos.cls("tensorflow.serving.GetModelMetadataRequest")(metadata_field=["signature_def"])
@@ -128,21 +146,30 @@ def _fetch_grpc(protocol: str, address: str, model: str, version: int | None, ti
         request = protos.cls("inference.ModelMetadataRequest")(name=model,
                                                                version="" if version is None else str(version))
         path, response_cls = KSERVE_METADATA, protos.cls("inference.ModelMetadataResponse")
-    with grpc.insecure_channel(address, options=GRPC_CHANNEL_OPTIONS) as channel:
+    with secure_channel(address, tls, options=GRPC_CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary(path, request_serializer=type(request).SerializeToString,
                                    response_deserializer=response_cls.FromString)
         try:
             response = call(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise _grpc_problem(exc, protocol, address, model, timeout_s) from None
+            raise _grpc_problem(exc, protocol, address, model, timeout_s, tls) from None
     if protocol == "tfserving-grpc":
         return signature_from_tfserving_metadata(response, protos)
     return signature_from_kserve_metadata(response)
 
 
-def _fetch_rest(address: str, model: str, version: int | None, timeout_s: float) -> ModelSignature:
-    url = f"http://{address}/v1/models/{model}" + ("" if version is None else f"/versions/{version}") + "/metadata"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+def _fetch_rest(protocol: str, address: str, model: str, version: int | None, timeout_s: float,
+                tls: ClientTls | None) -> ModelSignature:
+    scheme = "https" if tls else "http"
+    versions = "" if version is None else f"/versions/{version}"
+    if protocol == "kserve-rest":
+        url = f"{scheme}://{address}/v2/models/{model}{versions}"
+    else:
+        url = f"{scheme}://{address}/v1/models/{model}{versions}/metadata"
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # never through a proxy
+    if tls is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=tls.ssl_context()))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=timeout_s) as response:
             body = json.loads(response.read())
@@ -153,14 +180,17 @@ def _fetch_rest(address: str, model: str, version: int | None, timeout_s: float)
         raise UsageError(f"{address} refused the metadata request for {model!r}: HTTP {exc.code} {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UsageError(f"cannot reach {address} (tfserving-rest) within {timeout_s:g} s: {reason}") from None
+        raise UsageError(f"cannot reach {address} ({protocol}) within {timeout_s:g} s: {reason}") from None
     except ValueError:
-        raise UsageError(f"{url} did not answer with JSON; is {address} a TF Serving REST port?") from None
+        raise UsageError(f"{url} did not answer with JSON; is {address} a {protocol} port?") from None
+    if protocol == "kserve-rest":
+        return signature_from_kserve_rest_metadata(body, load_protos())
     return signature_from_rest_metadata(body, load_protos())
 
 
-def fetch_signature(protocol: str, address: str, model: str, version: int | None, timeout_s: float) -> ModelSignature:
-    """Ask the server for the model's signature over `protocol`.
+def fetch_signature(protocol: str, address: str, model: str, version: int | None, timeout_s: float,
+                    tls: ClientTls | None = None) -> ModelSignature:
+    """Ask the server for the model's signature over `protocol` (over TLS with `tls`).
 
     Args:
         protocol: one of `kdeploy.loadtest.config.PROTOCOLS`.
@@ -168,10 +198,11 @@ def fetch_signature(protocol: str, address: str, model: str, version: int | None
         model: model name.
         version: a version number, or `None` for the server's choice.
         timeout_s: the whole call's deadline.
+        tls: TLS settings, or None for plaintext.
 
     Raises:
         UsageError: when the server cannot be reached in time, does not serve the model, or speaks another protocol.
     """
-    if protocol == "tfserving-rest":
-        return _fetch_rest(address, model, version, timeout_s)
-    return _fetch_grpc(protocol, address, model, version, timeout_s)
+    if protocol in REST_PROTOCOLS:
+        return _fetch_rest(protocol, address, model, version, timeout_s, tls)
+    return _fetch_grpc(protocol, address, model, version, timeout_s, tls)

@@ -2,8 +2,8 @@
 
 Rows come from `--data` (an .npz, or a payload log `kdeploy serve` wrote), else the version's `validation.npz`,
 else inputs generated from the signature. A small pool of distinct batches is encoded up front (TF Serving
-`tensor_content`, KServe v2 `raw_input_contents`, TF Serving REST columnar JSON), so a load user only hands bytes
-to the wire and the generator's CPU goes to sending.
+`tensor_content`, KServe v2 `raw_input_contents`, TF Serving REST columnar JSON, KServe v2 REST binary tensors), so
+a load user only hands bytes to the wire and the generator's CPU goes to sending.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from kdeploy.contract.manifest import read_manifest
 from kdeploy.contract.repository import resolve_version_dir
 from kdeploy.contract.signature import Feed, ModelSignature, batch_size, load_data_file
 from kdeploy.loadtest.config import WorkloadSettings
+from kdeploy.wire.kserve_rest import infer_request_body
 from kdeploy.wire.payload_log import is_payload_log, read_payload_log, replay_rows, stacked_inputs
-from kdeploy.wire.protocols import GRPC_METHODS
+from kdeploy.wire.protocols import GRPC_METHODS, REST_PROTOCOLS
 from kdeploy.wire.protos.messages import Protos, load_protos
 from kdeploy.wire.tensors import fill_tensor_proto, kserve_datatype, raw_bytes
 
@@ -43,10 +44,12 @@ class Payloads:
     """gRPC method path, or the REST URL path."""
     bodies: tuple[bytes, ...]
     batch: int
+    header_lengths: tuple[int | None, ...] = ()
+    """KServe v2 REST: each body's `Inference-Header-Content-Length` (its JSON part before the binary tensors)."""
 
     @property
     def request_type(self) -> str:
-        return "POST" if self.protocol == "tfserving-rest" else "grpc"
+        return "POST" if self.protocol in REST_PROTOCOLS else "grpc"
 
 
 def version_dir_for(repository: Path, model: str, version: int | None) -> Path:
@@ -123,6 +126,10 @@ def rest_predict_path(model: str, version: int | None) -> str:
     return f"/v1/models/{model}" + ("" if version is None else f"/versions/{version}") + ":predict"
 
 
+def kserve_infer_path(model: str, version: int | None) -> str:
+    return f"/v2/models/{model}" + ("" if version is None else f"/versions/{version}") + "/infer"
+
+
 def encode_payloads(settings: WorkloadSettings, feeds: list[dict[str, np.ndarray]]) -> Payloads:
     """Serialize each feed once for the settings' protocol."""
     model, version, protocol = settings.model, settings.model_version, settings.protocol
@@ -130,6 +137,11 @@ def encode_payloads(settings: WorkloadSettings, feeds: list[dict[str, np.ndarray
         bodies = [rest_predict_body(f) for f in feeds]
         return Payloads(protocol, rest_predict_path(model, version), rest_predict_path(model, version),
                         tuple(bodies), settings.batch)
+    if protocol == "kserve-rest":  # binary tensors both ways, as tritonclient.http and perf_analyzer send them
+        encoded = [infer_request_body(f, binary=True) for f in feeds]
+        path = kserve_infer_path(model, version)
+        return Payloads(protocol, path, path, tuple(b for b, _ in encoded), settings.batch,
+                        tuple(length for _, length in encoded))
     protos = load_protos()
     encode = predict_request_bytes if protocol == "tfserving-grpc" else model_infer_request_bytes
     bodies = [encode(protos, model, version, f) for f in feeds]
@@ -144,7 +156,8 @@ def signature_and_rows(settings: WorkloadSettings, address: str,
     if settings.signature_from_server:
         from kdeploy.loadtest.metadata import fetch_signature
 
-        signature = fetch_signature(settings.protocol, address, settings.model, settings.model_version, timeout_s)
+        signature = fetch_signature(settings.protocol, address, settings.model, settings.model_version, timeout_s,
+                                    tls=settings.tls)
     else:
         assert settings.repository is not None  # WorkloadSettings requires one of the two
         version_dir = version_dir_for(settings.repository, settings.model, settings.model_version)

@@ -29,6 +29,7 @@ from kdeploy.common.errors import KdeployError, UsageError
 from kdeploy.loadtest.config import ENV_PREFIX, PREFLIGHT_TIMEOUT_S, LoadTestConfig
 from kdeploy.loadtest.shapes import ShapePlan, plan_for
 from kdeploy.loadtest.slo import Slo, parse_slo, percentile_of, slo_verdict
+from kdeploy.wire.protocols import REST_PROTOCOLS
 
 if TYPE_CHECKING:
     from kdeploy.loadtest.recorder import Records
@@ -80,7 +81,8 @@ def prepare(config: LoadTestConfig, echo: Callable[[str], None] = print) -> Prep
                     float(math.ceil(config.duration_s)), config.workload.step_users)
     settings, address = config.workload, config.target.address
     # Asking for the metadata proves the target is up, speaks the protocol and serves the model.
-    served = fetch_signature(settings.protocol, address, settings.model, settings.model_version, PREFLIGHT_TIMEOUT_S)
+    served = fetch_signature(settings.protocol, address, settings.model, settings.model_version, PREFLIGHT_TIMEOUT_S,
+                             tls=settings.tls)
     signature, rows = signature_and_rows(settings, address, PREFLIGHT_TIMEOUT_S)
     encode_payloads(settings, request_feeds(signature, settings.batch, rows, settings.seed))
     sent, expected = sorted(signature.input_names), sorted(served.input_names)
@@ -93,7 +95,8 @@ def prepare(config: LoadTestConfig, echo: Callable[[str], None] = print) -> Prep
 def locust_command(run: PreparedRun, staging: Path) -> list[str]:
     """The Locust command line for a prepared run, writing into `staging`."""
     config = run.config
-    host = f"http://{config.target.address}" if config.protocol == "tfserving-rest" else config.target.address
+    scheme = "https" if config.workload.tls is not None else "http"
+    host = f"{scheme}://{config.target.address}" if config.protocol in REST_PROTOCOLS else config.target.address
     # Locust runs in the staging folder, so every path it gets must be absolute.
     workload = dataclasses.replace(
         config.workload, latency_file=staging.resolve() / "latencies.npz",

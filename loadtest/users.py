@@ -1,4 +1,5 @@
-"""Locust users for TF Serving gRPC `Predict`, KServe v2 gRPC `ModelInfer` and TF Serving REST `:predict`.
+"""Locust users for TF Serving gRPC `Predict`, KServe v2 gRPC `ModelInfer`, TF Serving REST `:predict` and KServe v2
+REST `/infer` (binary tensors).
 
 Every call fires Locust's `request` event (request type, name, float milliseconds, response length, exception),
 so Locust's statistics, CSV and HTML reports, web UI and distributed mode work as for HTTP. The gRPC users
@@ -30,6 +31,9 @@ from kdeploy.loadtest.metadata import GRPC_CHANNEL_OPTIONS
 from kdeploy.loadtest.pacing import OpenLoopSchedule
 from kdeploy.loadtest.payloads import Payloads
 from kdeploy.loadtest.recorder import RequestError
+from kdeploy.wire.kserve_rest import INFERENCE_HEADER
+from kdeploy.wire.protocols import REST_PROTOCOLS
+from kdeploy.wire.tls import secure_channel
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +114,17 @@ class PacedUser:
 
     def _begin(self) -> None:
         self.workload = workload_of(self.environment)
-        if (self.workload.payloads.protocol == "tfserving-rest") != (self.protocol == "tfserving-rest"):
-            # Only possible when the web UI switches --protocol between gRPC and REST after Locust started.
+        sent = self.workload.payloads.protocol
+        if (sent in REST_PROTOCOLS or self.protocol in REST_PROTOCOLS) and sent != self.protocol:
+            # Only possible when the web UI switches --protocol to or from REST after Locust started (each HTTP
+            # protocol has its own body and headers; the gRPC users send either gRPC protocol's serialized bytes).
             raise RuntimeError(f"{type(self).__name__} cannot send {self.workload.payloads.protocol} requests; "
                                "restart Locust with that --protocol")
         bodies = self.workload.payloads.bodies
         offset = self.workload.next_user_index() % len(bodies)
         # Users start at different bodies, so the server does not see all of them send the same batch at once.
         self._bodies = itertools.cycle(bodies[offset:] + bodies[:offset])
+        self._offset = offset
         self._slot: float | None = None
 
     def wait_time(self) -> float:
@@ -162,7 +169,7 @@ class GrpcUser(PacedUser, User):
     def _connect(self) -> None:
         # A local subchannel pool gives every user its own connection, as separate clients would have.
         options = (*GRPC_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
-        self._channel = grpc.insecure_channel(host_address(self.host), options=options)
+        self._channel = secure_channel(host_address(self.host), self.workload.settings.tls, options=options)
         self._call = self._channel.unary_unary(self.workload.payloads.path)
         self._timeout = self.workload.settings.request_timeout_s
         # Connect, and send one request that is not counted, before measuring: the TCP/HTTP2 handshake and the
@@ -208,10 +215,10 @@ class KServeGrpcUser(GrpcUser):
     protocol = "kserve-grpc"
 
 
-class TfServingRestUser(PacedUser, FastHttpUser):
-    """TF Serving REST `POST /v1/models/NAME:predict` through Locust's FastHttpUser, one connection per user."""
+class RestUser(PacedUser, FastHttpUser):
+    """An HTTP inference `POST` through Locust's FastHttpUser, one connection per user."""
 
-    protocol: ClassVar[str] = "tfserving-rest"
+    abstract = True
     concurrency = 1
     max_retries = 0
 
@@ -221,16 +228,29 @@ class TfServingRestUser(PacedUser, FastHttpUser):
         workload = find_workload(environment)
         if workload is not None:
             self.network_timeout = self.connection_timeout = workload.settings.request_timeout_s
+            tls = workload.settings.tls
+            if tls is not None:
+                # Verify the server (Locust's default is not to), with gevent's SSLContext (patched into `ssl`).
+                self.insecure = False
+                context = tls.ssl_context()
+                self.ssl_context_factory = lambda *args, **kwargs: context
         super().__init__(environment)
+
+    def headers(self, index: int) -> dict[str, str]:
+        """The headers that go with body `index` of the workload."""
+        raise NotImplementedError
 
     def on_start(self) -> None:
         self._begin()
+        payloads = self.workload.payloads
+        headers = [self.headers(i) for i in range(len(payloads.bodies))]
+        offset = self._offset
+        self._headers = itertools.cycle(headers[offset:] + headers[:offset])  # in step with self._bodies
         # As the gRPC users do: connect with one request that is not counted (Locust's session would count it,
         # so it goes through the session's own HTTP client).
-        url = f"{self.client.base_url}{self.workload.payloads.path}"
+        url = f"{self.client.base_url}{payloads.path}"
         try:
-            response = self.client.client.urlopen(url, method="POST", payload=self.workload.payloads.bodies[0],
-                                                  headers={"Content-Type": "application/json"})
+            response = self.client.client.urlopen(url, method="POST", payload=payloads.bodies[0], headers=headers[0])
             response.content  # noqa: B018 - read the body, so the connection is free for the next request
         except Exception:
             pass
@@ -245,12 +265,33 @@ class TfServingRestUser(PacedUser, FastHttpUser):
         payloads = self.workload.payloads
         # FastHttpSession sends bytes as they are; its annotation only lists str and dict.
         with self.client.post(payloads.path, data=next(self._bodies), name=payloads.name, catch_response=True,  # type: ignore[arg-type]
-                              headers={"Content-Type": "application/json"}) as response:
+                              headers=next(self._headers)) as response:
             if response.status_code != 200:
                 response.failure(RequestError(_http_error(response)))
             if self.workload.schedule is not None:  # open loop: count from the intended send time, as gRPC does
                 response.request_meta["response_time"] += lag * 1000.0
                 response.request_meta["start_time"] -= lag
+
+
+class TfServingRestUser(RestUser):
+    """TF Serving REST `POST /v1/models/NAME:predict` (JSON)."""
+
+    protocol: ClassVar[str] = "tfserving-rest"
+
+    def headers(self, index: int) -> dict[str, str]:
+        return {"Content-Type": "application/json"}
+
+
+class KServeRestUser(RestUser):
+    """KServe v2 REST `POST /v2/models/NAME/infer` with binary tensors (Triton, KServe runtimes, kdeploy's server)."""
+
+    protocol: ClassVar[str] = "kserve-rest"
+
+    def headers(self, index: int) -> dict[str, str]:
+        length = self.workload.payloads.header_lengths[index]
+        if length is None:
+            return {"Content-Type": "application/json"}
+        return {"Content-Type": "application/octet-stream", INFERENCE_HEADER: str(length)}
 
 
 def _http_error(response: Any) -> str:
@@ -266,4 +307,5 @@ def _http_error(response: Any) -> str:
 
 USER_CLASSES: dict[str, type[User]] = {
     "tfserving-grpc": TfServingGrpcUser, "kserve-grpc": KServeGrpcUser, "tfserving-rest": TfServingRestUser,
+    "kserve-rest": KServeRestUser,
 }

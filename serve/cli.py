@@ -10,17 +10,16 @@ import sys
 from pathlib import Path
 
 from kdeploy.common.errors import UsageError
-from kdeploy.contract.repository import ModelRepository
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
 from kdeploy.serve.config import (
     BACKENDS,
     BatchingParameters,
-    ModelSource,
     ServeConfig,
     VersionPolicy,
     parse_grpc_channel_arguments,
 )
 from kdeploy.serve.configs import ConfigsConfig
+from kdeploy.serve.tls import CertificateReloader
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
 logger = logging.getLogger(__name__)
@@ -32,21 +31,25 @@ CONFIGS_DEFAULTS = ConfigsConfig(repository=Path(), out_dir=Path())
 
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "serve", help="serve a model repository over TF Serving's gRPC/REST API and KServe v2 gRPC",
+        "serve", help="serve a model repository over TF Serving's gRPC/REST API and KServe v2 gRPC/REST",
         description="Serve the models of a repository written by `kdeploy export`, speaking TF Serving's gRPC and "
-                    "REST APIs and the KServe v2 (Open Inference) gRPC protocol on one gRPC port.")
+                    "REST APIs and the KServe v2 (Open Inference) protocol: gRPC on the gRPC port, HTTP on the "
+                    "REST port.")
     # Either source may come from the environment (KDEPLOY_REPOSITORY / KDEPLOY_MODEL_CONFIG_FILE).
-    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE",
-                                                                  "MODEL_BASE_PATH"))
+    env_source = any(os.environ.get(f"{ENV_PREFIX}{n}") for n in ("REPOSITORY", "MODEL_CONFIG_FILE", "MODEL_DIR"))
     source = parser.add_mutually_exclusive_group(required=not env_source)
-    source.add_argument("--repository", type=Path, help="model repository (REPO/NAME/VERSION)")
-    source.add_argument("--model-config-file", type=Path, help="TF Serving ModelServerConfig text file (models.config)")
-    source.add_argument("--model-base-path", type=Path,
-                        help="one model's folder of versions, served under the name --model gives (default "
-                             f"{DEFAULT_MODEL_NAME!r}), as TF Serving's --model_base_path and --model_name")
+    source.add_argument("--repository",
+                        help="model repository (REPO/NAME/VERSION): a folder, or s3://BUCKET/PREFIX, "
+                             "gs://BUCKET/PREFIX, az://CONTAINER/PREFIX (synced into --cache-dir)")
+    source.add_argument("--model-config-file", type=Path,
+                        help="TF Serving ModelServerConfig text file (models.config); base paths may be URLs")
+    source.add_argument("--model-dir", type=Path,
+                        help="one model from a folder as KServe's storage initializer leaves it (/mnt/models): a "
+                             "version folder, a model folder of versions, or a repository")
+    parser.add_argument("--model-name", metavar="NAME",
+                        help="with --model-dir: the name to serve the model under (default: the folder's name)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME",
-                        help="serve only this model (repeatable; default: every model in the repository); with "
-                             "--model-base-path, the model's name")
+                        help="serve only this model (repeatable; default: every model in the repository)")
     parser.add_argument("--backend", default=DEFAULTS.backend, choices=BACKENDS,
                         help=f"runtime (default {DEFAULTS.backend})")
     parser.add_argument("--host", default=DEFAULTS.host,
@@ -54,7 +57,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--grpc-port", type=int, default=DEFAULTS.grpc_port,
                         help=f"gRPC port (default {DEFAULTS.grpc_port}; 0 picks a free one)")
     parser.add_argument("--rest-port", type=int, default=DEFAULTS.rest_port,
-                        help=f"REST port (default {DEFAULTS.rest_port}; 0 picks a free one)")
+                        help=f"REST port: TF Serving's /v1 and KServe v2's /v2 (default {DEFAULTS.rest_port}; 0 picks "
+                             "a free one)")
     parser.add_argument("--no-rest", action="store_true", help="do not serve REST")
     parser.add_argument("--version-policy", default=VersionPolicy().describe(),
                         help=f"latest[:N], all or specific:V[,V] (default {VersionPolicy().describe()})")
@@ -91,6 +95,15 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--poll-seconds", type=float, default=DEFAULTS.poll_seconds,
                         help="check the repository for new versions this often "
                              f"(default {DEFAULTS.poll_seconds:g}; 0: never)")
+    parser.add_argument("--storage-poll-seconds", type=float, default=DEFAULTS.storage_poll_seconds,
+                        help="list object-store model folders this often, jittered, backed off after errors "
+                             f"(default {DEFAULTS.storage_poll_seconds:g}; 0: only at start-up)")
+    parser.add_argument("--storage-settle-seconds", type=float, default=DEFAULTS.storage_settle_seconds,
+                        help="serve an object-store version without manifest.json once it has not changed for this "
+                             f"long (default {DEFAULTS.storage_settle_seconds:g})")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULTS.cache_dir,
+                        help="local cache of object-store versions (default $XDG_CACHE_HOME/kdeploy or "
+                             "~/.cache/kdeploy)")
     parser.add_argument("--drain-seconds", type=float, default=DEFAULTS.drain_seconds,
                         help="on SIGTERM, finish in-flight requests and exit within this time "
                              f"(default {DEFAULTS.drain_seconds:g})")
@@ -135,6 +148,20 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     logs.add_argument("--log-queue-size", type=int, default=DEFAULTS.log_queue_size,
                       help="records each log queues for its writer thread before dropping them (counted in "
                            f"kdeploy_log_records_dropped_total; default {DEFAULTS.log_queue_size})")
+    tls = parser.add_argument_group("TLS", "TLS on every port (gRPC, REST, metrics); files renewed in place (as "
+                                           "cert-manager does) are picked up without a restart")
+    tls.add_argument("--tls-cert", type=Path, default=DEFAULTS.tls_cert, metavar="FILE",
+                     help="PEM certificate chain of the server (with --tls-key)")
+    tls.add_argument("--tls-key", type=Path, default=DEFAULTS.tls_key, metavar="FILE",
+                     help="PEM private key of --tls-cert (unencrypted)")
+    tls.add_argument("--tls-client-ca", type=Path, default=DEFAULTS.tls_client_ca, metavar="FILE",
+                     help="mutual TLS: PEM CA certificates every client's certificate must chain to")
+    tls.add_argument("--ssl-config-file", type=Path, default=DEFAULTS.ssl_config_file, metavar="FILE",
+                     help="TF Serving's SSLConfig text file (server_key, server_cert, custom_ca, client_verify) "
+                          "instead of the --tls-* files; applied to every port, not only gRPC")
+    tls.add_argument("--health-port", type=int, default=DEFAULTS.health_port,
+                     help="also answer grpc.health.v1, and nothing else, in plaintext on this port (for kubelet's "
+                          "gRPC probe, which does not speak TLS; 0 picks a free one; default off)")
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                         help="log lines as text or JSON (default: JSON when standard error is not a terminal)")
     apply_env_defaults(parser)
@@ -142,8 +169,6 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
 
 
 ENV_PREFIX = "KDEPLOY_"
-DEFAULT_MODEL_NAME = "default"
-"""The model name with --model-base-path and no --model, as TF Serving's --model_name."""
 
 
 def parse_workers(text: str) -> int:
@@ -185,18 +210,19 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     from kdeploy.serve.batching import read_batching_parameters
     from kdeploy.serve.sources import sources_from_model_config, sources_from_repository
+    from kdeploy.storage.urls import parse_location
 
+    if args.model_name is not None and args.model_dir is None:
+        raise UsageError("--model-name goes with --model-dir")
     if args.model_config_file is not None:
-        models = sources_from_model_config(args.model_config_file)
-    elif args.model_base_path is not None:
-        if len(args.model) > 1:
-            raise UsageError("--model-base-path serves one model: give at most one --model (its name)")
-        name = args.model[0] if args.model else DEFAULT_MODEL_NAME
-        ModelRepository(args.model_base_path.parent).model_dir(name)  # the name must be valid
-        models = [ModelSource(name=name, base_path=args.model_base_path,
-                              policy=VersionPolicy.parse(args.version_policy))]
+        models = sources_from_model_config(args.model_config_file, args.cache_dir)
+    elif args.model_dir is not None:
+        from kdeploy.serve.model_dir import sources_from_model_dir
+
+        models = sources_from_model_dir(args.model_dir, args.model_name, VersionPolicy.parse(args.version_policy))
     else:
-        models = sources_from_repository(args.repository, args.model, VersionPolicy.parse(args.version_policy))
+        models = sources_from_repository(parse_location(args.repository), args.model,
+                                         VersionPolicy.parse(args.version_policy), args.cache_dir)
     batching = None
     if args.enable_batching:
         batching = (read_batching_parameters(args.batching_parameters_file) if args.batching_parameters_file
@@ -223,6 +249,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         payload_log_url=args.payload_log_url, payload_log_max_mb=args.payload_log_max_mb,
         payload_log_backups=args.payload_log_backups, access_log=args.access_log,
         log_queue_size=args.log_queue_size,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, ssl_config_file=args.ssl_config_file, health_port=args.health_port,
+        storage_poll_seconds=args.storage_poll_seconds, storage_settle_seconds=args.storage_settle_seconds,
+        cache_dir=args.cache_dir,
     )
 
 
@@ -273,10 +303,11 @@ def run_serve(args: argparse.Namespace) -> int:
     rest = f"{config.host}:{running.rest_port}" if running.rest_port is not None else "off"
     metrics = f"{config.host}:{running.metrics_port}" if running.metrics_port is not None else "off"
     unservable = f" unservable={','.join(sorted(problems))}" if problems else ""
-    try:  # from the start-up line on, SIGTERM drains (a client may stop the server as soon as it reads the line)
+    try:  # a SIGTERM right after the start-up line (a client that read it) drains too
         print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
               f"grpc={config.host}:{running.grpc_port} rest={rest} metrics={metrics} backend={config.backend} "
-              f"models={versions}{unservable}", flush=True)
+              f"models={versions}{unservable}{_security_banner(config.host, running.tls, running.health_port)}",
+              flush=True)
         while not running.stopping.wait(3600):
             pass
     except KeyboardInterrupt:
@@ -299,8 +330,8 @@ def run_workers(config: ServeConfig, level: int, log_format: str) -> int:
     metrics = f"{config.host}:{pool.metrics_port}" if pool.metrics_port is not None else "off"
     models = ",".join(m.name for m in config.models)
     print(f"kdeploy serve: {'SERVING' if pool.all_ready else 'NOT_SERVING'} grpc={config.host}:{pool.config.grpc_port} "
-          f"rest={rest} metrics={metrics} backend={config.backend} workers={config.workers} models={models}",
-          flush=True)
+          f"rest={rest} metrics={metrics} backend={config.backend} workers={config.workers} models={models}"
+          f"{_security_banner(config.host, pool.tls, pool.config.health_port)}", flush=True)
     died = None
     try:
         died = pool.wait()
@@ -314,6 +345,12 @@ def run_workers(config: ServeConfig, level: int, log_format: str) -> int:
     return 1 if died is not None else code
 
 
+def _security_banner(host: str, tls: CertificateReloader | None, health_port: int | None) -> str:
+    """` tls=on|mutual` and ` health=HOST:PORT` for the start-up line (nothing when off)."""
+    text = "" if tls is None else f" tls={'mutual' if tls.mutual else 'on'}"
+    return text + (f" health={host}:{health_port}" if health_port is not None else "")
+
+
 def _already_draining(signum: int, frame: object) -> None:
     logger.warning("%s while draining: still draining", signal.Signals(signum).name)
 
@@ -323,7 +360,8 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
         "configs", help="write TF Serving and Triton configuration for a model repository",
         description="Write models.config, batching_parameters.txt and monitoring.config for TF Serving, and "
                     "config.pbtxt per model for Triton, from the repository's manifests.")
-    parser.add_argument("--repository", required=True, type=Path, help="model repository")
+    parser.add_argument("--repository", required=True,
+                        help="model repository: a folder, or s3://, gs://, az:// (manifests are read in place)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (tfserving/ and triton/ inside)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME", help="only this model (repeatable)")
     parser.add_argument("--base-path", default=CONFIGS_DEFAULTS.base_path,
@@ -335,7 +373,10 @@ def add_configs_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--allowed-batch-sizes", default=",".join(map(str, CONFIGS_DEFAULTS.allowed_batch_sizes)),
                         help="comma-separated, ascending")
     parser.add_argument("--triton-into-repository", action="store_true",
-                        help="also write REPO/NAME/config.pbtxt, where Triton reads it")
+                        help="also write REPO/NAME/config.pbtxt, where Triton reads it (uploaded, for an object store)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where versions without a manifest are downloaded from an object store (default "
+                             "$XDG_CACHE_HOME/kdeploy or ~/.cache/kdeploy)")
     parser.set_defaults(run=run_configs)
 
 
@@ -347,8 +388,11 @@ def run_configs(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--allowed-batch-sizes {args.allowed_batch_sizes!r}: "
                          "expected comma-separated integers") from None
+    from kdeploy.storage.urls import parse_location
+
     config = ConfigsConfig(
-        repository=args.repository, out_dir=args.out, models=tuple(args.model), base_path=args.base_path,
+        repository=parse_location(args.repository), cache_dir=args.cache_dir, out_dir=args.out,
+        models=tuple(args.model), base_path=args.base_path,
         policy=VersionPolicy.parse(args.version_policy), max_batch_size=args.max_batch_size,
         batch_timeout_micros=args.batch_timeout_micros, allowed_batch_sizes=allowed,
         triton_into_repository=args.triton_into_repository,

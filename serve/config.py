@@ -9,6 +9,8 @@ from typing import Any
 
 from kdeploy.common.errors import UsageError
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
+from kdeploy.serve.tls import TlsSource
+from kdeploy.storage.urls import StorageUrl
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
@@ -108,6 +110,9 @@ class ModelSource:
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     labels: dict[str, int] = field(default_factory=dict)
     """Version labels (`stable` -> 1), as in TF Serving's version_labels."""
+    url: StorageUrl | None = None
+    """The model's folder in an object store, when its versions live there: `base_path` is then its local cache
+    folder, which the server loads from as from any folder (`kdeploy.storage.mirror` keeps it in line)."""
 
 
 def parse_grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
@@ -140,7 +145,7 @@ class ServeConfig:
     grpc_port: int = 8500
     """0 picks a free port (printed at start-up)."""
     rest_port: int | None = 8501
-    """TF Serving's REST API; None turns it off, 0 picks a free port."""
+    """TF Serving's REST API and KServe v2 over HTTP; None turns it off, 0 picks a free port."""
     max_message_mb: int = 64
     """Largest request or response, in MiB (gRPC answers RESOURCE_EXHAUSTED, REST 413 beyond it)."""
     intra_op_threads: int = 0
@@ -172,6 +177,15 @@ class ServeConfig:
     """Prometheus `GET /metrics`; None turns it off, 0 picks a free port."""
     poll_seconds: float = 2.0
     """How often the repository is checked for new or removed versions; 0 turns polling off."""
+    storage_poll_seconds: float = 30.0
+    """How often a model folder in an object store is listed (one LIST request per model), jittered, and backed off
+    up to 8x after errors; 0 lists it only at start-up."""
+    storage_settle_seconds: float = 60.0
+    """A version without a manifest.json in an object store (written by another tool) is served once none of its
+    objects has changed for this long."""
+    cache_dir: Path | None = None
+    """Local cache of the versions served from an object store (default: $XDG_CACHE_HOME/kdeploy or ~/.cache/kdeploy;
+    an emptyDir in Kubernetes)."""
     drain_seconds: float = 30.0
     """On SIGTERM, the longest the server takes to finish in-flight requests and exit."""
     drain_grace_seconds: float = 5.0
@@ -210,6 +224,17 @@ class ServeConfig:
     """One JSON line per request to this file, or `-` for standard output (None: no access log)."""
     log_queue_size: int = 1000
     """Records the payload log and the access log each hold for their writer; beyond it they drop (and count)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: TLS on the gRPC, REST and metrics ports (renewed files are picked up while running)."""
+    tls_key: Path | None = None
+    """PEM private key of `tls_cert` (unencrypted)."""
+    tls_client_ca: Path | None = None
+    """PEM CA certificates: mutual TLS, every client must present a certificate signed by one of them."""
+    ssl_config_file: Path | None = None
+    """TF Serving's SSLConfig text file (server_key, server_cert, custom_ca, client_verify), instead of `tls_*`."""
+    health_port: int | None = None
+    """A plaintext port answering grpc.health.v1 only (kubelet's gRPC probe does not speak TLS); None turns it off,
+    0 picks a free port."""
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -221,6 +246,8 @@ class ServeConfig:
                              f"choose from {', '.join(GRAPH_OPTIMIZATIONS)}")
         if self.max_message_mb < 1:
             raise UsageError("--max-message-mb must be at least 1")
+        if self.storage_poll_seconds < 0 or self.storage_settle_seconds < 0:
+            raise UsageError("--storage-poll-seconds and --storage-settle-seconds must not be negative")
         if self.poll_seconds < 0 or self.drain_seconds < 0 or self.drain_grace_seconds < 0:
             raise UsageError("--poll-seconds, --drain-seconds and --drain-grace-seconds must not be negative")
         if self.predict_tensor_encoding not in TENSOR_ENCODINGS:
@@ -239,6 +266,7 @@ class ServeConfig:
         if self.drain_grace_seconds > self.drain_seconds:
             raise UsageError("--drain-grace-seconds must not be longer than --drain-seconds")
         self._check_logs()
+        self.check_tls()
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise UsageError(f"model names must be unique, got {names}")
@@ -256,6 +284,24 @@ class ServeConfig:
             raise UsageError("--payload-log-max-mb and --payload-log-backups must not be negative")
         if self.log_queue_size < 1:
             raise UsageError(f"--log-queue-size must be at least 1, got {self.log_queue_size}")
+
+    def check_tls(self) -> None:
+        if self.ssl_config_file is not None and (self.tls_cert or self.tls_key or self.tls_client_ca):
+            raise UsageError("give --ssl-config-file or --tls-cert/--tls-key, not both")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS with client "
+                             "certificates")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+
+    @property
+    def tls_source(self) -> TlsSource | None:
+        """Where the TLS material comes from, or None for plaintext ports."""
+        if self.ssl_config_file is not None:
+            return TlsSource(ssl_config_file=self.ssl_config_file)
+        if self.tls_cert is not None:
+            return TlsSource(cert=self.tls_cert, key=self.tls_key, client_ca=self.tls_client_ca)
+        return None
 
     @property
     def grpc_options(self) -> list[tuple[str, Any]]:

@@ -90,6 +90,12 @@ class ModelConfigReloader:
         logger.info("model config reloaded by request: models %s", ", ".join(self._models.model_names))
 
     def _apply(self, sources: list[ModelSource]) -> None:
+        served = {(s.name, s.url) for s in self._models.sources if s.url is not None}
+        added = sorted(s.name for s in sources if s.url is not None and (s.name, s.url) not in served)
+        if added:
+            # The object-store mirror is set up from the start-up config: a reload can keep such a model, not add one.
+            raise ServeError(ErrorKind.FAILED_PRECONDITION, f"models {added} have object-store base paths this server "
+                             "did not start with; restart it with them (a reload adds local base paths only)")
         with self._lock:
             self._models.reconfigure(sources)
             self._on_change()

@@ -14,11 +14,12 @@ from google.protobuf import text_format
 from kdeploy.common.errors import UsageError
 from kdeploy.common.files import write_text_atomic
 from kdeploy.contract.manifest import MANIFEST_FILE, Manifest, bare_artifact_path, manifest_of_artifact, read_manifest
-from kdeploy.contract.repository import ModelRepository
+from kdeploy.contract.repository import ModelRepository, version_of_folder
 from kdeploy.runtimes.base import load_backend, signatures_of
 from kdeploy.serve.config import BatchingParameters, VersionPolicy
 from kdeploy.serve.sources import sources_from_repository
 from kdeploy.serve.triton_config import TRITON_CONFIG_FILE, triton_model_config
+from kdeploy.storage.urls import StorageUrl
 from kdeploy.wire.protos.messages import Protos, load_protos
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 class ConfigsConfig:
     """What to generate."""
 
-    repository: Path
+    repository: Path | StorageUrl
+    """A local repository, or one in an object store (manifests read from it; bare versions downloaded)."""
     out_dir: Path
     models: tuple[str, ...] = ()
     """Default: every model in the repository."""
@@ -44,6 +46,8 @@ class ConfigsConfig:
     allowed_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     triton_into_repository: bool = False
     """Also write each config.pbtxt into REPO/NAME/, where Triton looks for it."""
+    cache_dir: Path | None = None
+    """Where versions without a manifest are downloaded from an object store (their runtime reads the signature)."""
 
     def check(self) -> None:
         if self.allowed_batch_sizes and self.allowed_batch_sizes[-1] != self.max_batch_size:
@@ -82,8 +86,12 @@ class LatestVersion:
             backend.close()
 
 
-def _latest_versions(repository: Path, names: tuple[str, ...]) -> list[LatestVersion]:
+def _latest_versions(repository: Path | StorageUrl, names: tuple[str, ...],
+                     cache_dir: Path | None = None) -> list[LatestVersion]:
     """Each model's highest version (every model in the repository, or those named)."""
+    if isinstance(repository, StorageUrl):
+        return [_latest_remote(repository.child(s.name), cache_dir)
+                for s in sources_from_repository(repository, names, VersionPolicy(), cache_dir)]
     repo = ModelRepository(repository)
     latest = []
     for source in sources_from_repository(repository, names, VersionPolicy()):
@@ -92,6 +100,52 @@ def _latest_versions(repository: Path, names: tuple[str, ...]) -> list[LatestVer
         manifest = read_manifest(folder) if (folder / MANIFEST_FILE).exists() else None
         latest.append(LatestVersion(source.name, version, folder, manifest))
     return latest
+
+
+def _latest_remote(url: StorageUrl, cache_dir: Path | None) -> LatestVersion:
+    """A model's highest version in an object store: its manifest read in place, or (no manifest) the version
+    downloaded, so its runtime can read the signature."""
+    from kdeploy.storage.localize import localize_version, pick_version, read_remote_manifest, version_listing
+    from kdeploy.storage.objects import ObjectStorage
+    from kdeploy.storage.sync import default_cache_dir
+
+    storage = ObjectStorage(url)
+    versions = version_listing(storage)
+    folder = pick_version(url, versions, None)
+    version = version_of_folder(folder) or 0
+    if any(o.path == MANIFEST_FILE for o in versions[folder]):
+        return LatestVersion(url.name, version, Path(folder), read_remote_manifest(storage, folder))
+    local = localize_version(url.child(folder), None, cache_dir or default_cache_dir())
+    return LatestVersion(url.name, version, local, None)
+
+
+def _own_triton_config(config: ConfigsConfig, name: str) -> str | None:
+    """A model's own config.pbtxt, beside its versions (None when it has none)."""
+    if isinstance(config.repository, StorageUrl):
+        from kdeploy.storage.objects import ObjectStorage
+
+        storage = ObjectStorage(config.repository.child(name))
+        return storage.read_bytes(TRITON_CONFIG_FILE).decode("utf-8") if storage.exists(TRITON_CONFIG_FILE) else None
+    own = Path(config.repository) / name / TRITON_CONFIG_FILE
+    return own.read_text(encoding="utf-8") if own.is_file() else None
+
+
+def _write_into_repository(config: ConfigsConfig, name: str, text: str) -> str:
+    """Write a model's config.pbtxt beside its versions (uploaded, for an object store); returns where."""
+    if isinstance(config.repository, StorageUrl):
+        import tempfile
+
+        from kdeploy.storage.objects import ObjectStorage
+
+        storage = ObjectStorage(config.repository.child(name))
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / TRITON_CONFIG_FILE
+            local.write_text(text, encoding="utf-8")
+            storage.upload(local, TRITON_CONFIG_FILE)
+        return storage.where(TRITON_CONFIG_FILE)
+    target = Path(config.repository) / name / TRITON_CONFIG_FILE
+    write_text_atomic(target, text)
+    return str(target)
 
 
 def tfserving_model_config(protos: Protos, models: list[LatestVersion], config: ConfigsConfig) -> str:
@@ -161,15 +215,15 @@ base paths that point at the repository on its machine).
 """
 
 
-def write_configs(config: ConfigsConfig) -> list[Path]:
+def write_configs(config: ConfigsConfig) -> list[Path | str]:
     """Write TF Serving's and Triton's configuration for the repository's latest versions.
 
     Returns:
-        The files written.
+        The files written (the URL of a config.pbtxt uploaded into an object store).
     """
     config.check()
     protos = load_protos()
-    models = _latest_versions(config.repository, config.models)
+    models = _latest_versions(config.repository, config.models, config.cache_dir)
     tfserving = config.out_dir / "tfserving"
     files = {
         tfserving / "models.config": tfserving_model_config(protos, models, config),
@@ -177,14 +231,15 @@ def write_configs(config: ConfigsConfig) -> list[Path]:
         tfserving / "monitoring.config": monitoring_config(protos),
         tfserving / "README.md": tfserving_readme(config),
     }
+    written_into: list[str] = []
     for model in models:
         if not model.has("onnx"):
             logger.warning("model %s has no ONNX file: Triton's onnxruntime backend cannot serve it", model.name)
             continue
-        own = Path(config.repository) / model.name / TRITON_CONFIG_FILE
-        if model.manifest is None and own.is_file():
+        own = _own_triton_config(config, model.name) if model.manifest is None else None
+        if own is not None:
             # The model came with its own Triton configuration: keep it, and hand Triton a copy of it.
-            files[config.out_dir / "triton" / model.name / TRITON_CONFIG_FILE] = own.read_text(encoding="utf-8")
+            files[config.out_dir / "triton" / model.name / TRITON_CONFIG_FILE] = own
             continue
         message = triton_model_config(protos, model.described("onnx"), backend_format="onnx", policy=config.policy,
                                       max_batch_size=config.max_batch_size,
@@ -192,7 +247,7 @@ def write_configs(config: ConfigsConfig) -> list[Path]:
         text = text_format.MessageToString(message)
         files[config.out_dir / "triton" / model.name / TRITON_CONFIG_FILE] = text
         if config.triton_into_repository:
-            files[own] = text
+            written_into.append(_write_into_repository(config, model.name, text))
     for path, text in files.items():
         write_text_atomic(path, text)
-    return list(files)
+    return [*files, *written_into]

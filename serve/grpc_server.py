@@ -180,9 +180,11 @@ class GrpcFrontEnd:
         self._reflection = (tuple(reflection_names), reflection_pool)
         self._observers = observers
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._health: Any = None
         self._gate: Gate | None = None
         self.port = 0
+        self.health_port: int | None = None
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop from another thread and wait for its result."""
@@ -192,13 +194,25 @@ class GrpcFrontEnd:
         """Run a plain function on the loop (thread-safe)."""
         self._loop.call_soon_threadsafe(callback)
 
-    def start(self, address: str, extra_addresses: Iterable[str] = ()) -> int:
-        """Bind `address` (and `extra_addresses`, such as `unix:PATH`) and start answering (health NOT_SERVING until
-        `set_health`); returns the bound port (0 when an address cannot be bound)."""
-        self.port = self.run(self._start(address, tuple(extra_addresses)))
+    def start(self, address: str, credentials: grpc.ServerCredentials | None = None,
+              health_address: str | None = None, extra_addresses: Iterable[str] = ()) -> int:
+        """Bind `address` and start answering (health NOT_SERVING until `set_health`); returns the bound port.
+
+        Args:
+            address: HOST:PORT for every service.
+            credentials: TLS server credentials for `address` (None: plaintext).
+            health_address: HOST:PORT for a plaintext listener that serves grpc.health.v1 alone (for probes that
+                cannot speak TLS); its port is then `health_port` (0 when it could not be bound).
+            extra_addresses: further addresses for every service, plaintext (`unix:PATH`, TF Serving's
+                --grpc_socket_path); the bound port is 0 when one cannot be bound.
+        """
+        self.port = self.run(self._start(address, credentials, tuple(extra_addresses)))
+        if self.port and health_address is not None:
+            self.health_port = self.run(self._start_health(health_address))
         return self.port
 
-    async def _start(self, address: str, extra_addresses: tuple[str, ...] = ()) -> int:
+    async def _start(self, address: str, credentials: grpc.ServerCredentials | None = None,
+                     extra_addresses: tuple[str, ...] = ()) -> int:
         self._gate = Gate()
         server = grpc.aio.server(options=self._options)
         for service in self._services:
@@ -218,7 +232,8 @@ class GrpcFrontEnd:
         names, pool = self._reflection
         reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=pool)
         try:
-            port = server.add_insecure_port(address)
+            port = (server.add_secure_port(address, credentials) if credentials is not None
+                    else server.add_insecure_port(address))
             for extra in extra_addresses:
                 if not server.add_insecure_port(extra):
                     port = 0
@@ -227,6 +242,19 @@ class GrpcFrontEnd:
         if port:
             await server.start()
             self._server = server
+        return port
+
+    async def _start_health(self, address: str) -> int:
+        # A server of its own: a port added to the main server would carry every service, in plaintext.
+        server = grpc.aio.server(options=[o for o in self._options if o[0] == "grpc.so_reuseport"])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)  # the same statuses as the main port
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if port:
+            await server.start()
+            self._health_server = server
         return port
 
     def set_health(self, statuses: dict[str, bool]) -> None:
@@ -259,8 +287,9 @@ class GrpcFrontEnd:
 
     def close(self) -> None:
         """Stop the server (if still running) and the loop; the thread ends."""
-        if self._server is not None and self._loop.is_running():
-            self.run(self._server.stop(0), timeout=10)
+        for server in (self._server, self._health_server):
+            if server is not None and self._loop.is_running():
+                self.run(server.stop(0), timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 

@@ -7,25 +7,31 @@ type, help, labels) and `LABELS` below, so a metric added here is documented by 
 from __future__ import annotations
 
 import bisect
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
+
+from kdeploy.serve.metrics_http import serve_metrics
 
 # Fine enough for sub-millisecond servers: 50 µs to 10 s.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SYNC_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0)
 LABELS: dict[str, str] = {
     "model": "model name (`_unknown` for requests naming a model the server does not serve, so values stay bounded)",
     "version": "model version number",
-    "protocol": "`tfserving-grpc`, `kserve-grpc` or `tfserving-rest`",
+    "protocol": "`tfserving-grpc`, `kserve-grpc`, `tfserving-rest` or `kserve-rest`",
     "status": "gRPC status name (`OK`, `INVALID_ARGUMENT`, ...); REST answers count under the matching name",
     "log": "`payload` (`--payload-log-*`) or `access` (`--access-log`)",
     "reason": "`queue_full` (the writer fell behind; requests never wait for it) or `sink_error` (the file or URL "
               "refused the records)",
+    "kind": "how an object-store poll failed: `denied`, `not_found`, `unreachable`, `refused` (a version that does "
+            "not match its manifest), `exists`, `other`",
 }
 """What each label holds (for the reference page)."""
 UNKNOWN_MODEL = "_unknown"
@@ -70,6 +76,12 @@ class ServerMetrics:
                                    "Model version state, TF Serving's numbers: 10 START, 20 LOADING, 30 AVAILABLE, "
                                    "40 UNLOADING, 50 END.", ["model", "version"], registry=r,
                                    multiprocess_mode="livemax")
+        self.repository_poll_errors = Counter("kdeploy_repository_poll_errors_total",
+                                              "Object-store listings and downloads that failed.", ["model", "kind"],
+                                              registry=r)
+        self.repository_sync_seconds = Histogram("kdeploy_repository_sync_seconds",
+                                                 "Time to bring one version from an object store into the cache.",
+                                                 ["model"], buckets=SYNC_BUCKETS, registry=r)
 
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -94,6 +106,14 @@ class ServerMetrics:
         with self._lock:
             self._observe(self.inference_time, (model, str(version)), seconds)
             self._observe(self.batch_size, (model,), rows)
+
+    def repository_poll_error(self, model: str, kind: str) -> None:
+        """An object-store listing or download of `model` failed (rare: straight to prometheus-client)."""
+        self.repository_poll_errors.labels(model, kind).inc()
+
+    def repository_synced(self, model: str, seconds: float) -> None:
+        """A version of `model` arrived in the cache."""
+        self.repository_sync_seconds.labels(model).observe(seconds)
 
     def sample_inflight(self, source: Callable[[], Mapping[str, int]]) -> None:
         """Read the in-flight requests per model from `source` at each flush (the model manager counts them
@@ -174,10 +194,10 @@ class ServerMetrics:
         """The metrics in Prometheus' text format (what `GET /metrics` answers), every request counted."""
         return generate_latest(self.registry)
 
-    def serve(self, host: str, port: int) -> tuple[object, int]:
-        """Expose `GET /metrics` on host:port (0 picks a free port); returns the HTTP server and its port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server, server.server_address[1]
+    def serve(self, host: str, port: int, tls_context: ssl.SSLContext | None = None) -> tuple[object, int]:
+        """Expose `GET /metrics` on host:port (0 picks a free port; HTTPS with `tls_context`); returns the HTTP
+        server and its port."""
+        return serve_metrics(self.registry, host, port, tls_context)
 
 
 class _FlushFirst:
@@ -194,11 +214,11 @@ class _FlushFirst:
         return iter(())
 
 
-def serve_multiprocess(directory: str, host: str, port: int) -> tuple[object, int]:
+def serve_multiprocess(directory: str, host: str, port: int,
+                       tls_context: ssl.SSLContext | None = None) -> tuple[object, int]:
     """Expose the metrics that worker processes write under `directory` (PROMETHEUS_MULTIPROC_DIR), summed."""
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server, server.server_address[1]
+    return serve_metrics(registry, host, port, tls_context)

@@ -192,6 +192,11 @@ class ModelManager:
         """Whether a model of that name is served now (the set changes when the model config is reloaded)."""
         return name in self._sources
 
+    @property
+    def sources(self) -> list[ModelSource]:
+        """The models served now, as configured."""
+        return list(self._sources.values())
+
     def reconfigure(self, sources: list[ModelSource]) -> None:
         """Serve exactly these models from now on, as TF Serving's ReloadConfig: new models load, models left out
         unload (after their in-flight requests), and a model whose base path changed is served from the new one;
@@ -269,6 +274,8 @@ class ModelManager:
         """Why a model folder offers nothing to load, or None when it holds a version to load."""
         if complete:
             return None
+        if source.url is not None:
+            return f"no complete version in {source.url} yet (a version is complete once its manifest.json is written)"
         if not source.base_path.is_dir():
             return f"{source.base_path} is not a folder"
         if not on_disk:
@@ -286,6 +293,18 @@ class ModelManager:
                 self._problems[source.name] = problem
         if problem is not None and problem != previous:
             logger.error("model %s cannot be served: %s", source.name, problem, extra={"model": source.name})
+
+    def note_refused(self, name: str, version: int, reason: str) -> None:
+        """Show a version that was refused before it reached the model folder (an object-store version whose files
+        do not match its manifest) as END with the reason; whatever serves goes on serving."""
+        with self._lock:
+            known = self._versions.get(name)
+            if known is None or (version in known and known[version].state is not VersionState.END):
+                return
+            known[version] = ServedVersion(name, version, self._sources[name].base_path / str(version),
+                                           state=VersionState.END, error=reason)
+        if self._metrics is not None:
+            self._metrics.version_state.labels(name, str(version)).set(int(VersionState.END))
 
     def problems(self) -> dict[str, str]:
         """Models that have nothing to serve, with the reason: no version, no artifact, every load failed."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kdeploy.common.errors import UsageError
+from kdeploy.common.extras import require_tracing_extra
 
 if TYPE_CHECKING:
     from kdeploy.serve.access_log import AccessLog
@@ -183,6 +184,7 @@ def build_observers(config: ServeConfig, metrics: ServerMetrics, environ: Mappin
     """
     observers = Observers()
     if tracing_wanted(environ):
+        require_tracing_extra()
         from kdeploy.serve.tracing import Tracing
 
         observers.tracing = Tracing(environ, service_version)

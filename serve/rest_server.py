@@ -1,6 +1,8 @@
-"""TF Serving's REST API over HTTP: aiohttp on the gRPC front end's event loop (keep-alive on).
+"""TF Serving's REST API and KServe v2 over HTTP: aiohttp on the gRPC front end's event loop (keep-alive on).
 
-The handler only moves bytes: the body in, `RestApi.handle` (routing, decoding, inference, errors), JSON out. An
+The handler only moves bytes: the body in, `RestApi.handle` (routing, decoding, inference, errors), JSON out; paths
+under `/v2` (and KServe v1's `GET /v1/models`) go to `KServeRestApi.handle` instead, whose answers may carry binary
+tensor data after the JSON. An
 oversized body is answered 413 with the same JSON error shape as every other error, after it has been read (a client
 still sending when the connection closes would see a broken pipe instead), and while draining new requests are
 answered 503 so load balancers and clients retry elsewhere.
@@ -13,13 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from kdeploy.serve.adapters.kserve_rest import KServeRestApi, RestReply, is_kserve_path
 from kdeploy.serve.adapters.rest import RestApi
 from kdeploy.serve.observe import REQUEST, Observers, http_route
+from kdeploy.wire.kserve_rest import INFERENCE_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -31,23 +36,26 @@ DRAINING_MESSAGE = "the server is shutting down; retry (another replica takes ne
 class RestServer:
     """One aiohttp site serving `api`; start, refuse and stop run on the event loop."""
 
-    def __init__(self, api: RestApi, observers: Observers | None = None,
+    def __init__(self, api: RestApi, observers: Observers | None = None, kserve: KServeRestApi | None = None,
                  metrics_page: tuple[str, Callable[[], bytes]] | None = None) -> None:
         """
         Args:
             api: the TF Serving REST API.
             observers: tracing and the access log (None: off).
+            kserve: the KServe v2 REST API on the same port (None: off).
             metrics_page: a path and the Prometheus text to answer there (TF Serving's MonitoringConfig path).
         """
         self._api = api
         self._observers = observers
+        self._kserve = kserve
         self._metrics_page = metrics_page
         self._refusing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
-        """Listen on host:port (0 picks a free port) and return the bound port.
+    async def start(self, host: str, port: int, reuse_port: bool = False,
+                    ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0 picks a free port; HTTPS with `ssl_context`) and return the bound port.
 
         Raises:
             OSError: when the address cannot be bound.
@@ -57,7 +65,8 @@ class RestServer:
         app.router.add_route("*", "/{path:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None, backlog=128)
+        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port or None, backlog=128,
+                           ssl_context=ssl_context)
         try:
             await site.start()
         except OSError:
@@ -66,6 +75,11 @@ class RestServer:
         server: Any = site._server  # noqa: SLF001 - aiohttp exposes the bound sockets nowhere else
         self.port = server.sockets[0].getsockname()[1]
         return self.port
+
+    def enter_graceful_shutdown(self) -> None:
+        """Readiness (`/v2/health/ready`) answers 503 from now on; requests are still served (called on the loop)."""
+        if self._kserve is not None:
+            self._kserve.draining = True
 
     def refuse(self) -> None:
         """Answer every new request 503 from now on (called on the loop)."""
@@ -118,6 +132,10 @@ class RestServer:
                 await _discard(request, DISCARD_LIMIT_BYTES)
                 size = f"{length} bytes" if length is not None else "the request body"
                 return _json(413, {"error": f"{size} is over the limit of {limit} bytes"}, close=True)
+        if self._kserve is not None and is_kserve_path(request.raw_path):
+            reply = await self._kserve.handle(request.method, request.raw_path, body,
+                                              request.headers.get(INFERENCE_HEADER))
+            return _kserve_response(reply)
         status, payload = await self._api.handle(request.method, request.raw_path, body)
         return _json(status, payload)
 
@@ -128,6 +146,13 @@ async def _discard(request: web.Request, limit: int) -> None:
         if not chunk:
             return
         limit -= len(chunk)
+
+
+def _kserve_response(reply: RestReply) -> web.Response:
+    if reply.header_length is None:
+        return web.Response(body=reply.body, status=reply.status, content_type="application/json")
+    return web.Response(body=reply.body, status=reply.status, content_type="application/octet-stream",
+                        headers={INFERENCE_HEADER: str(reply.header_length)})
 
 
 def _json(status: int, payload: dict[str, Any], close: bool = False) -> web.Response:

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import Manifest, bare_artifact_path
 from kdeploy.runtimes.base import Backend, load_backend
+from kdeploy.serve.adapters.kserve_rest import KServeRestApi
 from kdeploy.serve.adapters.kserve_v2 import KServeV2Adapter
 from kdeploy.serve.adapters.rest import RestApi
 from kdeploy.serve.adapters.tfserving import TfServingAdapter
@@ -30,8 +31,10 @@ from kdeploy.serve.grpc_server import GrpcFrontEnd, Method, Service
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager
 from kdeploy.serve.observe import Observers, build_observers
+from kdeploy.serve.remote import build_mirror, mirror_forever
 from kdeploy.serve.rest_server import RestServer
 from kdeploy.serve.service import InferenceService
+from kdeploy.serve.tls import CertificateReloader
 from kdeploy.wire.protos.messages import Protos, load_protos
 
 logger = logging.getLogger(__name__)
@@ -127,6 +130,10 @@ class RunningServer:
     stopping: threading.Event = field(default_factory=threading.Event)
     observers: Observers | None = None
     """Tracing, payload and access logs (None: all off)."""
+    tls: CertificateReloader | None = None
+    """The TLS material every port serves (None: plaintext)."""
+    health_port: int | None = None
+    """The plaintext health-only port, when asked for."""
 
     def set_serving(self) -> None:
         """Health SERVING for the server when every model is ready, and per model when that model is."""
@@ -156,6 +163,8 @@ class RunningServer:
         deadline = time.monotonic() + self.config.drain_seconds
         self.stopping.set()
         self.front_end.enter_graceful_shutdown()
+        if self.rest is not None:
+            self.front_end.call_soon(self.rest.enter_graceful_shutdown)  # /v2/health/ready: 503 at once
         logger.info("draining: NOT_SERVING; new requests accepted for %.1f s more", grace)
         time.sleep(grace)
         rest = self.rest
@@ -204,6 +213,8 @@ def build_server(config: ServeConfig) -> RunningServer:
     """
     config.check()
     started = time.perf_counter()
+    source = config.tls_source
+    tls = CertificateReloader(source) if source is not None else None  # bad TLS files: a UsageError before binding
     protos = load_protos()
     metrics = ServerMetrics()
     if config.metrics_flush_seconds > 0:
@@ -231,24 +242,29 @@ def build_server(config: ServeConfig) -> RunningServer:
         observers=observers,
     )
     # Health (NOT_SERVING) and UNAVAILABLE answers are served while the models load, then health flips to SERVING.
+    health_address = None if config.health_port is None else f"{config.host}:{config.health_port}"
     extra = (f"unix:{config.grpc_socket_path}",) if config.grpc_socket_path else ()
-    grpc_port = front_end.start(f"{config.host}:{config.grpc_port}", extra)
-    if grpc_port == 0:
+    grpc_port = front_end.start(f"{config.host}:{config.grpc_port}", tls.grpc_credentials() if tls else None,
+                                health_address=health_address, extra_addresses=extra)
+    if grpc_port == 0 or front_end.health_port == 0:
         front_end.close()
         if observers is not None:
             observers.close()
-        raise UsageError(f"cannot listen for gRPC on {config.host}:{config.grpc_port} (port in use?)"
-                         + (f" or on {extra[0]}" if extra else ""))
+        which = f"gRPC on {config.host}:{config.grpc_port}" if grpc_port == 0 else f"health on {health_address}"
+        raise UsageError(f"cannot listen for {which} (port in use?)" + (f" or on {extra[0]}" if extra else ""))
     rest, rest_port = None, None
     metrics_server, metrics_port = None, None
     try:
         if config.rest_port is not None:
             rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known), observers,
+                              KServeRestApi(service, kserve, protos, metrics, known),
                               metrics_page=(config.rest_metrics_path, metrics.exposition)
                               if config.rest_metrics_path else None)
-            rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port))
+            rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port,
+                                                 ssl_context=tls.reloading_context() if tls else None))
         if config.metrics_port is not None:
-            metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port)
+            metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port,
+                                                         tls.reloading_context() if tls else None)
     except OSError as exc:
         if rest is not None and rest_port is not None:
             front_end.run(rest.stop())
@@ -258,8 +274,16 @@ def build_server(config: ServeConfig) -> RunningServer:
         raise UsageError(f"cannot listen for REST or metrics on {config.host}: {exc.strerror or exc}") from None
 
     running = RunningServer(config, models, metrics, front_end, grpc_port, executor, rest, rest_port,
-                            metrics_server, metrics_port, started, observers=observers)
+                            metrics_server, metrics_port, started, observers=observers,
+                            tls=tls, health_port=front_end.health_port)
     running_box.append(running)
+    mirror = build_mirror(config, metrics, models)
+    if mirror is not None:
+        try:  # the first listing: a wrong credential or URL stops the start (unless told to wait for models)
+            mirror.poll(raise_errors=not config.wait_for_models)
+        except UsageError:
+            running.stop(grace_seconds=0.0)
+            raise
     models.load_all()
     running.set_serving()
     if config.poll_seconds > 0:
@@ -267,6 +291,10 @@ def build_server(config: ServeConfig) -> RunningServer:
     if config.model_config_file is not None and config.model_config_file_poll_seconds > 0:
         threading.Thread(target=reloader.poll_forever, args=(config.model_config_file_poll_seconds, running.stopping),
                          name="model-config-poll", daemon=True).start()
+    if mirror is not None and config.storage_poll_seconds > 0:
+        threading.Thread(target=mirror_forever, name="storage-poll", daemon=True,
+                         args=(mirror, config.storage_poll_seconds, running.stopping, models,
+                               running.set_serving)).start()
     logger.info("serving in %.2f s", time.perf_counter() - started,
                 extra={"grpc_port": grpc_port, "rest_port": rest_port, "metrics_port": metrics_port})
     return running

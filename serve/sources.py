@@ -10,27 +10,55 @@ from google.protobuf import text_format
 
 from kdeploy.common.errors import UsageError
 from kdeploy.serve.config import ModelSource, VersionPolicy
+from kdeploy.storage.sync import default_cache_dir
+from kdeploy.storage.urls import Location, StorageUrl, is_url, parse_url
 from kdeploy.wire.errors import ErrorKind
 from kdeploy.wire.protos.messages import load_protos
 
 
-def sources_from_repository(repository: Path, names: Sequence[str], policy: VersionPolicy) -> list[ModelSource]:
+def sources_from_repository(repository: Location, names: Sequence[str], policy: VersionPolicy,
+                            cache_dir: Path | None = None) -> list[ModelSource]:
     """Every model folder in `repository` (or those named), each with the same version policy.
 
+    Args:
+        repository: a local folder, or a folder in an object store (listed once, here).
+        names: the models to serve (default: all).
+        policy: the version policy of each.
+        cache_dir: the local cache of object-store models (default: `default_cache_dir()`).
+
     Raises:
-        UsageError: when the repository is missing or a named model is not in it.
+        UsageError: when the repository is missing or a named model is not in it; `StorageError` (a UsageError)
+            when the store refuses the listing.
     """
+    if isinstance(repository, StorageUrl):
+        from kdeploy.storage.objects import ObjectStorage
+
+        present = [n for n in ObjectStorage(repository).list_folders() if not n.startswith(".")]
+        chosen = _chosen(names, present, str(repository))
+        return [_remote_source(n, repository.child(n), policy, {}, cache_dir) for n in chosen]
     repository = Path(repository)
     if not repository.is_dir():
         raise UsageError(f"model repository {repository} is not a directory")
     present = sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+    chosen = _chosen(names, present, str(repository))
+    return [ModelSource(name=n, base_path=repository / n, policy=policy) for n in chosen]
+
+
+def _chosen(names: Sequence[str], present: list[str], repository: str) -> list[str]:
     for name in names:
         if name not in present:
             raise UsageError(f"model {name!r} is not in {repository} (models there: {', '.join(present) or 'none'})")
     chosen = list(names) or present
     if not chosen:
         raise UsageError(f"model repository {repository} holds no model folder")
-    return [ModelSource(name=n, base_path=repository / n, policy=policy) for n in chosen]
+    return chosen
+
+
+def _remote_source(name: str, url: StorageUrl, policy: VersionPolicy, labels: dict[str, int],
+                   cache_dir: Path | None) -> ModelSource:
+    """A model in an object store, loaded from its folder in the local cache."""
+    return ModelSource(name=name, base_path=(cache_dir or default_cache_dir()) / url.cache_key(), policy=policy,
+                       labels=labels, url=url)
 
 
 class ModelConfigError(UsageError):
@@ -64,22 +92,25 @@ def read_model_config(path: Path) -> Any:
     return config
 
 
-def sources_from_model_config(path: Path) -> list[ModelSource]:
+def sources_from_model_config(path: Path, cache_dir: Path | None = None) -> list[ModelSource]:
     """The models of a TF Serving `ModelServerConfig` text file, so one file drives TF Serving and kdeploy.
 
-    Relative base paths are taken relative to the config file's folder.
+    Relative base paths are taken relative to the config file's folder; a base path may be an object-store URL
+    (`s3://BUCKET/PREFIX/NAME`, as TF Serving reads them), cached under `cache_dir`.
 
     Raises:
         UsageError: when the file is missing, not a valid ModelServerConfig, or lists no model kdeploy can serve.
     """
     path = Path(path)
-    sources = sources_from_config(read_model_config(path), relative_to=path.parent, origin=str(path))
+    sources = sources_from_config(read_model_config(path), relative_to=path.parent, origin=str(path),
+                                  cache_dir=cache_dir)
     if not sources:
         raise UsageError(f"{path} lists no model")
     return sources
 
 
-def sources_from_config(config: Any, relative_to: Path | None, origin: str) -> list[ModelSource]:
+def sources_from_config(config: Any, relative_to: Path | None, origin: str,
+                        cache_dir: Path | None = None) -> list[ModelSource]:
     """The models of a `ModelServerConfig` message, checked as TF Serving checks a config.
 
     Args:
@@ -87,6 +118,7 @@ def sources_from_config(config: Any, relative_to: Path | None, origin: str) -> l
         relative_to: the folder relative base paths start from; None requires absolute ones (a reload request, as
             TF Serving requires without --model_config_list_root_dir).
         origin: what the config came from, for messages.
+        cache_dir: the local cache of object-store models (default: `default_cache_dir()`).
 
     Raises:
         ModelConfigError: naming the model and the problem (duplicate names, a relative path, another platform).
@@ -105,16 +137,20 @@ def sources_from_config(config: Any, relative_to: Path | None, origin: str) -> l
             raise ModelConfigError(f"{origin}: model {model.name!r} has platform {model.model_platform!r}: "
                                    f"PlatformConfigMap has no entry for platform {model.model_platform} (kdeploy "
                                    "serves tensorflow)", ErrorKind.FAILED_PRECONDITION)
+        policy, labels = _policy_from_proto(model.model_version_policy), dict(model.version_labels)
+        if is_url(model.base_path):
+            sources.append(_remote_source(model.name, parse_url(model.base_path), policy, labels, cache_dir))
+            continue
         base = Path(model.base_path)
         if not base.is_absolute():
             if relative_to is None:
                 raise ModelConfigError(f"{origin}: Expected model {model.name} to have an absolute path or URI; got "
                                        f"base_path()={model.base_path}")
             base = relative_to / base
-        sources.append(ModelSource(name=model.name, base_path=base,
-                                   policy=_policy_from_proto(model.model_version_policy),
-                                   labels=dict(model.version_labels)))
+        sources.append(ModelSource(name=model.name, base_path=base, policy=policy, labels=labels))
     return sources
+
+
 def _policy_from_proto(policy) -> VersionPolicy:  # noqa: ANN001 - a ServableVersionPolicy message
     choice = policy.WhichOneof("policy_choice")
     if choice == "all":

@@ -23,6 +23,7 @@ from typing import Any
 
 from kdeploy.common.errors import KdeployError, UsageError
 from kdeploy.serve.config import ServeConfig
+from kdeploy.serve.tls import CertificateReloader
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,11 @@ class WorkerPool:
             raise UsageError("a worker pool needs --workers 2 or more")
         grpc_port = config.grpc_port or _free_port(config.host)
         rest_port = None if config.rest_port is None else (config.rest_port or _free_port(config.host))
-        self.config = replace(config, grpc_port=grpc_port, rest_port=rest_port)
+        health_port = None if config.health_port is None else (config.health_port or _free_port(config.host))
+        self.config = replace(config, grpc_port=grpc_port, rest_port=rest_port, health_port=health_port)
+        # Checked here, once, so bad TLS files are one line before any worker starts; the metrics port serves it too.
+        source = config.tls_source
+        self.tls = CertificateReloader(source) if source is not None else None
         self._metrics_dir = tempfile.mkdtemp(prefix="kdeploy-metrics-")
         # Workers are spawned (fresh interpreters) and read this when prometheus-client is first imported.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
@@ -114,8 +119,9 @@ class WorkerPool:
         if self.config.metrics_port is not None:
             from kdeploy.serve.metrics import serve_multiprocess
 
-            self._metrics_server, self.metrics_port = serve_multiprocess(self._metrics_dir, self.config.host,
-                                                                         self.config.metrics_port)
+            self._metrics_server, self.metrics_port = serve_multiprocess(
+                self._metrics_dir, self.config.host, self.config.metrics_port,
+                self.tls.reloading_context() if self.tls else None)
         logger.info("%d workers serving", len(self.processes), extra={"pids": [pid for _, pid, _ in ready]})
 
     def wait(self) -> int | None:

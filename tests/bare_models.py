@@ -72,3 +72,24 @@ def write_tflite_from_savedmodel(saved_model: Path, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
     return path
+
+
+def write_elementwise_onnx(path: Path, elem_type: str, op: str = "Add", constant: float = 1.0) -> Path:
+    """An ONNX graph `y = x OP c` on `x` of shape [N, 4] and ONNX element type `elem_type` (`INT64`, `FLOAT16`, ...),
+    for serving dtypes the recipes do not produce."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    kind = getattr(TensorProto, elem_type)
+    value = np.array(constant, dtype=helper.tensor_dtype_to_np_dtype(kind))
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "c"], ["y"])], f"{op.lower()}_{elem_type.lower()}",
+        [helper.make_tensor_value_info("x", kind, ["N", 4])], [helper.make_tensor_value_info("y", kind, ["N", 4])],
+        initializer=[numpy_helper.from_array(value, "c")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -199,9 +199,9 @@ def errors_reference() -> str:
 # --- benchmark tables --------------------------------------------------------------------------------------------
 
 def _renderers() -> dict[str, Callable[[dict], str]]:
-    from benchmarks import foundation, serving
+    from benchmarks import foundation, serving, storage_sync
 
-    return {"foundation": foundation.render, "serving": serving.render}
+    return {"foundation": foundation.render, "serving": serving.render, "storage_sync": storage_sync.render}
 
 
 def fill_tables(text: str, results: Path = RESULTS) -> str:

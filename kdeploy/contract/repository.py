@@ -29,20 +29,26 @@ logger = logging.getLogger(__name__)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def version_folders(model_dir: Path) -> dict[int, Path]:
-    """Each version of a model folder and the folder holding it, ascending by version.
+def version_of_folder(name: str) -> int | None:
+    """The version a folder name stands for, or None for any other folder: an all-digit name read as a number
+    (`00000123` is 123), as TF Serving reads version folders; 0 is not a version."""
+    return int(name) if name.isdigit() and name.isascii() and int(name) > 0 else None
 
-    A folder whose name is all digits is the version that number reads as (`00000123` is 123), as TF Serving parses
-    version folders; version 0 and hidden folders do not count. When two names read as the same number (`123` and
-    `0123`), the one that sorts last wins, as TF Serving keeps the last it lists (and logs the other as ignored).
+
+def version_folders(model_dir: Path) -> dict[int, Path]:
+    """Each version of a model folder and the folder holding it, ascending by version (see `version_of_folder`).
+
+    Hidden folders do not count. When two names read as the same number (`123` and `0123`), the one that sorts last
+    wins, as TF Serving keeps the last it lists (and logs the other as ignored).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return {}
     found: dict[int, Path] = {}
     for child in sorted(model_dir.iterdir(), key=lambda p: p.name):
-        if child.name.isdigit() and child.name.isascii() and int(child.name) > 0 and child.is_dir():
-            found[int(child.name)] = child
+        version = version_of_folder(child.name)
+        if version is not None and child.is_dir():
+            found[version] = child
     return dict(sorted(found.items()))
 
 

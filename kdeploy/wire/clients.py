@@ -1,4 +1,5 @@
-"""Clients for a running model server, with the `Backend` interface: TF Serving gRPC and REST, KServe v2 gRPC.
+"""Clients for a running model server, with the `Backend` interface: TF Serving gRPC and REST, KServe v2 gRPC and
+REST (binary tensors).
 
 They let served-output parity (`kdeploy verify --endpoint`) treat kdeploy's server, TF Serving or Triton like any
 other runtime. TF-free: messages come from the vendored protocol definitions.
@@ -16,9 +17,11 @@ import numpy as np
 
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.signature import Feed, ModelSignature
+from kdeploy.wire.kserve_rest import INFERENCE_HEADER, infer_request_body, outputs_from_response
 from kdeploy.wire.protocols import GRPC_METHODS, PROTOCOLS
 from kdeploy.wire.protos.messages import load_protos
 from kdeploy.wire.tensors import fill_tensor_proto, kserve_datatype, ndarray_from_tensor_proto, raw_bytes
+from kdeploy.wire.tls import ClientTls, secure_channel
 
 
 class ServedModelError(Exception):
@@ -26,15 +29,17 @@ class ServedModelError(Exception):
 
 
 class _GrpcClient:
-    def __init__(self, address: str, timeout: float) -> None:
-        self._channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 256 << 20),
-                                                                ("grpc.max_send_message_length", 256 << 20)])
+    def __init__(self, address: str, timeout: float, tls: ClientTls | None = None) -> None:
+        self._channel = secure_channel(address, tls, options=[("grpc.max_receive_message_length", 256 << 20),
+                                                              ("grpc.max_send_message_length", 256 << 20)])
         self._timeout = timeout
         try:
             grpc.channel_ready_future(self._channel).result(timeout=min(timeout, 5.0))
         except grpc.FutureTimeoutError:
             self._channel.close()
-            raise UsageError(f"cannot reach a gRPC server at {address}") from None
+            hint = (" over TLS (check --tls-ca, --tls-cert and --tls-server-name; the server's log says why it refused)"
+                    if tls else " (a TLS server needs --tls-ca or --tls)")
+            raise UsageError(f"cannot reach a gRPC server at {address}{hint}") from None
 
     def _call(self, path: str, request: Any, response_type: Any) -> Any:
         method = self._channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
@@ -54,8 +59,8 @@ class TfServingGrpcClient(_GrpcClient):
     format = "tfserving-grpc"
 
     def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
-                 timeout: float = 30.0) -> None:
-        super().__init__(address, timeout)
+                 timeout: float = 30.0, tls: ClientTls | None = None) -> None:
+        super().__init__(address, timeout, tls)
         protos = load_protos()
         self._request_type = protos.cls("tensorflow.serving.PredictRequest")
         self._response_type = protos.cls("tensorflow.serving.PredictResponse")
@@ -79,8 +84,8 @@ class KServeGrpcClient(_GrpcClient):
     format = "kserve-grpc"
 
     def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
-                 timeout: float = 30.0) -> None:
-        super().__init__(address, timeout)
+                 timeout: float = 30.0, tls: ClientTls | None = None) -> None:
+        super().__init__(address, timeout, tls)
         protos = load_protos()
         self._request_type = protos.cls("inference.ModelInferRequest")
         self._response_type = protos.cls("inference.ModelInferResponse")
@@ -118,12 +123,13 @@ class TfServingRestClient:
     format = "tfserving-rest"
 
     def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, tls: ClientTls | None = None) -> None:
         path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
-        self._url = f"http://{address}{path}"
+        self._url = f"{'https' if tls else 'http'}://{address}{path}"
         self._timeout, self.signature = timeout, signature
+        self._context = tls.ssl_context() if tls else None
         try:
-            with urllib.request.urlopen(self._url, timeout=min(timeout, 5.0)):
+            with urllib.request.urlopen(self._url, timeout=min(timeout, 5.0), context=self._context):
                 pass
         except urllib.error.HTTPError:
             pass  # the server answered: reachable (the model error shows on the first predict)
@@ -135,7 +141,7 @@ class TfServingRestClient:
         request = urllib.request.Request(self._url + ":predict", data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(request, timeout=self._timeout, context=self._context) as response:
                 payload = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             raise ServedModelError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
@@ -148,14 +154,56 @@ class TfServingRestClient:
         pass
 
 
-def connect(protocol: str, address: str, model: str, version: int | None, signature: ModelSignature) -> Any:
-    """A client for `protocol` at `address`, checked to be reachable.
+class KServeRestClient:
+    """KServe v2 `POST /v2/models/NAME[/versions/V]/infer` with binary tensors both ways (Triton's extension)."""
+
+    format = "kserve-rest"
+
+    def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
+                 timeout: float = 30.0, tls: ClientTls | None = None) -> None:
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
+        scheme = "https" if tls else "http"
+        self._url = f"{scheme}://{address}{path}"
+        self._timeout, self.signature = timeout, signature
+        handlers: list[Any] = [urllib.request.ProxyHandler({})]  # never through a proxy
+        if tls:
+            handlers.append(urllib.request.HTTPSHandler(context=tls.ssl_context()))
+        self._opener = urllib.request.build_opener(*handlers)
+        try:
+            with self._opener.open(f"{scheme}://{address}/v2/health/live", timeout=min(timeout, 5.0)):
+                pass
+        except urllib.error.HTTPError as exc:
+            raise UsageError(f"{address} answered HTTP {exc.code} to /v2/health/live: is it a KServe v2 REST port?"
+                             ) from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot reach a REST server at {address}: {exc}") from None
+
+    def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        body, length = infer_request_body(feed, binary=True)
+        headers = {"Content-Type": "application/octet-stream"}
+        if length is not None:
+            headers[INFERENCE_HEADER] = str(length)
+        request = urllib.request.Request(self._url + "/infer", data=body, method="POST", headers=headers)
+        try:
+            with self._opener.open(request, timeout=self._timeout) as response:
+                data, header = response.read(), response.headers.get(INFERENCE_HEADER)
+        except urllib.error.HTTPError as exc:
+            raise ServedModelError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+        return outputs_from_response(data, None if header is None else int(header))
+
+    def close(self) -> None:
+        pass
+
+
+def connect(protocol: str, address: str, model: str, version: int | None, signature: ModelSignature,
+            tls: ClientTls | None = None) -> Any:
+    """A client for `protocol` at `address` (over TLS with `tls`), checked to be reachable.
 
     Raises:
         UsageError: for an unknown protocol or an address where nothing answers.
     """
     clients = {"tfserving-grpc": TfServingGrpcClient, "kserve-grpc": KServeGrpcClient,
-               "tfserving-rest": TfServingRestClient}
+               "tfserving-rest": TfServingRestClient, "kserve-rest": KServeRestClient}
     if protocol not in clients:
         raise UsageError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    return clients[protocol](address, model, version, signature)
+    return clients[protocol](address, model, version, signature, tls=tls)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-PROTOCOLS: tuple[str, ...] = ("tfserving-grpc", "kserve-grpc", "tfserving-rest")
-"""TF Serving gRPC `Predict`, KServe v2 gRPC `ModelInfer`, TF Serving REST `:predict`."""
+PROTOCOLS: tuple[str, ...] = ("tfserving-grpc", "kserve-grpc", "tfserving-rest", "kserve-rest")
+"""TF Serving gRPC `Predict`, KServe v2 gRPC `ModelInfer`, TF Serving REST `:predict`, KServe v2 REST `/infer`."""
+
+REST_PROTOCOLS: tuple[str, ...] = ("tfserving-rest", "kserve-rest")
+"""The protocols spoken over HTTP, on a server's REST port."""
 
 GRPC_METHODS: dict[str, str] = {
     "tfserving-grpc": "/tensorflow.serving.PredictionService/Predict",

@@ -153,8 +153,12 @@ def fill_tensor_proto(proto: Any, array: np.ndarray, encoding: str = "content") 
 
 
 def ndarray_from_kserve(name: str, datatype: str, shape: Sequence[int], contents: Any, raw: bytes | None,
-                        spec: TensorSpec) -> np.ndarray:
-    """A KServe v2 input tensor (raw bytes or typed contents) as an array of the spec's dtype."""
+                        spec: TensorSpec, raw_field: str = "raw_input_contents") -> np.ndarray:
+    """A KServe v2 input tensor (raw bytes or typed contents) as an array of the spec's dtype.
+
+    `raw_field` names where the raw bytes came from in error messages (gRPC's `raw_input_contents`, or the binary
+    tensor extension's data over HTTP).
+    """
     little_endian = _LITTLE_ENDIAN.get(spec.dtype)
     if raw is not None and little_endian is not None and datatype == _KSERVE_NAMES[spec.dtype]:
         # The common case, checked in as few steps as it takes (every other case, and every error, below).
@@ -167,17 +171,17 @@ def ndarray_from_kserve(name: str, datatype: str, shape: Sequence[int], contents
     shape_t = _check_shape(name, shape)
     count = _elements(shape_t)
     if spec.is_string:
-        values = _split_length_prefixed(name, raw) if raw is not None else list(contents.bytes_contents)
+        values = _split_length_prefixed(name, raw, raw_field) if raw is not None else list(contents.bytes_contents)
         return _strings_from_values(name, values, shape_t, count,
-                                    "raw_input_contents" if raw is not None else "contents.bytes_contents")
+                                    raw_field if raw is not None else "contents.bytes_contents")
     if raw is not None:
         expected = count * want.numpy.itemsize
         if len(raw) != expected:
-            raise invalid(f"input {name!r}: raw_input_contents has {len(raw)} bytes; shape {list(shape_t)} of "
+            raise invalid(f"input {name!r}: {raw_field} has {len(raw)} bytes; shape {list(shape_t)} of "
                           f"{want.kserve} needs {expected}")
         return np.frombuffer(raw, dtype=_LITTLE_ENDIAN[spec.dtype]).reshape(shape_t)
     field_name = _KSERVE_TYPED_FIELD.get(spec.dtype)
-    if field_name is None:
+    if field_name is None or contents is None:
         raise invalid(f"input {name!r}: {want.kserve} tensors must be sent in raw_input_contents")
     values = getattr(contents, field_name)
     if len(values) != count:
@@ -210,16 +214,16 @@ def raw_bytes(array: np.ndarray) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def _split_length_prefixed(name: str, raw: bytes) -> list[bytes]:
+def _split_length_prefixed(name: str, raw: bytes, field: str = "raw_input_contents") -> list[bytes]:
     values, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
-            raise invalid(f"input {name!r}: raw_input_contents ends inside a BYTES element's 4-byte length")
+            raise invalid(f"input {name!r}: {field} ends inside a BYTES element's 4-byte length")
         length = int.from_bytes(raw[offset:offset + 4], "little")
         offset += 4
         if offset + length > len(raw):
-            raise invalid(f"input {name!r}: a BYTES element of {length} bytes runs past the end of raw_input_contents")
-        values.append(raw[offset:offset + length])
+            raise invalid(f"input {name!r}: a BYTES element of {length} bytes runs past the end of {field}")
+        values.append(bytes(raw[offset:offset + length]))
         offset += length
     return values
 

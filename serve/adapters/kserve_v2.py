@@ -18,7 +18,8 @@ SERVER_NAME = "kdeploy"
 EXTENSIONS = ("model_configuration", "statistics")
 
 
-def _version_number(name: str, text: str) -> int | None:
+def version_number(name: str, text: str) -> int | None:
+    """A KServe version string as a number (None when empty), the same check for gRPC and HTTP."""
     if not text:
         return None
     if not text.isdigit():
@@ -46,12 +47,12 @@ class KServeV2Adapter:
     def _resolve(self, name: str, version: str) -> ServedVersion:
         if not name:
             raise invalid("model name is empty; name the model to call")
-        return self._service.models.resolve(name, _version_number(name, version))
+        return self._service.models.resolve(name, version_number(name, version))
 
     def _serving(self, name: str, version: str) -> Any:
         if not name:
             raise invalid("model name is empty; name the model to call")
-        return self._service.serving(name, _version_number(name, version))
+        return self._service.serving(name, version_number(name, version))
 
     def ServerLive(self, request: Any, context: Any) -> Any:
         return self._responses["ServerLive"](live=True)
@@ -60,7 +61,7 @@ class KServeV2Adapter:
         return self._responses["ServerReady"](ready=self._service.models.is_ready())
 
     def ModelReady(self, request: Any, context: Any) -> Any:
-        version = _version_number(request.name, request.version)
+        version = version_number(request.name, request.version)
         try:
             statuses = self._service.models.statuses(request.name, version)
         except ServeError:  # an unknown model or version is simply not ready, as in Triton
@@ -121,7 +122,7 @@ class KServeV2Adapter:
 
     def ModelStatistics(self, request: Any, context: Any) -> Any:
         names = [request.name] if request.name else self._service.models.model_names
-        version = _version_number(request.name, request.version) if request.name else None
+        version = version_number(request.name, request.version) if request.name else None
         response = self._responses["ModelStatistics"]()
         for name in names:
             for served in self._service.models.statuses(name, version):

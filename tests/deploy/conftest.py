@@ -17,8 +17,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-OVERLAYS = ("onnx", "gpu", "tfserving", "loadtest")
-SERVER_OVERLAYS = ("onnx", "gpu", "tfserving")
+OVERLAYS = ("onnx", "gpu", "tfserving", "loadtest", "onnx-tls", "bucket")
+SERVER_OVERLAYS = ("onnx", "gpu", "tfserving", "onnx-tls", "bucket")
 KUBERNETES_VERSION = "1.37.0"
 """The Kubernetes release the manifests are validated against (kubernetes-validate's newest schema)."""
 
@@ -88,3 +88,30 @@ def assert_hardened(container: dict[str, Any], where: str) -> None:
 def rendered() -> dict[str, str]:
     """Every overlay built once with kubectl kustomize."""
     return {overlay: kustomize(K8S / "overlays" / overlay) for overlay in OVERLAYS}
+
+
+@pytest.fixture
+def onnx_repository(tmp_path: Path) -> Path:
+    """A one-model repository: y = relu(x) in ONNX, with the manifest `kdeploy export` would write."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kdeploy.common.files import sha256_path
+    from kdeploy.contract.manifest import Artifact, Manifest, write_manifest
+    from kdeploy.contract.signature import ModelSignature
+
+    version_dir = tmp_path / "models" / "relu" / "1"
+    version_dir.mkdir(parents=True)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              version_dir / "model.onnx")
+    signature = ModelSignature.from_json({"name": "serving_default",
+                                          "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
+                                          "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 4]}]})
+    path = version_dir / "model.onnx"
+    artifact = Artifact(format="onnx", path="model.onnx", bytes=path.stat().st_size, sha256=sha256_path(path))
+    write_manifest(version_dir, Manifest(name="relu", version=1, signature=signature, source=artifact,
+                                         artifacts={"onnx": artifact}))
+    return tmp_path / "models"

@@ -107,9 +107,11 @@ def test_server_image_serves_the_ports_and_settings_the_manifests_expect(dockerf
     settings = dict(line.split("=", 1) for line in (K8S / "base" / "server.env").read_text().splitlines()
                     if line and not line.startswith("#"))
     assert env and all(settings[key] == value for key, value in env.items() if key in settings), env
-    # The slim server: kdeploy without its declared (TensorFlow) dependencies, on requirements/server.txt.
+    # The slim server: kdeploy's serve extra (no TensorFlow), pinned by requirements/server.txt; likewise loadtest.
     build = " ".join(stages["server-build"].all("RUN"))
-    assert "--no-deps -r requirements/server.txt" in build and "--no-deps --no-build-isolation ." in build
+    assert "-c requirements/server.txt '.[serve]'" in build and "pip check" in build
+    assert "-c requirements/loadtest.txt '.[loadtest]'" in " ".join(stages["loadtest-build"].all("RUN"))
+    assert "-c constraints.txt '.[all]'" in " ".join(stages["trainer"].all("RUN"))
 
 
 def dockerignore_excludes(path: str, patterns: list[str]) -> bool:

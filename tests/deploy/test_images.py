@@ -23,7 +23,8 @@ from tests.deploy.conftest import REPO
 REQUIREMENTS = REPO / "requirements"
 PROJECT_PACKAGES = ("kdeploy", "export", "serve", "train", "loadtest")
 HEAVY = ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "keras", "tf2onnx", "tf-keras", "scikit-learn",
-         "ai-edge-litert", "onnx", "torch", "jax")
+         "onnx", "torch", "jax")
+"""Never in the server images (LiteRT is: the serve extra's TFLite backend, about 60 MB)."""
 GPU_ONLY = ("onnxruntime-gpu",)
 """Not in constraints.txt (the dev machine has no GPU): pinned in server-gpu.txt by their own resolution."""
 
@@ -74,7 +75,7 @@ def test_server_images_have_no_tensorflow():
     assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
     loadtest = pins(REQUIREMENTS / "loadtest.txt")
     assert {"locust", "matplotlib"} <= set(loadtest)
-    assert not [p for p in loadtest if p in HEAVY or p.startswith(("tensorflow", "onnxruntime"))]
+    assert not [p for p in loadtest if p in HEAVY or p.startswith(("tensorflow", "onnxruntime", "ai-edge-litert"))]
 
 
 def allowed_modules(requirements: str) -> list[str]:
@@ -122,31 +123,21 @@ def test_guard_blocks_what_the_image_lacks():
     assert proc.returncode != 0 and "No module named 'tensorflow'" in err
 
 
-@pytest.fixture
-def onnx_repository(tmp_path: Path) -> Path:
-    """A one-model repository: y = relu(x) in ONNX, with the manifest `kdeploy export` would write."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from kdeploy.common.files import sha256_path
-    from kdeploy.contract.manifest import Artifact, Manifest, write_manifest
-    from kdeploy.contract.signature import ModelSignature
-
-    version_dir = tmp_path / "models" / "relu" / "1"
-    version_dir.mkdir(parents=True)
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
-              version_dir / "model.onnx")
-    signature = ModelSignature.from_json({"name": "serving_default",
-                                          "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
-                                          "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 4]}]})
-    path = version_dir / "model.onnx"
-    artifact = Artifact(format="onnx", path="model.onnx", bytes=path.stat().st_size, sha256=sha256_path(path))
-    write_manifest(version_dir, Manifest(name="relu", version=1, signature=signature, source=artifact,
-                                         artifacts={"onnx": artifact}))
-    return tmp_path / "models"
+@pytest.mark.parametrize("requirements, argv, extra", [
+    ("server.txt", ["export", "model.keras", "--repository", "r", "--name", "m"], "export"),
+    ("server.txt", ["train", "--recipe", "digits-cnn", "--out", "t"], "export"),
+    ("server.txt", ["loadtest", "--target", "127.0.0.1:9", "--model", "m", "--out", "o"], "loadtest"),
+    ("server.txt", ["serve", "--repository", ".", "--backend", "savedmodel"], "export"),
+    ("loadtest.txt", ["serve", "--repository", "."], "serve"),
+    ("loadtest.txt", ["verify", "r/m"], "export"),
+])
+def test_a_missing_extra_is_one_line_naming_it(requirements, argv, extra):
+    """A command run where its extra is not installed (an image's contents) names the extra to install, exit 2."""
+    proc = run_guarded(requirements, [], argv)
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"kdeploy {argv[0]}: error: needs the {extra} extra: pip install 'kdeploy[{extra}]' (")
 
 
 def test_server_image_contents_serve_and_drain(onnx_repository):

@@ -74,8 +74,10 @@ def test_server_probes_use_the_health_endpoints(overlay, rendered):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         spec = container[probe]
         if _is_kdeploy(container):
-            # Kubernetes' native gRPC probe on grpc.health.v1, served on the gRPC port.
-            assert spec["grpc"]["port"] == ports["grpc"] == 8500 and "httpGet" not in spec, probe
+            # Kubernetes' native gRPC probe on grpc.health.v1, served on the gRPC port (or, when that port speaks
+            # TLS, which the probe cannot, on the plaintext health-only port).
+            assert ports["grpc"] == 8500 and spec["grpc"]["port"] == ports.get("health", 8500), probe
+            assert "httpGet" not in spec, probe
         else:
             # TF Serving has no grpc.health.v1: its REST model status instead.
             assert "grpc" not in spec and spec["httpGet"]["port"] == ports["http"], probe
@@ -165,7 +167,7 @@ def test_service_hpa_and_budget_point_at_the_server(overlay, rendered):
     assert budget["maxUnavailable"] < hpa["spec"]["minReplicas"]
 
 
-@pytest.mark.parametrize("overlay", ("onnx", "gpu"))
+@pytest.mark.parametrize("overlay", ("onnx", "gpu", "onnx-tls"))
 def test_server_settings_are_all_kdeploy_serve_flags(overlay, rendered, kdeploy):
     # An env var that names no flag is silently ignored by `kdeploy serve`: catch the typo here.
     help_text = kdeploy("serve", "--help").out
@@ -176,8 +178,8 @@ def test_server_settings_are_all_kdeploy_serve_flags(overlay, rendered, kdeploy)
     unknown = sorted(k for k in settings if k.removeprefix("KDEPLOY_") not in flags)
     assert not unknown, f"not `kdeploy serve` flags: {unknown}"
     assert settings["KDEPLOY_HOST"] == "0.0.0.0" and settings["KDEPLOY_REPOSITORY"] == "/models"
-    assert {int(settings["KDEPLOY_GRPC_PORT"]), int(settings["KDEPLOY_REST_PORT"]),
-            int(settings["KDEPLOY_METRICS_PORT"])} == set(_ports(container).values())
+    ports = ("KDEPLOY_GRPC_PORT", "KDEPLOY_REST_PORT", "KDEPLOY_METRICS_PORT", "KDEPLOY_HEALTH_PORT")
+    assert {int(settings[p]) for p in ports if p in settings} == set(_ports(container).values())
 
 
 def test_gpu_overlay_asks_for_a_gpu_on_a_gpu_node(rendered):

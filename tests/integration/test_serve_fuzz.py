@@ -162,3 +162,53 @@ def test_rest_predict_fuzz(server):
 
     check()
     _alive(server)
+
+
+@st.composite
+def kserve_rest_bodies(draw):
+    """A v2 inference body (JSON, maybe binary data after it) and its Inference-Header-Content-Length, or None."""
+    inputs = []
+    for _ in range(draw(st.integers(0, 3))):
+        tensor = {"name": draw(input_names), "datatype": draw(st.sampled_from(["FP32", "INT32", "BYTES", "FP16",
+                                                                               "BOOL", "", "BF16", 7])),
+                  "shape": draw(st.one_of(dims, json_values))}
+        if draw(st.booleans()):
+            tensor["parameters"] = {"binary_data_size": draw(st.one_of(st.integers(-5, 3000), json_values))}
+        else:
+            tensor["data"] = draw(st.one_of(st.lists(floats.map(float), max_size=300), json_values))
+        inputs.append(tensor)
+    request = {"inputs": inputs}
+    for key in ("outputs", "parameters", "id"):
+        if draw(st.booleans()):
+            request[key] = draw(json_values)
+    header = json.dumps(request, allow_nan=True).encode()
+    tail = draw(st.binary(max_size=3000))
+    length = draw(st.sampled_from(["exact", "none", "zero", "long", "junk"]))
+    value = {"exact": str(len(header)), "none": None, "zero": "0", "long": str(len(header) + len(tail) + 9),
+             "junk": "12abc"}[length]
+    return header + tail, value
+
+
+def test_kserve_rest_infer_fuzz(server):
+    import http.client
+
+    @FUZZ
+    @given(path=st.sampled_from(["/v2/models/digits/infer", "/v2/models/two/infer", "/v2/models/text/infer",
+                                 "/v2/models/digits/versions/1/infer", "/v2/models/x/infer",
+                                 "/v2/models/digits/versions/abc/infer", "/v2/models//infer", "/v2/zz"]),
+           body=kserve_rest_bodies())
+    def check(path, body):
+        data, header_length = body
+        connection = http.client.HTTPConnection(server.rest, timeout=30)
+        headers = {} if header_length is None else {"Inference-Header-Content-Length": header_length}
+        connection.request("POST", path, body=data, headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+        connection.close()
+        assert response.status in HTTP_OK, response.status
+        if response.status != 200:
+            assert "error" in json.loads(answer)
+
+    check()
+    assert "Traceback" not in server.log()
+    _alive(server)

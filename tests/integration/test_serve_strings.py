@@ -1,5 +1,5 @@
 """A model that takes strings (StringLookup in front of an Embedding), served end to end through the official
-clients: TF Serving's DT_STRING `string_val`, KServe v2 BYTES (tritonclient), REST JSON strings."""
+clients: TF Serving's DT_STRING `string_val`, KServe v2 BYTES (tritonclient over gRPC and HTTP), REST JSON strings."""
 
 from __future__ import annotations
 
@@ -54,6 +54,17 @@ def test_string_inputs_through_every_protocol(words_repo, backend):
         assert metadata.inputs[0].datatype == "BYTES"
         config = client.get_model_config("words").config
         assert triton.model_config_pb2.DataType.Name(config.input[0].data_type) == "TYPE_STRING"
+
+        # KServe v2 over HTTP: BYTES as binary data (length-prefixed) and as JSON strings
+        import tritonclient.http as triton_http
+
+        http_client = triton_http.InferenceServerClient(proc.rest)
+        for binary in (True, False):
+            tensor = triton_http.InferInput("words", list(SENTENCES.shape), "BYTES")
+            tensor.set_data_from_numpy(SENTENCES.astype(bytes).astype(object), binary_data=binary)
+            result = http_client.infer("words", [tensor], outputs=[triton_http.InferRequestedOutput("p", binary)])
+            np.testing.assert_allclose(result.as_numpy("p"), want, **FP32)
+        assert http_client.get_model_metadata("words")["inputs"][0]["datatype"] == "BYTES"
 
         status, body = rest(proc, "/v1/models/words:predict", {"instances": SENTENCES.tolist()})
         assert status == 200, body

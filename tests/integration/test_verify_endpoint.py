@@ -19,9 +19,9 @@ def onnx_server(exported_repo):
     assert proc.stop() == 0
 
 
-@pytest.mark.parametrize("protocol", ["tfserving-grpc", "kserve-grpc", "tfserving-rest"])
+@pytest.mark.parametrize("protocol", ["tfserving-grpc", "kserve-grpc", "tfserving-rest", "kserve-rest"])
 def test_served_outputs_match_keras_over_every_protocol(onnx_server, exported_repo, kdeploy, protocol):
-    address = onnx_server.rest if protocol == "tfserving-rest" else onnx_server.grpc
+    address = onnx_server.rest if protocol.endswith("-rest") else onnx_server.grpc
     for model in ("digits", "two"):
         result = kdeploy("verify", exported_repo / model, "--endpoint", address, "--protocol", protocol)
         assert result.code == 0, result.out + result.err

@@ -29,7 +29,7 @@ def server(exported_repo):
 
 
 def address(server, protocol: str) -> str:
-    return server.rest if protocol == "tfserving-rest" else server.grpc
+    return server.rest if protocol.endswith("-rest") else server.grpc
 
 
 def loadtest(kdeploy, out: Path, *args: object):
@@ -62,6 +62,7 @@ def assert_agrees_with_locust(summary: dict, out: Path) -> None:
 
 @pytest.mark.parametrize("protocol, source", [
     ("tfserving-grpc", "repository"), ("kserve-grpc", "server"), ("tfserving-rest", "server"),
+    ("kserve-rest", "server"),
 ])
 def test_short_run_for_each_protocol(kdeploy, server, exported_repo, tmp_path, protocol, source):
     signature = ["--repository", exported_repo] if source == "repository" else ["--signature-from-server"]
@@ -79,7 +80,8 @@ def test_short_run_for_each_protocol(kdeploy, server, exported_repo, tmp_path, p
     assert "p99 ms" in result.out and f"{summary['requests']}" in result.out
 
 
-@pytest.mark.parametrize("protocol, status", [("kserve-grpc", "INVALID_ARGUMENT: "), ("tfserving-rest", "HTTP 400: ")])
+@pytest.mark.parametrize("protocol, status", [("kserve-grpc", "INVALID_ARGUMENT: "), ("tfserving-rest", "HTTP 400: "),
+                                              ("kserve-rest", "HTTP 400: ")])
 def test_invalid_argument_failures_are_grouped_under_the_error(kdeploy, server, exported_repo, tmp_path,
                                                               protocol, status):
     """A payload built for `digits` (input `image`) sent to model `two` (inputs `pixels`, `meta`)."""

@@ -1,7 +1,7 @@
 """TF Serving's model-server test harness (`tensorflow_model_server_test_base.py`) for `kdeploy serve`.
 
 `run_server` takes the arguments of TF Serving's `RunServer` and starts `kdeploy serve` with the matching flags
-(`--model_name`/`--model_base_path` → `--model`/`--model-base-path`, `--prefer_tflite_model` → `--backend tflite`,
+(`--model_name`/`--model_base_path` → `--model-name`/`--model-dir`, `--prefer_tflite_model` → `--backend tflite`,
 TF models → `--backend savedmodel`, `--model_config_file_poll_wait_seconds` → `--model-config-file-poll-seconds`,
 ...), on free ports, one server per set of arguments as upstream caches them. `verify_predict_request` is upstream's
 `VerifyPredictRequest`: the same request, built with the official `tensorflow-serving-api` protos, and the same
@@ -70,7 +70,7 @@ class Servers:
         if model_config_file is not None:
             args += ["--model-config-file", model_config_file]
         elif model_path is not None:
-            args += ["--model-base-path", model_path, "--model", model_name]
+            args += ["--model-dir", model_path, "--model-name", model_name]
         else:
             raise ValueError("Both model_config_file and model_path cannot be empty!")
         if monitoring_config_file is not None:

@@ -2,7 +2,7 @@
 
 - The REST quickstart of TF Serving's README (`docker run ... -e MODEL_NAME=half_plus_two` over
   `saved_model_half_plus_two_cpu`, then `curl -d '{"instances": [1.0, 2.0, 5.0]}' .../v1/models/half_plus_two:predict`
-  answers `{"predictions": [2.5, 3.0, 4.5]}`), with `kdeploy serve --model-base-path ... --model half_plus_two`.
+  answers `{"predictions": [2.5, 3.0, 4.5]}`), with `kdeploy serve --model-dir ... --model-name half_plus_two`.
 - TF Serving's example client `tensorflow_model_server_test_client.py` (model `default`, x = 2.0 as a scalar in
   `float_val`, output filter `y`), with the official stub.
 - The whole folder as a repository: every SavedModel in it is served under its folder's name (`00000123` is version

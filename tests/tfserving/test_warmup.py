@@ -82,7 +82,7 @@ def test_a_warm_up_file_written_as_tf_serving_documents_it_is_replayed(tmp_path)
         for _ in range(10):
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
-    server = start_server("--model-base-path", base, "--model", "default", "--backend", "savedmodel",
+    server = start_server("--model-dir", base, "--model-name", "default", "--backend", "savedmodel",
                           "--log-format", "text")
     try:
         verify_predict_request(server.grpc, expected_output=3.0, expected_version=123)
@@ -93,7 +93,7 @@ def test_a_warm_up_file_written_as_tf_serving_documents_it_is_replayed(tmp_path)
     with tf.io.TFRecordWriter(str(version.joinpath(*WARMUP))) as writer:
         writer.write(prediction_log_pb2.PredictionLog(session_run_log=prediction_log_pb2.SessionRunLog())
                      .SerializeToString())
-    server = start_server("--model-base-path", base, "--model", "default", "--backend", "savedmodel",
+    server = start_server("--model-dir", base, "--model-name", "default", "--backend", "savedmodel",
                           "--wait-for-models", "--log-format", "text")
     try:
         assert "default:123(END)" in server.banner, server.banner

@@ -96,3 +96,21 @@ def test_render_works_from_an_installed_wheel(wheel: Path, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith(str(target)), result.stderr
     assert "kind: Deployment" in result.stdout and "image: example.com/kdeploy-server:1" in result.stdout
+
+
+def test_every_importable_data_folder_is_a_listed_package() -> None:
+    """setuptools warns about (and would leave out) a folder Python could import that `packages` does not list: the
+    .proto folders and the manifests' folders are listed as data packages (names with '-' are not importable)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {("kdeploy.wire.protos", ROOT / "kdeploy/wire/protos"), ("kdeploy.k8s", ROOT / "k8s")}
+    missing = []
+    for package, root in folders:
+        for folder in [root, *(p for p in root.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+            parts = folder.relative_to(root).parts
+            if all(part.isidentifier() for part in parts):
+                name = ".".join([package, *parts])
+                if name not in listed:
+                    missing.append(name)
+    assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {missing}"

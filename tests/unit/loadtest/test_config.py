@@ -118,3 +118,23 @@ def test_settings_survive_locusts_own_argument_parser():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "True" and proc.stdout.split()[-1] == "True", proc.stdout
+
+
+def test_tls_settings_survive_locusts_parser_beside_its_own_tls_flags():
+    """Locust has --tls-cert/--tls-key of its own (its web UI): the client's travel under other names."""
+    code = (
+        "from pathlib import Path\n"
+        "from locust.argument_parser import get_parser\n"
+        "from kdeploy.loadtest.config import WorkloadSettings, add_locust_arguments\n"
+        "from kdeploy.wire.tls import ClientTls\n"
+        "parser = get_parser()\n"
+        "add_locust_arguments(parser)\n"
+        "full = ClientTls(Path('/ca.crt'), Path('/c.crt'), Path('/c.key'), 'kdeploy-server')\n"
+        "for tls in (full, ClientTls(), None):\n"
+        "    s = WorkloadSettings(model='m', signature_from_server=True, tls=tls)\n"
+        "    options = parser.parse_args(['-f', 'x.py', *s.to_locust_args()])\n"
+        "    print(WorkloadSettings.from_options(options) == s, bool(options.tls_cert))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"] * 3, proc.stdout

@@ -99,7 +99,7 @@ def call_with_timeout(seconds: float, function, *args):
     return outcome["result"]
 
 
-@pytest.mark.parametrize("protocol", ["tfserving-grpc", "kserve-grpc", "tfserving-rest"])
+@pytest.mark.parametrize("protocol", ["tfserving-grpc", "kserve-grpc", "tfserving-rest", "kserve-rest"])
 def test_unreachable_target_is_a_usage_error_within_the_timeout(protocol):
     # The call must give up rather than hang: a hang fails at the thread's timeout, and the error names the
     # 3 s limit it applied (no wall-clock assertion: a busy machine may take longer than 3 s to get there).

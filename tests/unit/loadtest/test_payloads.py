@@ -112,6 +112,23 @@ def test_encode_names_requests_per_protocol():
     kserve = encode_payloads(WorkloadSettings(protocol="kserve-grpc", **settings), feeds)
     assert kserve.path == "/inference.GRPCInferenceService/ModelInfer" and kserve.name == "ModelInfer two"
     assert len(kserve.bodies) == 16 and len(set(kserve.bodies)) == 16
+    v2 = encode_payloads(WorkloadSettings(protocol="kserve-rest", **settings), feeds)
+    assert v2.path == v2.name == "/v2/models/two/versions/2/infer" and v2.request_type == "POST"
+    assert len(v2.header_lengths) == len(v2.bodies) == 16
+
+
+def test_kserve_rest_bodies_are_binary_tensors_the_server_reads_back():
+    from kdeploy.wire.kserve_rest import infer_request_from_body, ndarray_from_rest
+
+    feed = request_feeds(SIGNATURE, 3, None)[0]
+    payloads = encode_payloads(WorkloadSettings(protocol="kserve-rest", model="two", repository=Path("r")), [feed])
+    body, length = payloads.bodies[0], payloads.header_lengths[0]
+    header = json.loads(body[:length])
+    assert header["parameters"] == {"binary_data_output": True}
+    assert all("binary_data_size" in t["parameters"] for t in header["inputs"])
+    request = infer_request_from_body(body, length)
+    for tensor in request.inputs:
+        assert np.array_equal(ndarray_from_rest(tensor, SIGNATURE.input(tensor.name)), feed[tensor.name])
 
 
 def test_build_payloads_from_the_repository_uses_validation_rows_or_data(tmp_path):
