@@ -24,6 +24,7 @@ import logging
 import re
 import time
 import urllib.parse
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +83,7 @@ class KServeRestApi:
     """Translates KServe v2 HTTP requests to the inference service (and the gRPC adapter's answers) and back."""
 
     def __init__(self, service: InferenceService, grpc_adapter: KServeV2Adapter, protos: Protos,
-                 metrics: ServerMetrics | None = None, known_models: frozenset[str] = frozenset()) -> None:
+                 metrics: ServerMetrics | None = None, known_models: Container[str] = frozenset()) -> None:
         self.service = service
         self._grpc = grpc_adapter
         self._protos = protos
