@@ -132,7 +132,7 @@ class RestServer:
                 await _discard(request, DISCARD_LIMIT_BYTES)
                 size = f"{length} bytes" if length is not None else "the request body"
                 return _json(413, {"error": f"{size} is over the limit of {limit} bytes"}, close=True)
-        if self._kserve is not None and is_kserve_path(request.raw_path):
+        if self._kserve is not None and is_kserve_path(request.raw_path, request.method):
             reply = await self._kserve.handle(request.method, request.raw_path, body,
                                               request.headers.get(INFERENCE_HEADER))
             return _kserve_response(reply)

@@ -64,10 +64,11 @@ _INT64_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDe
                 FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
 
 
-def is_kserve_path(path: str) -> bool:
-    """Whether a request path belongs here (`/v2...`, and KServe v1's `GET /v1/models`)."""
+def is_kserve_path(path: str, method: str = "GET") -> bool:
+    """Whether a request belongs here (`/v2...`, and KServe v1's `GET /v1/models`; any other method on
+    `/v1/models` is TF Serving's, which answers it "Malformed request")."""
     path = path.split("?", 1)[0]
-    return path == "/v2" or path.startswith("/v2/") or bool(_V1_MODELS.match(path))
+    return path == "/v2" or path.startswith("/v2/") or (method == "GET" and bool(_V1_MODELS.match(path)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,9 @@ def error_message(answer: dict) -> str:
 @pytest.mark.parametrize("method, path, words", [
     ("GET", "/v1/foo", "Malformed request"),
     ("POST", "/v1/foo", "Malformed request"),
-    ("GET", "/v1/models", "Missing model name"),
+    pytest.param("GET", "/v1/models", "Missing model name", marks=pytest.mark.skip(
+        reason="kdeploy answers GET /v1/models with KServe v1's model list (the one KServe v1 route TF Serving has "
+               "no use for); TF Serving answers 400 'Missing model name'")),
     ("GET", "/v1/models/debug/model_name", "Malformed request"),
     ("POST", "/v1/models", "Malformed request"),
     ("GET", "/v1/models/foo:predict", "Malformed request"),
@@ -75,9 +77,9 @@ def test_unsupported_api_calls(base_url, method, path, words):
 
 
 def test_path_regex(base_url):
-    """Upstream's kPathRegex test: `/v1/models` is the REST API's (answered by the handler), `/statuspage` and
-    `/index` are not (the HTTP server's 404)."""
-    assert process(base_url, "GET", "/v1/models")[0] == 400
+    """Upstream's kPathRegex test: `/v1/models` is the REST API's (answered by the handler: 400 for a POST here, as
+    a GET is KServe's model list), `/statuspage` and `/index` are not (the HTTP server's 404)."""
+    assert process(base_url, "POST", "/v1/models")[0] == 400
     for path in ("/statuspage", "/index"):
         assert process(base_url, "GET", path)[0] == 404
 
