@@ -67,21 +67,19 @@ class InferenceService:
     """Runs requests against the models of a `ModelManager`."""
 
     def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None, *,
-                 executor: Executor | None = None, inline_max_seconds: float = 0.0,
-                 reshape_inputs: bool = False) -> None:
+                 executor: Executor | None = None, reshape_inputs: bool = False) -> None:
         """
         Args:
             models: the versions to serve.
             metrics: where requests and runtime calls are counted.
-            executor: threads that run heavier models for `infer_async` (None: every model runs inline).
-            inline_max_seconds: models whose one-row run takes at most this long run inline on the event loop.
+            executor: threads that run the models not served inline for `infer_async` (None: every model runs
+                inline); each version says which it is (`ServedVersion.inline`, chosen at load).
             reshape_inputs: give an input of another shape the signature's shape when its values fill it exactly
                 (`[3]` into `[-1, 1]`), as TF Serving accepts for a SavedModel; otherwise such an input is refused.
         """
         self.models = models
         self.metrics = metrics
         self._executor = executor
-        self._inline_max_seconds = inline_max_seconds
         self._reshape = reshape_inputs
 
     def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
@@ -134,9 +132,9 @@ class InferenceService:
         deadline: float | None = None,
         signature_name: str = "",
     ) -> InferenceResult:
-        """`infer` for the event loop. A model whose one-row run is at most `inline_max_seconds` (measured at
-        warm-up) runs right here: a thread hand-off would cost more than the run. Heavier ones run on the executor's
-        threads (the runtime releases the GIL) and batched ones in the batcher, while the loop serves other calls.
+        """`infer` for the event loop. A version served inline (a tiny model, or one whose run uses every core: see
+        `auto_settings`) runs right here; others run on the executor's threads (the runtime releases the GIL) and
+        batched ones in the batcher, while the loop serves other calls.
 
         Raises:
             ServeError: as `infer`.
@@ -147,7 +145,7 @@ class InferenceService:
                 outputs, queued = await served.batcher.infer_async(call.feed, deadline)
             else:
                 self._check_deadline(served, deadline)
-                if self._executor is None or served.row_seconds <= self._inline_max_seconds:
+                if self._executor is None or served.inline:
                     outputs = self._run_direct(served, call.feed, call.signature, call.rows)
                 else:
                     loop = asyncio.get_running_loop()
