@@ -1,18 +1,19 @@
 """The settings `auto` stands for, chosen per model at load from its warm-up timing and the machine.
 
-The rule (measured on 2 cores; numbers in docs/serve/tuning.md):
+The rule (numbers in docs/serve/tuning.md):
 
 - A **tiny** model (one row in at most `inline_max_seconds`, 200 µs by default) runs inline on the event loop with
   sleeping intra-op threads: a hand-off to a thread costs more than its run, and a spinning pool takes the cores
-  the event loop needs to decode and encode requests (digits CNN at c32: 1,066 → 1,642 inf/s with sleeping threads).
-- A **heavier** model spins while a run is in flight (`run`: onnxruntime's threads stay awake between the parallel
-  sections of one run and sleep once the last run returns), since a sleeping pool pays a wake-up per section
-  (MobileNetV2 has ~60 of them per image), and nothing spins between requests to steal the loop's core.
-  It runs inline too when one run already uses every core (the default thread count): a second concurrent run would
-  only split the same cores, and the hand-off to a thread adds two wake-ups per request. With fewer intra-op threads
-  than cores it runs on the server's threads, so several runs fill the machine.
+  the event loop needs to decode and encode requests.
+- A **heavier** model runs inline too when one run already uses every core (onnxruntime's default thread count): a
+  second concurrent run would only split the same cores, and the hand-off to a thread and back adds two wake-ups per
+  request. With fewer intra-op threads than cores it runs on the server's threads, so several runs fill the machine.
+- A heavier model's threads are timed both ways at warm-up, asleep and spinning while a run is in flight (`run`:
+  awake between the parallel sections of a run, asleep once the last run returns), and keep spinning only when that
+  made a row at least 10 % faster: spinning saves a wake-up per section (dozens per MobileNetV2 image) where its
+  threads get the cores, and costs time where other work holds them.
 - With batching, threads sleep: batches run back to back under load and a spinning pool holds the cores the event
-  loop needs to collect the next batch (batched wide MLP at c32: +34 % with sleeping threads).
+  loop needs to gather the next batch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ import os
 from dataclasses import dataclass
 
 from kdeploy.serve.model_settings import RuntimeSettings
+
+SPIN_MIN_GAIN = 0.9
+"""Spinning is kept only when it makes a row at least this much faster (below: noise, or a busy machine)."""
+
+
+def prefer_spinning(asleep_seconds: float, spinning_seconds: float) -> bool:
+    """Whether a heavier model keeps spinning threads, from its warm-up timed both ways on this machine."""
+    return spinning_seconds <= SPIN_MIN_GAIN * asleep_seconds
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from kdeploy.contract.manifest import (
 from kdeploy.contract.repository import version_numbers
 from kdeploy.contract.signature import ModelSignature, load_data_file, slice_feed
 from kdeploy.runtimes.base import Backend, signatures_of
-from kdeploy.serve.auto_settings import Choice, choose
+from kdeploy.serve.auto_settings import Choice, choose, prefer_spinning
 from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
 from kdeploy.serve.config import ModelSource
 from kdeploy.serve.metrics import ServerMetrics
@@ -340,8 +340,9 @@ class ModelManager:
 
     def _open_and_choose(self, source: ModelSource, served: ServedVersion, settings: RuntimeSettings
                          ) -> tuple[Manifest, Backend, Choice]:
-        """Load and warm the version, resolve `auto` from the warm-up timing, and load it again when that chose
-        spinning threads (a session's spinning is fixed when it is made)."""
+        """Load and warm the version, resolve `auto` from the warm-up timing, and load it again when that points
+        at spinning threads (a session's spinning is fixed when it is made); with `spin_wait` auto, the faster of
+        the two sessions at warm-up is kept."""
         spin = "off" if settings.spin_wait == "auto" else settings.spin_wait
         manifest, backend = self._open(source, served, dataclasses.replace(settings, spin_wait=spin))
         try:
@@ -359,13 +360,26 @@ class ModelManager:
         choice = choose(settings, served.row_seconds, inline_max_seconds=self._inline_max_seconds,
                         parallel_runtime=self._format == "onnx")
         if self._format == "onnx" and choice.spin_wait != spin:
-            backend.close()
-            manifest, backend = self._open(source, served, dataclasses.replace(settings, spin_wait=choice.spin_wait))
+            # Spinning pays only where its threads get the cores: time the model both ways on this machine, now.
+            asleep = served.row_seconds
+            spinning_manifest, spinning = self._open(source, served,
+                                                     dataclasses.replace(settings, spin_wait=choice.spin_wait))
             try:
-                served.row_seconds = self._warm_up(backend, manifest, served.path, settings.batching)
+                awake = self._warm_up(spinning, spinning_manifest, served.path, settings.batching)
             except Exception:
-                backend.close()
+                spinning.close()
                 raise
+            if settings.spin_wait == "auto" and not prefer_spinning(asleep, awake):
+                spinning.close()
+                choice = dataclasses.replace(choice, spin_wait=spin,
+                                             reason=f"{choice.reason}; asleep {asleep * 1e6:.0f} µs per row, "
+                                                    f"spinning {awake * 1e6:.0f}: asleep")
+            else:
+                backend.close()
+                manifest, backend, served.row_seconds = spinning_manifest, spinning, awake
+                if settings.spin_wait == "auto":
+                    choice = dataclasses.replace(choice, reason=f"{choice.reason}; asleep {asleep * 1e6:.0f} µs "
+                                                                f"per row, spinning {awake * 1e6:.0f}: spinning")
         return manifest, backend, choice
 
     def _open(self, source: ModelSource, served: ServedVersion, settings: RuntimeSettings

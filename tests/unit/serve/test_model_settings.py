@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kdeploy.common.errors import UsageError
-from kdeploy.serve.auto_settings import choose
+from kdeploy.serve.auto_settings import choose, prefer_spinning
 from kdeploy.serve.config import BatchingParameters, ModelSource, ServeConfig
 from kdeploy.serve.model_settings import SETTINGS_FILE, RuntimeSettings, read_settings_file
 from kdeploy.serve.models import ModelManager, VersionState
@@ -148,7 +148,15 @@ def test_auto_on_a_tiny_model_runs_inline_with_sleeping_threads(tmp_path):
         manager.close()
 
 
-def test_auto_on_a_heavy_model_reloads_it_spinning_while_runs_are_in_flight(tmp_path):
+@pytest.mark.parametrize("spinning_faster", [True, False])
+def test_auto_on_a_heavy_model_times_it_both_ways_and_keeps_the_faster(tmp_path, monkeypatch, spinning_faster):
+    timings = []
+
+    def prefer(asleep, spinning):
+        timings.append((asleep, spinning))
+        return spinning_faster
+
+    monkeypatch.setattr("kdeploy.serve.models.prefer_spinning", prefer)
     (tmp_path / "m" / "1").mkdir(parents=True)
     write_linear_onnx(tmp_path / "m" / "1" / "model.onnx")
     config = ServeConfig(models=(ModelSource("m", tmp_path / "m"),))
@@ -158,11 +166,19 @@ def test_auto_on_a_heavy_model_reloads_it_spinning_while_runs_are_in_flight(tmp_
     try:
         served = manager.resolve("m")
         options = served.backend.session_options
-        assert served.settings.spin_wait == "run" and served.inline  # default threads: one run uses every core
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        assert len(timings) == 1 and all(0 < t < 1 for t in timings[0])
+        assert served.inline  # default threads: one run uses every core
+        assert served.settings.spin_wait == ("run" if spinning_faster else "off")
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning_faster
+                                                                                        else "0")
+        assert options.get_session_config_entry("session.force_spinning_stop") == ("1" if spinning_faster else "0")
     finally:
         manager.close()
+
+
+def test_spinning_is_kept_only_when_clearly_faster():
+    assert prefer_spinning(1.0e-3, 0.85e-3) and not prefer_spinning(1.0e-3, 0.95e-3)
+    assert not prefer_spinning(1.0e-3, 1.2e-3)
 
 
 @pytest.mark.parametrize("threads, row_us, batching, expected", [
