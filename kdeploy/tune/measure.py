@@ -91,15 +91,15 @@ class PerfAnalyzer:
         if proc.returncode != 0 or not rows:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
             return _failed(concurrency, tail[0])
-        row = rows[0]
+        return level_from_csv_row(rows[0], concurrency, seconds)
 
-        def ms(column: str) -> float:
-            return float(row[column]) / 1000.0
 
-        latency: dict[str, float | None] = {name: ms(f"{name} latency") for name in ("p50", "p90", "p95", "p99")}
-        latency["mean"] = ms("Avg latency")
-        rate = float(row["Inferences/Second"])
-        return LevelResult(concurrency, rate, latency["p50"], latency["p99"], int(rate * seconds), 0.0, latency)
+def level_from_csv_row(row: dict[str, str], concurrency: int, seconds: float) -> LevelResult:
+    """A perf_analyzer `-f` CSV row (latencies in µs) as a level's result."""
+    latency: dict[str, float | None] = {name: float(row[f"{name} latency"]) / 1000.0
+                                        for name in ("p50", "p90", "p95", "p99")}
+    rate = float(row["Inferences/Second"])
+    return LevelResult(concurrency, rate, latency["p50"], latency["p99"], int(rate * seconds), 0.0, latency)
 
 
 def _failed(concurrency: int, detail: str) -> LevelResult:

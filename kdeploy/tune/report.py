@@ -60,12 +60,14 @@ def plot(document: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 5.5))
-    for entry in document["candidates"]:
+    colors = plt.get_cmap("tab20")
+    for index, entry in enumerate(document["candidates"]):
         points = [(r["p99_ms"], r["infer_per_s"]) for r in entry["levels"] if not r["error"] and r["p99_ms"]]
         if not points:
             continue
         best = entry["label"] == document["best"]
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", linewidth=2.5 if best else 1.0,
+                  color=colors(index % 20),
                   label=entry["label"] + (" (best)" if best else ""), zorder=3 if best else 2)
     slo = document.get("slo") or ""
     for text in slo.split(","):

@@ -290,14 +290,23 @@ def _document(config: TuneConfig, slo: Slo | None, measured: list[Measured], bes
         "model": config.model, "model_dir": str(config.model_dir), "objective": config.objective,
         "slo": config.slo, "concurrency": list(config.concurrency), "level_seconds": config.level_seconds,
         "budget_s": config.budget_s, "seconds": round(seconds, 1), "load_generator": generator,
-        "machine": f"{platform.processor() or platform.machine()}, {cores} usable cores, Python "
-                   f"{platform.python_version()}",
+        "machine": f"{_cpu_name() or platform.machine()}, {cores} usable cores, Python {platform.python_version()}, "
+                   f"load average {os.getloadavg()[0]:.1f} at the end",
         "date": datetime.date.today().isoformat(),
         "best": best.candidate.label if best else None, "best_score": best_score, "defaults_score": default_score,
         "gain_over_defaults": (_gain(best_score, default_score, config.objective)
                                if best_score is not None and default_score is not None else None),
         "skipped": skipped, "candidates": [entry(m) for m in measured],
     }
+
+
+def _cpu_name() -> str | None:
+    """The CPU's model name (Linux), for the report."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def _gain(best: float, defaults: float, objective: str) -> float:

@@ -12,7 +12,7 @@ from kdeploy.serve.config import BatchingParameters
 from kdeploy.serve.model_settings import RuntimeSettings, read_settings_file
 from kdeploy.serve.sources import sources_from_model_config
 from kdeploy.tune.candidates import candidate_grid
-from kdeploy.tune.measure import LevelResult
+from kdeploy.tune.measure import LevelResult, level_from_csv_row
 from kdeploy.tune.report import batching_files, markdown, plot
 from kdeploy.tune.runner import Measured, TuneConfig, score, settings_document
 
@@ -104,3 +104,14 @@ def test_chosen_batching_is_written_for_tf_serving_and_triton(tmp_path):
     (tmp_path / "kdeploy.toml").write_text(batched.settings.to_toml())
     assert read_settings_file(tmp_path / "kdeploy.toml").apply(RuntimeSettings()) == \
         batched.settings.apply(RuntimeSettings())
+
+
+def test_a_perf_analyzer_csv_row_becomes_a_level():
+    import csv
+    import io
+
+    text = ("Concurrency,Inferences/Second,Client Send,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency\n"
+            "8,317.353,4,1,22539,28691,37008,168678\n")
+    result = level_from_csv_row(next(csv.DictReader(io.StringIO(text))), 8, 3.0)
+    assert (result.concurrency, result.infer_per_s, result.p50_ms, result.p99_ms) == (8, 317.353, 22.539, 168.678)
+    assert result.summary()["latency_ms"]["p95"] == 37.008 and result.requests == int(317.353 * 3)
