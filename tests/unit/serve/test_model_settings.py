@@ -253,3 +253,25 @@ def test_a_bad_server_config_is_one_line_naming_the_file_and_key(tmp_path, text,
     with pytest.raises(UsageError) as caught:
         sources_from_model_config(path)
     assert str(path) in str(caught.value) and needle in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    ([], {}, ("auto", "auto")),
+    (["--spin-wait"], {}, ("on", "auto")),                       # the bare switch it used to be
+    (["--spin-wait", "run", "--execution", "thread"], {}, ("run", "thread")),
+    ([], {"KDEPLOY_SPIN_WAIT": "1", "KDEPLOY_EXECUTION": "inline"}, ("on", "inline")),
+    ([], {"KDEPLOY_SPIN_WAIT": "false"}, ("off", "auto")),
+])
+def test_spin_wait_and_execution_flags(tmp_path, monkeypatch, argv, env, expected):
+    import argparse
+
+    from kdeploy.serve.cli import add_serve_parser, config_from_args
+
+    (tmp_path / "m").mkdir()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    config = config_from_args(parser.parse_args(["serve", "--repository", str(tmp_path), *argv]))
+    config.check()
+    assert (config.spin_wait, config.execution) == expected
