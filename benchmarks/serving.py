@@ -14,7 +14,8 @@ digits CNN, a wide MLP (512 -> 2048 -> 2048 -> 10) and MobileNetV2 (random weigh
 All of a model's servers are up at once and measured in rounds, each round once per server, concurrency and
 protocol in short runs, the order reversed every round (as benchmarks/ab_serve.py does): a machine whose speed
 drifts over minutes moves every server alike, and each cell is the median over the rounds (BENCH_ROUNDS, default 2).
-BENCH_MODELS=wide,mobilenet measures only those; BENCH_REUSE_MODELS=1 reuses build/bench-serve/repo.
+BENCH_MODELS=wide,mobilenet measures only those, in that order; BENCH_PROTOCOLS=kserve leaves out TF Serving's
+Predict; BENCH_REUSE_MODELS=1 reuses build/bench-serve/repo.
 
 Run `make bench-serve` (it installs perf_analyzer and the peers first). Results: build/bench-serve/results.json
 during the run, then the record benchmarks/results/serving.json, from which `make docs` writes the tables in
@@ -49,6 +50,8 @@ CONCURRENCY = (1, 8, 32)
 PY = sys.executable
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 """Rounds of the alternation (each cell is the median over them)."""
+PROTOCOLS = tuple(os.environ.get("BENCH_PROTOCOLS", "kserve,tfserving").split(","))
+"""KServe v2 gRPC and TF Serving's Predict; BENCH_PROTOCOLS=kserve measures only the first (the peers' protocol)."""
 
 
 def free_port() -> int:
@@ -140,9 +143,11 @@ def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False
     csv_path = OUT / f"pa-{model}-{port}-{concurrency}-{'tfs' if tfserving else 'kv2'}.csv"
     # Three short windows, perf_analyzer's stability check off (-s 1000): on a machine shared with other work it
     # never settles and then writes nothing; the rounds, alternated, and their medians stand in for it.
+    # Zeros as input: perf_analyzer's random values make the wide MLP answer NaN, which MLServer cannot encode
+    # (its NumpyCodec turns NaN into None, then packing fails); these models' compute does not depend on the values.
     command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
                "--concurrency-range", f"{concurrency}:{concurrency}", "-p", "1500", "-s", "1000", "-r", "3",
-               "-f", str(csv_path)]
+               "--input-data", "zero", "-f", str(csv_path)]
     if tfserving:
         command += ["--service-kind=tfserving", *(["--shape", shapes] if shapes else [])]
     else:
@@ -325,7 +330,7 @@ def server_runs(name: str, version_dir: Path, batching_file: Path, rounds: int) 
                 order = list(running.values())
                 order = order if round_number % 2 == 0 else order[::-1]
                 for concurrency in CONCURRENCY:
-                    for protocol in ("kserve", "tfserving"):
+                    for protocol in PROTOCOLS:
                         for variant, _process, port in order:
                             if protocol not in variant.protocols(name):
                                 continue
@@ -389,7 +394,7 @@ def main() -> int:
     versions = ({p.name: sorted(p.iterdir())[-1] for p in sorted((OUT / "repo").iterdir())} if reuse
                 else prepare_models())
     wanted = [m for m in os.environ.get("BENCH_MODELS", "").split(",") if m]
-    versions = {k: v for k, v in versions.items() if not wanted or k in wanted}
+    versions = {k: versions[k] for k in wanted if k in versions} if wanted else versions
     from datetime import date
 
     results = {"machine": machine(), "date": date.today().isoformat(), "rounds": ROUNDS,

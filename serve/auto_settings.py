@@ -8,10 +8,11 @@ The rule (numbers in docs/serve/tuning.md):
 - A **heavier** model runs inline too when one run already uses every core (onnxruntime's default thread count): a
   second concurrent run would only split the same cores, and the hand-off to a thread and back adds two wake-ups per
   request. With fewer intra-op threads than cores it runs on the server's threads, so several runs fill the machine.
-- A heavier model's threads are timed both ways at warm-up, asleep and spinning while a run is in flight (`run`:
-  awake between the parallel sections of a run, asleep once the last run returns), and keep spinning only when that
-  made a row at least 10 % faster: spinning saves a wake-up per section (dozens per MobileNetV2 image) where its
-  threads get the cores, and costs time where other work holds them.
+- A heavier model's threads are timed both ways at warm-up (two sessions, one row at a time, in alternation), asleep
+  and spinning while a run is in flight (`run`: awake between the parallel sections of a run, asleep once the last
+  run returns), and keep spinning only when that made a row at least 10 % faster: spinning saves a wake-up per
+  section (dozens per MobileNetV2 image) where its threads get the cores, and costs time where other work holds
+  them.
 - With batching, threads sleep: batches run back to back under load and a spinning pool holds the cores the event
   loop needs to gather the next batch.
 """

@@ -52,6 +52,8 @@ is `on`, `run` or `off` here, never `auto`)."""
 
 WARM_UP_TIMED_RUNS = 5
 """One-row runs timed at warm-up (the fastest counts)."""
+ALTERNATED_RUNS = 15
+"""Rounds of one-row runs, sleeping and spinning sessions in turn, that decide `spin_wait` auto for a heavier model."""
 BATCHING_FILE = "batching_parameters.txt"
 """A model folder may hold its own batching parameters, overriding the server's."""
 
@@ -135,6 +137,17 @@ class ServedVersion:
         with self._drained:
             self.state = VersionState.UNLOADING
             return self._drained.wait_for(lambda: self.inflight == 0, timeout)
+
+
+def alternated_row_seconds(backends: tuple[Backend, ...], feed: dict[str, np.ndarray]) -> tuple[float, ...]:
+    """Each backend's fastest one-row run over `ALTERNATED_RUNS` rounds that run them in turn."""
+    best = [float("inf")] * len(backends)
+    for _ in range(ALTERNATED_RUNS):
+        for index, backend in enumerate(backends):
+            started = time.perf_counter()
+            backend.infer(feed)
+            best[index] = min(best[index], time.perf_counter() - started)
+    return tuple(best)
 
 
 def folder_fingerprint(path: Path) -> tuple:
@@ -366,6 +379,8 @@ class ModelManager:
                                                      dataclasses.replace(settings, spin_wait=choice.spin_wait))
             try:
                 awake = self._warm_up(spinning, spinning_manifest, served.path, settings.batching)
+                if settings.spin_wait == "auto":  # both warm now: time them in alternation, so drift hits both
+                    asleep, awake = alternated_row_seconds((backend, spinning), self._one_row(manifest, served.path))
             except Exception:
                 spinning.close()
                 raise
@@ -409,6 +424,14 @@ class ModelManager:
         if problems:
             raise KdeployError("; ".join(problems))
         return manifest, self._load_backend(served.path, manifest, settings)
+
+    @staticmethod
+    def _one_row(manifest: Manifest, path: Path) -> dict[str, np.ndarray]:
+        """A one-row feed: the version's first validation row, or generated values."""
+        if manifest.validation_data and (path / manifest.validation_data).is_file():
+            feed, _ = load_data_file(path / manifest.validation_data, manifest.signature)
+            return slice_feed(feed, 0, 1)
+        return manifest.signature.generate_feed(1, np.random.default_rng(0))
 
     def _warm_up(self, backend: Backend, manifest: Manifest, path: Path, batching: BatchingParameters | None) -> float:
         """Run each batch size the runtime will see once, so no user request pays for lazy initialisation.
