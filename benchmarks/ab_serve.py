@@ -7,7 +7,10 @@ the same machine. Use it to decide whether a change helps, then record the resul
 
 Variants:
 - `null`, `plain`: the reference servers of `reference_servers.py` (environment after a colon: `plain:PLAIN_SPIN=1`).
-- `kdeploy`: this checkout's server; flags after a colon, `;`-separated (`kdeploy:--enable-batching`).
+- `kdeploy`: this checkout's server; flags after a colon, `;`-separated (`kdeploy:--enable-batching`); an item
+  `NAME=VALUE` with an upper-case NAME is an environment variable instead, where `{otlp}` becomes the endpoint of
+  an OTLP receiver started here (benchmarks/otlp_sink.py) and `{tmp}` a scratch folder
+  (`kdeploy:OTEL_EXPORTER_OTLP_ENDPOINT={otlp};--payload-log-rate=1;--payload-log-file={tmp}/p.jsonl`).
 - `NAME=PATH`: the server of another checkout of this repository (a `git worktree` of the commit to compare),
   `NAME=PATH:FLAGS` with flags.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -40,7 +44,7 @@ for _name, _module in list(sys.modules.items()):
 """
 
 
-def server_command(variant: str, model: str, version_dir: Path, port: int, scratch: Path
+def server_command(variant: str, model: str, version_dir: Path, port: int, scratch: Path, otlp: str = ""
                    ) -> tuple[list[str], dict[str, str], str]:
     """The command, extra environment and readiness marker of one variant."""
     head, _, options = variant.partition(":")
@@ -48,7 +52,11 @@ def server_command(variant: str, model: str, version_dir: Path, port: int, scrat
         env = dict(item.split("=", 1) for item in options.split(";") if item)
         return ([sys.executable, str(ROOT / "benchmarks" / "reference_servers.py"), head, str(version_dir), str(port)],
                 env, "ready")
-    env = {}
+    env: dict[str, str] = {}
+    items = [item.replace("{tmp}", str(scratch)).replace("{otlp}", otlp) for item in options.split(";") if item]
+    env_items = [item for item in items if re.match(r"^[A-Z][A-Z0-9_]*=", item)]
+    env.update(item.split("=", 1) for item in env_items)
+    options = ";".join(item for item in items if item not in env_items)
     if "=" in head:
         name, tree = head.split("=", 1)
         site = scratch / name
@@ -61,13 +69,14 @@ def server_command(variant: str, model: str, version_dir: Path, port: int, scrat
             env, "kdeploy serve:")
 
 
-def perf(model: str, port: int, concurrency: str, shapes: str) -> tuple[float, float]:
+def perf(model: str, port: int, concurrency: str, shapes: str, windows: int = 3) -> tuple[float, float]:
     """Inferences per second and p50 µs of one short perf_analyzer run (zeros if it failed)."""
     tfserving = concurrency.endswith("t")
     level = concurrency.rstrip("t")
     with tempfile.NamedTemporaryFile(suffix=".csv") as out:
         command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "grpc",
-                   "--concurrency-range", f"{level}:{level}", "-p", "1500", "-r", "3", "-s", "1000", "-f", out.name]
+                   "--concurrency-range", f"{level}:{level}", "-p", "1500", "-r", str(windows), "-s", "1000",
+                   "-f", out.name]
         command += ["--service-kind=tfserving", "--shape", shapes] if tfserving else ["-x", "1"]
         subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300, check=False)
         with open(out.name) as written:
@@ -83,6 +92,9 @@ def main() -> None:
     parser.add_argument("rounds", type=int)
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--windows", type=int, default=3,
+                        help="perf_analyzer's measurement windows per run (its stability check is off: on a busy "
+                             "machine it never settles; more windows steady a variant whose throughput swings)")
     args = parser.parse_args()
     version_dir = sorted((OUT / "repo" / args.model).iterdir())[-1]
     signature = read_manifest(version_dir).signature
@@ -90,11 +102,17 @@ def main() -> None:
     levels = args.concurrency.split(",")
     servers: dict[str, tuple[subprocess.Popen, int]] = {}
     results: dict[str, dict[str, list[tuple[float, float]]]] = {v: {c: [] for c in levels} for v in args.variants}
+    sink, endpoint = None, ""
+    if any("{otlp}" in variant for variant in args.variants):
+        from otlp_sink import start
+
+        endpoint, sink, _ = start()
     with tempfile.TemporaryDirectory() as scratch:
         try:
             for variant in args.variants:
                 port = free_port()
-                command, env, marker = server_command(variant, args.model, version_dir, port, Path(scratch))
+                command, env, marker = server_command(variant, args.model, version_dir, port, Path(scratch),
+                                                      endpoint)
                 process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                            env={**os.environ, **env})
                 wait_ready(process, marker)
@@ -104,11 +122,14 @@ def main() -> None:
                 order = args.variants if round_number % 2 == 0 else args.variants[::-1]
                 for level in levels:
                     for variant in order:
-                        results[variant][level].append(perf(args.model, servers[variant][1], level, shapes))
+                        results[variant][level].append(perf(args.model, servers[variant][1], level, shapes,
+                                                            args.windows))
                 print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             for process, _port in servers.values():
                 process.kill()
+            if sink is not None:
+                sink.stop(0)
     print(f"| variant ({args.model}, medians of {args.rounds} rounds) | "
           + " | ".join(f"c{c} inf/s | c{c} p50 µs" for c in levels) + " |")
     print("|---|" + "---|---|" * len(levels))

@@ -5,7 +5,9 @@ Measures, in one run and on one machine, with Triton's perf_analyzer (C++) as th
 - in-process onnxruntime latency and throughput at batch 1, 8 and 32;
 - every server in `VARIANTS` (adding a row is adding one entry): the null server (grpc.aio, returns a cached tensor)
   and the plain server (grpc.aio, inline onnxruntime) of benchmarks/reference_servers.py; kdeploy with its defaults,
-  with dynamic batching (and the batch sizes it formed) and with `--workers auto`; KServe 0.21 and MLServer 1.7.1
+  with dynamic batching (and the batch sizes it formed), with `--workers auto`, and observed (every request traced,
+  OTLP to a receiver in this process, benchmarks/otlp_sink.py, payload-logged and access-logged, files under
+  build/bench-serve/logs); KServe 0.21 and MLServer 1.7.1
   (benchmarks/peers/, each in its own venv from benchmarks/setup_peers.sh), over KServe v2 gRPC (and TF Serving gRPC
   where the server speaks it);
 at concurrency 1, 8 and 32, plus each server's RSS and start-to-ready time, on four models: the tabular MLP, the
@@ -174,6 +176,8 @@ class ModelContext:
     version_dir: Path
     batching_file: Path
     scratch: Path
+    otlp: str = ""
+    """The OTLP receiver's endpoint (benchmarks/otlp_sink.py)."""
 
     @property
     def repository(self) -> Path:
@@ -208,13 +212,15 @@ def reference(kind: str) -> Launcher:
                                str(port)], {})
 
 
-def kdeploy(*flags: str) -> Launcher:
-    """This checkout's `kdeploy serve` with its defaults and `flags` (`{batching_file}` is filled in)."""
+def kdeploy(*flags: str, env: dict[str, str] | None = None) -> Launcher:
+    """This checkout's `kdeploy serve` with its defaults, `flags` and `env` (`{batching_file}`, `{logs}` and
+    `{otlp}` are filled in)."""
     def launch(ctx: ModelContext, port: int) -> tuple[list[str], dict[str, str]]:
+        fields = {"batching_file": ctx.batching_file, "logs": OUT / "logs" / ctx.name, "otlp": ctx.otlp}
         return ([PY, "-m", "kdeploy", "serve", "--repository", str(ctx.repository), "--model", ctx.name,
                  "--grpc-port", str(port), "--no-rest", "--no-metrics", "--poll-seconds", "0",
-                 "--drain-grace-seconds", "0", "--log-format", "text",
-                 *(f.format(batching_file=ctx.batching_file) for f in flags)], {})
+                 "--drain-grace-seconds", "0", "--log-format", "text", *(f.format(**fields) for f in flags)],
+                {k: v.format(**fields) for k, v in (env or {}).items()})
     return launch
 
 
@@ -238,6 +244,10 @@ def peer_missing(name: str) -> Callable[[], str | None]:
     return lambda: None if venv.exists() else f"{venv.parent} is missing: run benchmarks/setup_peers.sh"
 
 
+OBSERVED_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT": "{otlp}", "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_BSP_MAX_QUEUE_SIZE": "8192"}
+"""Every request traced, to the benchmark's own OTLP receiver."""
+
 VARIANTS: list[Variant] = [
     Variant("null", reference("null")),
     Variant("plain", reference("plain")),
@@ -245,6 +255,9 @@ VARIANTS: list[Variant] = [
     Variant("kdeploy+batching", kdeploy("--enable-batching", "--batching-parameters-file", "{batching_file}"),
             tfserving=("wide",), batch_histogram=True),
     Variant("kdeploy workers=auto", kdeploy("--workers", "auto")),
+    Variant("kdeploy observed", kdeploy("--payload-log-rate", "1", "--payload-log-file", "{logs}/payload.jsonl",
+                                        "--access-log", "{logs}/access.jsonl", "--payload-log-max-mb", "50",
+                                        "--payload-log-backups", "1", env=OBSERVED_ENV)),
     Variant("kserve", peer("kserve"), tfserving=False, available=peer_missing("kserve")),
     Variant("mlserver", peer("mlserver"), tfserving=False, available=peer_missing("mlserver")),
 ]
@@ -297,7 +310,7 @@ def median_cell(runs: list[dict]) -> dict:
     return cell
 
 
-def server_runs(name: str, version_dir: Path, batching_file: Path, rounds: int) -> dict:
+def server_runs(name: str, version_dir: Path, batching_file: Path, rounds: int, otlp: str = "") -> dict:
     """Every available variant up at once; `rounds` rounds, each measuring each variant once per concurrency and
     protocol in short runs, the order reversed every round; each cell the median over its rounds."""
     from kdeploy.contract.manifest import read_manifest
@@ -308,7 +321,7 @@ def server_runs(name: str, version_dir: Path, batching_file: Path, rounds: int) 
     results: dict = {}
     logs = []
     with tempfile.TemporaryDirectory() as scratch:
-        context = ModelContext(name, version_dir, batching_file, Path(scratch))
+        context = ModelContext(name, version_dir, batching_file, Path(scratch), otlp)
         try:
             for variant in VARIANTS:
                 missing = variant.available()
@@ -397,13 +410,17 @@ def main() -> int:
     versions = {k: versions[k] for k in wanted if k in versions} if wanted else versions
     from datetime import date
 
+    from otlp_sink import start  # benchmarks/otlp_sink.py, beside this file
+
+    otlp, sink, _ = start()
     results = {"machine": machine(), "date": date.today().isoformat(), "rounds": ROUNDS,
                "load_average": os.getloadavg()[0], "models": {}}
     for name, version_dir in versions.items():
         print(f"model {name}", flush=True)
         results["models"][name] = {"in_process": in_process(version_dir),
-                                   "servers": server_runs(name, version_dir, batching_file, ROUNDS)}
+                                   "servers": server_runs(name, version_dir, batching_file, ROUNDS, otlp)}
         (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    sink.stop(0)
     results["load_average_end"] = os.getloadavg()[0]
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))
@@ -481,6 +498,10 @@ def ratio_table(results: dict) -> list[str]:
         lines.append(f"| c32 throughput / null ≥ 0.85 (small models) | {model} | " + both(
             lambda p, m=model: ratio(cell(m, "kdeploy", p, 32, "infer_per_s"), cell(m, "null", p, 32, "infer_per_s")))
             + " |")
+        if "kdeploy observed" in results["models"][model]["servers"]:  # runs recorded before it have no such row
+            lines.append(f"| traced (always_on) + payload log 1.0 + access log / plain kdeploy at c32 | {model} | "
+                         + both(lambda p, m=model: ratio(cell(m, "kdeploy observed", p, 32, "infer_per_s"),
+                                                         cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
         lines.append(f"| workers=auto / 1 worker at c32 | {model} | " + both(
             lambda p, m=model: ratio(cell(m, "kdeploy workers=auto", p, 32, "infer_per_s"),
                                      cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")

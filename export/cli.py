@@ -34,8 +34,10 @@ def parse_per_format(values: list[str] | None, flag: str) -> dict[str, float]:
 
 def _add_verify_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("verify")
-    group.add_argument("--data", type=Path, help="labelled inputs (.npz); default: the version's validation.npz, "
-                                                 "else inputs generated from the signature")
+    group.add_argument("--data", type=Path, help="labelled inputs (.npz), or a payload log (file or folder) that "
+                                                 "`kdeploy serve --payload-log-file` wrote: its requests are replayed "
+                                                 "and its answers compared too; default: the version's "
+                                                 "validation.npz, else inputs generated from the signature")
     group.add_argument("--samples", type=int, default=256, help="rows to compare (default 256)")
     group.add_argument("--max-batch", type=int, default=32, help="largest batch; 1 and max/2 are used too (default 32)")
     group.add_argument("--report", type=Path, help="report directory (default: the version directory)")

@@ -24,7 +24,9 @@ from kdeploy.export.parity import (
     tolerance_for,
 )
 from kdeploy.export.parity_report import write_reports
+from kdeploy.export.replay import LOGGED, LoggedAnswers, logged_inputs
 from kdeploy.runtimes.base import Backend, load_backend
+from kdeploy.wire.payload_log import is_payload_log
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,14 @@ def verify_version(
 
         return verify_bare_version(version_dir, config, progress)
     manifest = read_manifest(version_dir)
-    feed, labels, data_source = load_inputs(version_dir, manifest, config)
+    answers: LoggedAnswers | None = None
+    if config.data is not None and is_payload_log(config.data):  # requests a server logged, and its answers
+        feed, data_source, answers, note = logged_inputs(config.data, manifest)
+        if note:
+            progress(f"verify: {note}")
+        feed, labels = slice_feed(feed, 0, min(config.samples, batch_size(feed))), None
+    else:
+        feed, labels, data_source = load_inputs(version_dir, manifest, config)
     schedule = batch_schedule(batch_size(feed), config.max_batch)
     changed = {p.split(":", 1)[0]: p.split(": ", 1)[1] for p in checksum_problems(version_dir, manifest)}
     if manifest.source is None:
@@ -122,6 +131,8 @@ def verify_version(
                                             note=SAME_AS_REFERENCE))
     else:
         to_compare = {name: ("fp32", backend) for name, backend in candidates.items()}
+    if answers is not None:  # what the server answered in production, on these very inputs
+        to_compare[LOGGED] = ("fp32", answers)
     reference: dict[str, np.ndarray] = {}
     if to_compare:
         progress(f"verify: reference {reference_format} on {batch_size(feed)} samples ({data_source})")

@@ -58,7 +58,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, compare: bool) -> None:
     source.add_argument("--signature-from-server", action="store_true",
                         help="ask the server for the signature (GetModelMetadata / ModelMetadata) instead")
     parser.add_argument("--model-version", type=int, help="model version (default: the server's latest)")
-    parser.add_argument("--data", type=Path, help=".npz of input rows (default: the version's validation.npz)")
+    parser.add_argument("--data", type=Path,
+                        help=".npz of input rows, or a payload log (file or folder) whose logged requests are "
+                             "replayed (default: the version's validation.npz)")
     parser.add_argument("--batch", type=int, default=1, help="rows per request (default 1)")
     parser.add_argument("--users", type=int, help="concurrent users (default 10; with --rate, enough for the rate)")
     parser.add_argument("--spawn-rate", type=float, help="users started per second (default: all within 1 s)")

@@ -229,7 +229,7 @@ def add_locust_arguments(parser: Any) -> None:
     add("--repository", default="", help="model repository (REPO, REPO/NAME or REPO/NAME/VERSION)")
     add("--signature-from-server", action="store_true", default=False,
         help="fetch the signature from the server instead of a repository")
-    add("--data", default="", help=".npz of input rows (default: the version's validation.npz)")
+    add("--data", default="", help=".npz of input rows, or a payload log to replay (default: validation.npz)")
     add("--batch", type=int, default=1, help="rows per request")
     add("--rate", default="", help="open loop: total requests per second, e.g. 500/s (default: closed loop)")
     add("--request-timeout", type=float, default=10.0, help="seconds before a request counts as failed")

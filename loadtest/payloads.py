@@ -1,8 +1,9 @@
 """Request bodies, built once per process from the model's signature and serialized for one protocol.
 
-Rows come from `--data`, else the version's `validation.npz`, else inputs generated from the signature. A small
-pool of distinct batches is encoded up front (TF Serving `tensor_content`, KServe v2 `raw_input_contents`, TF
-Serving REST columnar JSON), so a load user only hands bytes to the wire and the generator's CPU goes to sending.
+Rows come from `--data` (an .npz, or a payload log `kdeploy serve` wrote), else the version's `validation.npz`,
+else inputs generated from the signature. A small pool of distinct batches is encoded up front (TF Serving
+`tensor_content`, KServe v2 `raw_input_contents`, TF Serving REST columnar JSON), so a load user only hands bytes
+to the wire and the generator's CPU goes to sending.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kdeploy.contract.manifest import read_manifest
 from kdeploy.contract.repository import resolve_version_dir
 from kdeploy.contract.signature import Feed, ModelSignature, batch_size, load_data_file
 from kdeploy.loadtest.config import WorkloadSettings
+from kdeploy.wire.payload_log import is_payload_log, read_payload_log, replay_rows, stacked_inputs
 from kdeploy.wire.protocols import GRPC_METHODS
 from kdeploy.wire.protos.messages import Protos, load_protos
 from kdeploy.wire.tensors import fill_tensor_proto, kserve_datatype, raw_bytes
@@ -148,6 +150,9 @@ def signature_and_rows(settings: WorkloadSettings, address: str,
         version_dir = version_dir_for(settings.repository, settings.model, settings.model_version)
         signature = read_manifest(version_dir).signature
     if settings.data is not None:
+        if is_payload_log(settings.data):  # the requests a server logged, replayed row for row
+            records = replay_rows(read_payload_log(settings.data, settings.model), signature)
+            return signature, stacked_inputs(records)
         return signature, load_data_file(settings.data, signature)[0]
     if version_dir is not None:
         manifest = read_manifest(version_dir)

@@ -84,9 +84,25 @@ class _Task:
     """The caller's future: an asyncio one (created on `loop`) or a `concurrent.futures.Future` for a thread."""
     abandoned: bool = False
     """The caller stopped waiting (deadline passed): compute nothing for it."""
+    timings: list[BatchRun] | None = None
+    """Where the batch thread puts the request's `BatchRun` (traced requests only)."""
 
     def __post_init__(self) -> None:
         self.future = self.loop.create_future() if self.loop is not None else Future()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRun:
+    """When one batch ran (`time.time_ns()`), for the traces of the requests in it."""
+
+    picked_ns: int
+    """The batch was taken from the queue (its requests stopped waiting)."""
+    run_ns: int
+    """The runtime was called."""
+    done_ns: int
+    """The runtime returned."""
+    rows: int
+    requests: int
 
 
 Delivery = tuple[_Task, "Outcome | None", "ServeError | None"]
@@ -181,12 +197,23 @@ class Batcher:
             task.abandoned = True
             raise ServeError(ErrorKind.DEADLINE, f"deadline exceeded while queued for model {self._model!r}") from None
 
-    async def infer_async(self, feed: Feed, deadline: float | None = None) -> Outcome:
-        """`infer` for an event loop: the loop goes on serving other calls while the batch forms and runs."""
+    async def infer_async(self, feed: Feed, deadline: float | None = None,
+                          timings: list[BatchRun] | None = None) -> Outcome:
+        """`infer` for an event loop: the loop goes on serving other calls while the batch forms and runs.
+
+        Args:
+            feed: a validated feed.
+            deadline: `time.monotonic()` time after which the caller no longer wants the answer.
+            timings: when given, gets the `BatchRun` of the batch the request ran in (for its trace).
+        """
         if batch_size(feed) >= self._params.max_batch_size:
+            picked = time.time_ns()
             outputs = await asyncio.get_running_loop().run_in_executor(None, self._run_alone, feed)
+            if timings is not None:
+                timings.append(BatchRun(picked, picked, time.time_ns(), batch_size(feed), 1))
             return outputs, 0.0
         task = self._enqueue(feed, deadline, asyncio.get_running_loop())
+        task.timings = timings
         timeout = _wait_seconds(deadline)
         try:
             return await (task.future if timeout is None else asyncio.wait_for(task.future, timeout))
@@ -290,6 +317,7 @@ class Batcher:
                         self._cond.notify_all()  # a waiting thread may now dispatch what piled up
 
     def _run_batch(self, batch: list[_Task]) -> None:
+        picked_ns = time.time_ns()
         now = time.monotonic()
         queued = [now - task.enqueued for task in batch]
         if self._metrics is not None:
@@ -303,6 +331,7 @@ class Batcher:
             if padded > rows:  # repeat the last row: real values, so no runtime sees odd zeros or NaN
                 parts.append(np.repeat(parts[-1][-1:], padded - rows, axis=0))
             merged[name] = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        run_ns = time.time_ns()
         try:
             outputs = self._execute(merged, rows)
         except Exception:
@@ -312,9 +341,12 @@ class Batcher:
                                f"model {self._model!r} version {self._version} failed to run the request")
             deliver([(task, None, error) for task in batch])
             return
+        run = BatchRun(picked_ns, run_ns, time.time_ns(), rows, len(batch))
         deliveries: list[Delivery] = []
         offset = 0
         for task, seconds in zip(batch, queued):
+            if task.timings is not None:
+                task.timings.append(run)
             deliveries.append(
                 (task, ({name: value[offset:offset + task.rows] for name, value in outputs.items()}, seconds), None))
             offset += task.rows

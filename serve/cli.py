@@ -104,6 +104,24 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=parse_workers, default=DEFAULTS.workers, metavar="N|auto",
                         help="server processes sharing the ports with SO_REUSEPORT, each loading the models; auto: "
                              f"one per CPU this process may use (the production setting; default {DEFAULTS.workers})")
+    logs = parser.add_argument_group("payload and access logs (tracing is set by the OTEL_* variables)")
+    logs.add_argument("--payload-log-rate", type=float, default=DEFAULTS.payload_log_rate, metavar="SHARE",
+                      help="log this share (0-1) of answered requests with their answers (default 0: off)")
+    logs.add_argument("--payload-log-file", type=Path, default=DEFAULTS.payload_log_file, metavar="PATH",
+                      help="payload log as JSON lines (one CloudEvent per line), rotated by size; with --workers, "
+                           "each worker writes PATH with .worker-N before its suffix")
+    logs.add_argument("--payload-log-url", default=DEFAULTS.payload_log_url, metavar="URL",
+                      help="also POST each event to URL as KServe's logger does (binary-mode CloudEvents)")
+    logs.add_argument("--payload-log-max-mb", type=int, default=DEFAULTS.payload_log_max_mb,
+                      help="rotate the payload log file at this size in MiB "
+                           f"(default {DEFAULTS.payload_log_max_mb}; 0: never)")
+    logs.add_argument("--payload-log-backups", type=int, default=DEFAULTS.payload_log_backups,
+                      help=f"rotated payload log files kept (default {DEFAULTS.payload_log_backups})")
+    logs.add_argument("--access-log", default=DEFAULTS.access_log, metavar="FILE|-",
+                      help="one JSON line per request to FILE, or - for standard output (default: off)")
+    logs.add_argument("--log-queue-size", type=int, default=DEFAULTS.log_queue_size,
+                      help="records each log queues for its writer thread before dropping them (counted in "
+                           f"kdeploy_log_records_dropped_total; default {DEFAULTS.log_queue_size})")
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "text"),
                         help="log lines as text or JSON (default: JSON when standard error is not a terminal)")
     apply_env_defaults(parser)
@@ -174,6 +192,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
         inline_max_micros=args.inline_max_micros, predict_tensor_encoding=args.predict_tensor_encoding,
         tflite_interpreters=args.tflite_interpreters,
+        payload_log_rate=args.payload_log_rate, payload_log_file=args.payload_log_file,
+        payload_log_url=args.payload_log_url, payload_log_max_mb=args.payload_log_max_mb,
+        payload_log_backups=args.payload_log_backups, access_log=args.access_log,
+        log_queue_size=args.log_queue_size,
     )
 
 

@@ -178,6 +178,20 @@ class ServeConfig:
     """Server processes sharing the ports (SO_REUSEPORT), each with its own copy of the models."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT (set for each worker process of `workers` > 1)."""
+    payload_log_rate: float = 0.0
+    """Share of answered requests whose inputs and outputs are logged (0: off; 1: every one)."""
+    payload_log_file: Path | None = None
+    """JSON lines file of payload log events (one CloudEvent per line), rotated by size."""
+    payload_log_url: str | None = None
+    """HTTP endpoint that receives payload log events as KServe's logger sends them (binary-mode CloudEvents)."""
+    payload_log_max_mb: int = 100
+    """Size at which the payload log file is rotated (FILE.1, FILE.2 ...); 0: never."""
+    payload_log_backups: int = 5
+    """Rotated payload log files kept."""
+    access_log: str | None = None
+    """One JSON line per request to this file, or `-` for standard output (None: no access log)."""
+    log_queue_size: int = 1000
+    """Records the payload log and the access log each hold for their writer; beyond it they drop (and count)."""
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -206,9 +220,24 @@ class ServeConfig:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
         if self.drain_grace_seconds > self.drain_seconds:
             raise UsageError("--drain-grace-seconds must not be longer than --drain-seconds")
+        self._check_logs()
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise UsageError(f"model names must be unique, got {names}")
+
+    def _check_logs(self) -> None:
+        sinks = self.payload_log_file is not None or self.payload_log_url is not None
+        if not 0.0 <= self.payload_log_rate <= 1.0:
+            raise UsageError(f"--payload-log-rate must be between 0 and 1, got {self.payload_log_rate}")
+        if self.payload_log_rate > 0 and not sinks:
+            raise UsageError("--payload-log-rate needs a sink: --payload-log-file PATH and/or --payload-log-url URL")
+        if sinks and self.payload_log_rate == 0:
+            raise UsageError("--payload-log-file/--payload-log-url log nothing at rate 0: set --payload-log-rate "
+                             "(e.g. 0.01 for 1 % of the requests, 1 for all)")
+        if self.payload_log_max_mb < 0 or self.payload_log_backups < 0:
+            raise UsageError("--payload-log-max-mb and --payload-log-backups must not be negative")
+        if self.log_queue_size < 1:
+            raise UsageError(f"--log-queue-size must be at least 1, got {self.log_queue_size}")
 
     @property
     def max_message_bytes(self) -> int:

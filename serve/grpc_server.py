@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kdeploy.serve.errors import GRPC_STATUS, INTERNAL_MESSAGE
 from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
+from kdeploy.serve.observe import REQUEST, Observers
 from kdeploy.wire.errors import ServeError
 
 logger = logging.getLogger(__name__)
@@ -83,19 +84,26 @@ class Gate:
 
 
 def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: ServerMetrics,
-           known_models: frozenset[str], gate: Gate) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+           known_models: frozenset[str], gate: Gate, observers: Observers | None = None
+           ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     """Wrap a servicer method: ServeError → its status; anything else → INTERNAL, logged, server alive.
 
     Counts inference RPCs in the request metrics, by model (unknown names share one label), version and status.
+    With `observers`, the RPC is also traced and access-logged (see `serve/observe.py`).
     """
     is_coroutine = inspect.iscoroutinefunction(call_adapter)
+    operation = f"{method.service}/{method.name}"
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not gate.enter():
             await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
         started = time.perf_counter()
-        status, response, counted = grpc.StatusCode.OK, None, False
+        status, response, counted, scope = grpc.StatusCode.OK, None, False, None
         try:
+            if observers is not None:  # inside the try: the gate is left whatever happens
+                scope = observers.begin(method.protocol, operation, lambda: context.invocation_metadata() or (),
+                                        context.peer(), kind_rpc=True)
+                token = REQUEST.set(scope)
             try:
                 response = await call_adapter(request, context) if is_coroutine else call_adapter(request, context)
                 return response  # sent once this coroutine ends: after the `finally` below has counted it
@@ -112,8 +120,26 @@ def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: Ser
             gate.leave()
             if not counted:
                 _count(method, metrics, known_models, request, response, status, started)
+            if scope is not None and observers is not None:
+                REQUEST.reset(token)
+                _observed(observers, scope, method, request, response, status)
 
     return call
+
+
+_SERVER_ERRORS = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
+"""Statuses that mark a server span as an error (OpenTelemetry's gRPC conventions); a refused input does not."""
+
+
+def _observed(observers: Observers, scope: Any, method: Method, request: Any, response: Any,
+              status: grpc.StatusCode) -> None:
+    """End the RPC's span and write its access line."""
+    model = method.model_of(request) if method.model_of is not None else ""
+    version = method.version_of(response) if response is not None and method.version_of else ""
+    observers.end(scope, model=model, version=version, status=status.name, error=status in _SERVER_ERRORS,
+                  request_bytes=request.ByteSize,
+                  response_bytes=(response.ByteSize if response is not None else lambda: 0))
 
 
 def _count(method: Method, metrics: ServerMetrics, known_models: frozenset[str], request: Any, response: Any,
@@ -142,7 +168,8 @@ class GrpcFrontEnd:
     """A `grpc.aio` server on an event loop of its own thread, with health, reflection and a draining gate."""
 
     def __init__(self, services: Iterable[Service], metrics: ServerMetrics, known_models: frozenset[str], *,
-                 options: list[tuple[str, Any]], reflection_names: Iterable[str], reflection_pool: Any) -> None:
+                 options: list[tuple[str, Any]], reflection_names: Iterable[str], reflection_pool: Any,
+                 observers: Observers | None = None) -> None:
         self._loop = _new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
         self._thread.start()
@@ -151,6 +178,7 @@ class GrpcFrontEnd:
         self._known = known_models
         self._options = options
         self._reflection = (tuple(reflection_names), reflection_pool)
+        self._observers = observers
         self._server: grpc.aio.Server | None = None
         self._health: Any = None
         self._gate: Gate | None = None
@@ -175,7 +203,8 @@ class GrpcFrontEnd:
         for service in self._services:
             handlers = {
                 m.name: grpc.unary_unary_rpc_method_handler(
-                    _unary(m, getattr(service.adapter, m.name), self._metrics, self._known, self._gate),
+                    _unary(m, getattr(service.adapter, m.name), self._metrics, self._known, self._gate,
+                           self._observers),
                     request_deserializer=service.adapter.request_types[m.name].FromString,
                     response_serializer=_serialize,
                 )

@@ -23,6 +23,9 @@ LABELS: dict[str, str] = {
     "version": "model version number",
     "protocol": "`tfserving-grpc`, `kserve-grpc` or `tfserving-rest`",
     "status": "gRPC status name (`OK`, `INVALID_ARGUMENT`, ...); REST answers count under the matching name",
+    "log": "`payload` (`--payload-log-*`) or `access` (`--access-log`)",
+    "reason": "`queue_full` (the writer fell behind; requests never wait for it) or `sink_error` (the file or URL "
+              "refused the records)",
 }
 """What each label holds (for the reference page)."""
 UNKNOWN_MODEL = "_unknown"
@@ -60,6 +63,9 @@ class ServerMetrics:
                               registry=r, multiprocess_mode="livesum")
         self.queue_depth = Gauge("kdeploy_queue_depth", "Requests waiting in the batching queue.", ["model"],
                                  registry=r, multiprocess_mode="livesum")
+        self.log_dropped_total = Counter("kdeploy_log_records_dropped_total",
+                                         "Payload or access log records dropped (queue full) or lost (sink error).",
+                                         ["log", "reason"], registry=r)
         self.version_state = Gauge("kdeploy_model_version_state",
                                    "Model version state, TF Serving's numbers: 10 START, 20 LOADING, 30 AVAILABLE, "
                                    "40 UNLOADING, 50 END.", ["model", "version"], registry=r,
@@ -93,6 +99,11 @@ class ServerMetrics:
         """Read the in-flight requests per model from `source` at each flush (the model manager counts them
         anyway: the request path does nothing for this gauge)."""
         self._inflight_source = source
+
+    def log_dropped(self, log: str, reason: str, count: int = 1) -> None:
+        """Records of the payload or access log that were not written (`reason`: queue_full or sink_error)."""
+        with self._lock:
+            self._add(self.log_dropped_total, (log, reason), count)
 
     def queue_changed(self, model: str, delta: int) -> None:
         with self._lock:

@@ -4,6 +4,9 @@ The handler only moves bytes: the body in, `RestApi.handle` (routing, decoding, 
 oversized body is answered 413 with the same JSON error shape as every other error, after it has been read (a client
 still sending when the connection closes would see a broken pipe instead), and while draining new requests are
 answered 503 so load balancers and clients retry elsewhere.
+
+Tracing and the access log wrap every request here, in the HTTP layer, so each route (TF Serving's `/v1`, KServe
+v2's `/v2`, any added later) is covered without its own code.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from kdeploy.serve.adapters.rest import RestApi
+from kdeploy.serve.observe import REQUEST, Observers, http_route
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +30,9 @@ DRAINING_MESSAGE = "the server is shutting down; retry (another replica takes ne
 class RestServer:
     """One aiohttp site serving `api`; start, refuse and stop run on the event loop."""
 
-    def __init__(self, api: RestApi) -> None:
+    def __init__(self, api: RestApi, observers: Observers | None = None) -> None:
         self._api = api
+        self._observers = observers
         self._refusing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -63,6 +68,28 @@ class RestServer:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if self._observers is None:
+            return await self._answer(request)
+        return await self._observed(request, self._observers)
+
+    async def _observed(self, request: web.Request, observers: Observers) -> web.Response:
+        """`_answer`, traced and access-logged."""
+        protocol, operation, model, version = http_route(request.method, request.raw_path)
+        scope = observers.begin(protocol, operation, request.headers.items, request.remote or "", kind_rpc=False)
+        token = REQUEST.set(scope)
+        response: web.Response | None = None
+        try:
+            response = await self._answer(request)
+            return response
+        finally:
+            REQUEST.reset(token)
+            status = response.status if response is not None else 500
+            body = response.body if response is not None else b""
+            observers.end(scope, model=model, version=version, status=str(status), error=status >= 500,
+                          request_bytes=lambda: request.content_length or 0,
+                          response_bytes=lambda: len(body) if isinstance(body, bytes) else 0)
+
+    async def _answer(self, request: web.Request) -> web.Response:
         if self._refusing:
             return _json(503, {"error": DRAINING_MESSAGE}, close=True)
         body = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from kdeploy.serve.grpc_server import GrpcFrontEnd, Method, Service
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.model_settings import RuntimeSettings
 from kdeploy.serve.models import ModelManager
+from kdeploy.serve.observe import Observers, build_observers
 from kdeploy.serve.rest_server import RestServer
 from kdeploy.serve.service import InferenceService
 from kdeploy.wire.protos.messages import Protos, load_protos
@@ -128,6 +130,8 @@ class RunningServer:
     metrics_port: int | None
     started_at: float
     stopping: threading.Event = field(default_factory=threading.Event)
+    observers: Observers | None = None
+    """Tracing, payload and access logs (None: all off)."""
 
     def set_serving(self) -> None:
         """Health SERVING for the server when every model is ready, and per model when that model is."""
@@ -166,6 +170,8 @@ class RunningServer:
         if rest is not None:
             self.front_end.run(rest.stop(), timeout=max(1.0, deadline - time.monotonic()))
         self.models.close()
+        if self.observers is not None:  # spans exported, queued log records written (before the process exits)
+            self.observers.close()
         self.metrics.close()  # a worker's last counts reach the files its parent reads
         if release_ports:
             self.front_end.close()
@@ -188,6 +194,13 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def _kdeploy_version() -> str:
+    try:
+        return importlib.metadata.version("kdeploy")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 def build_server(config: ServeConfig) -> RunningServer:
     """Start gRPC (TF Serving, KServe v2, health, reflection), REST and metrics, then load the models.
 
@@ -203,8 +216,10 @@ def build_server(config: ServeConfig) -> RunningServer:
     models = ModelManager(list(config.models), config.backend, backend_loader(config),
                           settings=runtime_settings(config), inline_max_seconds=config.inline_max_micros / 1e6,
                           metrics=metrics, drain_seconds=config.drain_seconds)
+    observers = build_observers(config, metrics, os.environ, _kdeploy_version())
     executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")
-    service = InferenceService(models, metrics, executor=executor, reshape_inputs=config.backend == "savedmodel")
+    service = InferenceService(models, metrics, executor=executor, reshape_inputs=config.backend == "savedmodel",
+                               observers=observers)
     tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes,
                                  tensor_encoding=config.predict_tensor_encoding)
     kserve = KServeV2Adapter(service, protos, config.backend)
@@ -219,17 +234,20 @@ def build_server(config: ServeConfig) -> RunningServer:
                  ("grpc.max_send_message_length", config.max_message_bytes),
                  ("grpc.so_reuseport", 1 if config.reuse_port else 0)],
         reflection_names=(PREDICTION_SERVICE, MODEL_SERVICE, KSERVE_SERVICE), reflection_pool=_reflection_pool(protos),
+        observers=observers,
     )
     # Health (NOT_SERVING) and UNAVAILABLE answers are served while the models load, then health flips to SERVING.
     grpc_port = front_end.start(f"{config.host}:{config.grpc_port}")
     if grpc_port == 0:
         front_end.close()
+        if observers is not None:
+            observers.close()
         raise UsageError(f"cannot listen for gRPC on {config.host}:{config.grpc_port} (port in use?)")
     rest, rest_port = None, None
     metrics_server, metrics_port = None, None
     try:
         if config.rest_port is not None:
-            rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known))
+            rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known), observers)
             rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port))
         if config.metrics_port is not None:
             metrics_server, metrics_port = metrics.serve(config.host, config.metrics_port)
@@ -237,10 +255,12 @@ def build_server(config: ServeConfig) -> RunningServer:
         if rest is not None and rest_port is not None:
             front_end.run(rest.stop())
         front_end.close()
+        if observers is not None:
+            observers.close()
         raise UsageError(f"cannot listen for REST or metrics on {config.host}: {exc.strerror or exc}") from None
 
     running = RunningServer(config, models, metrics, front_end, grpc_port, executor, rest, rest_port,
-                            metrics_server, metrics_port, started)
+                            metrics_server, metrics_port, started, observers=observers)
     models.load_all()
     running.set_serving()
     if config.poll_seconds > 0:

@@ -18,8 +18,10 @@ import numpy as np
 
 from kdeploy.contract.signature import Feed, ModelSignature, SignatureError, batch_size
 from kdeploy.runtimes.base import infer_signature
+from kdeploy.serve.batching import BatchRun
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.models import ModelManager, ServedVersion
+from kdeploy.serve.observe import REQUEST, Observers, RequestScope
 from kdeploy.serve.statistics import StatisticsSnapshot
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid
 
@@ -67,7 +69,8 @@ class InferenceService:
     """Runs requests against the models of a `ModelManager`."""
 
     def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None, *,
-                 executor: Executor | None = None, reshape_inputs: bool = False) -> None:
+                 executor: Executor | None = None, reshape_inputs: bool = False,
+                 observers: Observers | None = None) -> None:
         """
         Args:
             models: the versions to serve.
@@ -76,11 +79,13 @@ class InferenceService:
                 inline); each version says which it is (`ServedVersion.inline`, chosen at load).
             reshape_inputs: give an input of another shape the signature's shape when its values fill it exactly
                 (`[3]` into `[-1, 1]`), as TF Serving accepts for a SavedModel; otherwise such an input is refused.
+            observers: tracing and payload logging (None: off, and the request path checks nothing else).
         """
         self.models = models
         self.metrics = metrics
         self._executor = executor
         self._reshape = reshape_inputs
+        self._observers = observers
 
     def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
         """The version that serves a request, counted in-flight (so it is not unloaded) for the `with` block.
@@ -140,9 +145,13 @@ class InferenceService:
             ServeError: as `infer`.
         """
         call = self._begin(served, feed, output_names, signature_name)
+        scope = REQUEST.get() if self._observers is not None else None
+        timings: list[BatchRun] | None = None
+        if scope is not None:
+            timings, computing_ns = ([] if scope.span is not None else None), time.time_ns()
         try:
             if served.batcher is not None and call.signature is served.signature:
-                outputs, queued = await served.batcher.infer_async(call.feed, deadline)
+                outputs, queued = await served.batcher.infer_async(call.feed, deadline, timings)
             else:
                 self._check_deadline(served, deadline)
                 if self._executor is None or served.inline:
@@ -155,7 +164,35 @@ class InferenceService:
         except BaseException:  # a refusal, a deadline, a runtime error, a cancelled call: all count as failures
             served.stats.record_failure(time.perf_counter_ns() - call.started)
             raise
-        return self._finish(call, outputs, queued)
+        result = self._finish(call, outputs, queued)
+        if scope is not None:
+            self._observe(scope, call, result, computing_ns, timings)
+        return result
+
+    def _observe(self, scope: RequestScope, call: _Call, result: InferenceResult, computing_ns: int,
+                 timings: list[BatchRun] | None) -> None:
+        """The request's child spans (from the times measured on the way) and its payload log records."""
+        observers = self._observers
+        assert observers is not None
+        served = call.served
+        scope.model, scope.version = served.name, str(served.version)
+        tracing = observers.tracing
+        if tracing is not None and scope.span is not None:
+            done_ns = time.time_ns()
+            if timings:  # batched: waited in the queue, then ran with others
+                run = timings[0]
+                tracing.child(scope.span, "kdeploy.queue", computing_ns, run.picked_ns)
+                batch = tracing.child(scope.span, "kdeploy.batch", run.picked_ns, run.done_ns,
+                                      {"kdeploy.batch.rows": run.rows, "kdeploy.batch.requests": run.requests})
+                tracing.child(batch, "kdeploy.run", run.run_ns, run.done_ns)
+            else:
+                tracing.child(scope.span, "kdeploy.run", computing_ns, done_ns, {"kdeploy.rows": call.rows})
+            if scope.span.is_recording():
+                scope.span.set_attributes({"kdeploy.model": served.name, "kdeploy.model_version": served.version,
+                                           "kdeploy.signature": call.signature.name, "kdeploy.rows": call.rows})
+        if observers.payload_log is not None:
+            observers.payload_log.offer(scope, served.name, served.version, call.signature.name, call.feed,
+                                        result.outputs)
 
     def _begin(self, served: ServedVersion, feed: Feed, output_names: Sequence[str], signature_name: str) -> _Call:
         """Validate the feed and the asked-for outputs (counted as a failure when they do not fit)."""

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from kdeploy.common.errors import KdeployError, UsageError
@@ -53,6 +54,19 @@ def _worker(config: ServeConfig, log_level: int, log_format: str, ready: Any, in
     exit_process(0)
 
 
+def _own_files(config: ServeConfig, index: int) -> ServeConfig:
+    """A worker's configuration with log files of its own (`payload.worker-0.jsonl`): processes appending to and
+    rotating one file would cut each other's lines. The access log's `-` (standard output) is shared."""
+    def own(path: str | Path) -> Path:
+        base = Path(path)
+        return base.with_name(f"{base.stem}.worker-{index}{base.suffix}")
+
+    payload = config.payload_log_file
+    access = config.access_log
+    return replace(config, payload_log_file=None if payload is None else own(payload),
+                   access_log=access if access in (None, "-") else str(own(access)))
+
+
 class WorkerPool:
     """The worker processes of one server and the metrics endpoint that sums them."""
 
@@ -70,7 +84,7 @@ class WorkerPool:
         worker_config = replace(self.config, workers=1, reuse_port=True, metrics_port=None,
                                 metrics_flush_seconds=WORKER_METRICS_FLUSH_SECONDS)
         self.processes = [context.Process(target=_worker, name=f"kdeploy-worker-{i}",
-                                          args=(worker_config, log_level, log_format, self._ready, i))
+                                          args=(_own_files(worker_config, i), log_level, log_format, self._ready, i))
                           for i in range(config.workers)]
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
