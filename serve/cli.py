@@ -228,10 +228,10 @@ def run_serve(args: argparse.Namespace) -> int:
     rest = f"{config.host}:{running.rest_port}" if running.rest_port is not None else "off"
     metrics = f"{config.host}:{running.metrics_port}" if running.metrics_port is not None else "off"
     unservable = f" unservable={','.join(sorted(problems))}" if problems else ""
-    print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
-          f"grpc={config.host}:{running.grpc_port} rest={rest} metrics={metrics} backend={config.backend} "
-          f"models={versions}{unservable}", flush=True)
-    try:
+    try:  # a SIGTERM right after the start-up line (a client that saw it and stops us) drains too
+        print(f"kdeploy serve: {'SERVING' if running.models.is_ready() else 'NOT_SERVING'} "
+              f"grpc={config.host}:{running.grpc_port} rest={rest} metrics={metrics} backend={config.backend} "
+              f"models={versions}{unservable}", flush=True)
         while not running.stopping.wait(3600):
             pass
     except KeyboardInterrupt:
