@@ -69,14 +69,14 @@ class InferenceService:
     """Runs requests against the models of a `ModelManager`."""
 
     def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None, *,
-                 executor: Executor | None = None, inline_max_seconds: float = 0.0,
-                 reshape_inputs: bool = False, observers: Observers | None = None) -> None:
+                 executor: Executor | None = None, reshape_inputs: bool = False,
+                 observers: Observers | None = None) -> None:
         """
         Args:
             models: the versions to serve.
             metrics: where requests and runtime calls are counted.
-            executor: threads that run heavier models for `infer_async` (None: every model runs inline).
-            inline_max_seconds: models whose one-row run takes at most this long run inline on the event loop.
+            executor: threads that run the models not served inline for `infer_async` (None: every model runs
+                inline); each version says which it is (`ServedVersion.inline`, chosen at load).
             reshape_inputs: give an input of another shape the signature's shape when its values fill it exactly
                 (`[3]` into `[-1, 1]`), as TF Serving accepts for a SavedModel; otherwise such an input is refused.
             observers: tracing and payload logging (None: off, and the request path checks nothing else).
@@ -84,7 +84,6 @@ class InferenceService:
         self.models = models
         self.metrics = metrics
         self._executor = executor
-        self._inline_max_seconds = inline_max_seconds
         self._reshape = reshape_inputs
         self._observers = observers
 
@@ -138,9 +137,9 @@ class InferenceService:
         deadline: float | None = None,
         signature_name: str = "",
     ) -> InferenceResult:
-        """`infer` for the event loop. A model whose one-row run is at most `inline_max_seconds` (measured at
-        warm-up) runs right here: a thread hand-off would cost more than the run. Heavier ones run on the executor's
-        threads (the runtime releases the GIL) and batched ones in the batcher, while the loop serves other calls.
+        """`infer` for the event loop. A version served inline (a tiny model, or one whose run uses every core: see
+        `auto_settings`) runs right here; others run on the executor's threads (the runtime releases the GIL) and
+        batched ones in the batcher, while the loop serves other calls.
 
         Raises:
             ServeError: as `infer`.
@@ -155,7 +154,7 @@ class InferenceService:
                 outputs, queued = await served.batcher.infer_async(call.feed, deadline, timings)
             else:
                 self._check_deadline(served, deadline)
-                if self._executor is None or served.row_seconds <= self._inline_max_seconds:
+                if self._executor is None or served.inline:
                     outputs = self._run_direct(served, call.feed, call.signature, call.rows)
                 else:
                     loop = asyncio.get_running_loop()
