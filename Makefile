@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 AZURITE := build/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: demo test test-install lint install clean lock bench protos bench-serve perf-analyzer images test-images \
-	coverage docs bench-storage
+.PHONY: demo test test-install lint install clean lock bench protos bench-serve perf-analyzer peers images \
+	test-images coverage docs bench-storage
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "kdeploy needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -98,7 +98,13 @@ protos: $(STAMP)
 perf-analyzer:
 	bash benchmarks/setup_perf_analyzer.sh
 
-# Serving benchmark (several minutes): kdeploy vs in-process onnxruntime, a null and a plain server.
-bench-serve: $(STAMP) perf-analyzer
+# KServe's and MLServer's Python servers, each in its own venv (build/kserve-venv, build/mlserver-venv), pinned in
+# benchmarks/peers/*-requirements.txt: the peers in the serving benchmark.
+peers:
+	bash benchmarks/setup_peers.sh
+
+# Serving benchmark (~30 minutes): kdeploy vs in-process onnxruntime, a null and a plain server, KServe and MLServer,
+# all up at once and alternated in rounds.
+bench-serve: $(STAMP) perf-analyzer peers
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python -m tools.docs

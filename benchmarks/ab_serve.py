@@ -82,7 +82,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def perf(model: str, ports: tuple[int, int], concurrency: str, shapes: str, windows: int = 3, stability: int = 100,
+def perf(model: str, ports: tuple[int, int], concurrency: str, shapes: str, windows: int = 3, stability: int = 1000,
          ssl: list[str] | None = None, pid: int | None = None) -> tuple[float, float, float] | None:
     """Inferences per second, p50 µs and the server's CPU µs per inference of one short perf_analyzer run (None if
     it failed or never settled); `ports`: gRPC, REST.
@@ -120,11 +120,12 @@ def main() -> None:
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--windows", type=int, default=3,
-                        help="perf_analyzer's measurement windows before it gives up on a stable one (a variant whose "
-                             "throughput swings, as with logging threads on a busy machine, needs more)")
-    parser.add_argument("--stability", type=int, default=100,
-                        help="perf_analyzer's -s: how far (percent) the last windows may differ; raise it on a busy "
-                             "machine where runs never settle")
+                        help="perf_analyzer's measurement windows per run (more windows steady a variant whose "
+                             "throughput swings, as with logging threads on a busy machine)")
+    parser.add_argument("--stability", type=int, default=1000,
+                        help="perf_analyzer's -s: how far (percent) the last windows may differ (default 1000: the "
+                             "check off, since on a busy machine runs never settle; the alternated rounds and their "
+                             "medians stand in for it)")
     args = parser.parse_args()
     version_dir = sorted((OUT / "repo" / args.model).iterdir())[-1]
     signature = read_manifest(version_dir).signature

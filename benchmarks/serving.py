@@ -1,18 +1,26 @@
-"""Serving benchmark: kdeploy's server against in-process onnxruntime, a null server and a plain Python server.
+"""Serving benchmark: kdeploy's server against in-process onnxruntime, a null and a plain Python server, and the peers
+users would otherwise pick (KServe's Python model server and MLServer).
 
 Measures, in one run and on one machine, with Triton's perf_analyzer (C++) as the load generator:
 - in-process onnxruntime latency and throughput at batch 1, 8 and 32;
-- the null server (grpc.aio, returns a cached tensor) and the plain server (grpc.aio, inline onnxruntime), over
-  KServe v2 and TF Serving gRPC (benchmarks/reference_servers.py);
-- kdeploy's server over KServe v2 and TF Serving gRPC: one worker, with dynamic batching (and the batch sizes it
-  formed), `--workers auto`, and mutual TLS over KServe v2 (perf_analyzer's TF Serving client has no TLS); and
-  observed: every request traced (OTLP to a receiver in this process, benchmarks/otlp_sink.py), payload-logged and
-  access-logged (files under build/bench-serve/logs); and over KServe v2 HTTP (`perf_analyzer -i http`: binary
-  tensors, and JSON tensors for the one-worker server);
-at concurrency 1, 8 and 32, plus kdeploy's RSS and start-to-SERVING time, on four models: the tabular MLP, the
+- every server in `VARIANTS` (adding a row is adding one entry): the null server (grpc.aio, returns a cached tensor)
+  and the plain server (grpc.aio, inline onnxruntime) of benchmarks/reference_servers.py; kdeploy with its defaults,
+  with dynamic batching (and the batch sizes it formed), with `--workers auto`, with mutual TLS (KServe v2 only:
+  perf_analyzer's TF Serving client has no TLS), and observed (every request traced, OTLP to a receiver in this
+  process, benchmarks/otlp_sink.py, payload-logged and access-logged, files under build/bench-serve/logs); KServe 0.21
+  and MLServer 1.7.1 (benchmarks/peers/, each in its own venv from benchmarks/setup_peers.sh); over KServe v2 gRPC,
+  TF Serving gRPC where the server speaks it, and KServe v2 over HTTP on kdeploy's REST port (`perf_analyzer -i
+  http`: binary tensors, and JSON tensors for the default server);
+at concurrency 1, 8 and 32, plus each server's RSS and start-to-ready time, on four models: the tabular MLP, the
 digits CNN, a wide MLP (512 -> 2048 -> 2048 -> 10) and MobileNetV2 (random weights, 224x224x3).
 
-Run `make bench-serve` (it installs perf_analyzer in build/perf-venv first). Results: build/bench-serve/results.json
+All of a model's servers are up at once and measured in rounds, each round once per server, concurrency and
+protocol in short runs, the order reversed every round (as benchmarks/ab_serve.py does): a machine whose speed
+drifts over minutes moves every server alike, and each cell is the median over the rounds (BENCH_ROUNDS, default 2).
+BENCH_MODELS=wide,mobilenet measures only those, in that order; BENCH_PROTOCOLS=kserve leaves out TF Serving's
+Predict; BENCH_REUSE_MODELS=1 reuses build/bench-serve/repo.
+
+Run `make bench-serve` (it installs perf_analyzer and the peers first). Results: build/bench-serve/results.json
 during the run, then the record benchmarks/results/serving.json, from which `make docs` writes the tables in
 docs/benchmarks.md (`render`); the tables are printed too. Not a test: nothing here asserts a time.
 """
@@ -25,10 +33,15 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +52,13 @@ PERF_VENV = ROOT / "build" / "perf-venv"
 PERF = PERF_VENV / "bin" / "perf_analyzer"
 CONCURRENCY = (1, 8, 32)
 PY = sys.executable
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+"""Rounds of the alternation (each cell is the median over them)."""
+PROTOCOLS = tuple(os.environ.get("BENCH_PROTOCOLS", "kserve,tfserving,kserve-rest,kserve-rest-json").split(","))
+"""KServe v2 gRPC, TF Serving's Predict, KServe v2 HTTP with binary and with JSON tensors; BENCH_PROTOCOLS=kserve
+measures only the first (the peers' protocol)."""
+REST_KINDS = {"kserve-rest": "http", "kserve-rest-json": "json"}
+"""perf_analyzer over HTTP: binary tensors (Triton's extension), or JSON tensors."""
 
 
 def free_port() -> int:
@@ -125,9 +145,9 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def tls_files(folder: Path) -> tuple[list[str], list[str]]:
-    """Certificates for a mutual-TLS server (a CA, the server's for 127.0.0.1, a client's): its flags, and
-    perf_analyzer's (which cannot override the name it checks, so the certificate names the address)."""
+def tls_files(folder: Path) -> tuple[list[str], list[str], Any]:
+    """Certificates for a mutual-TLS server (a CA, the server's for 127.0.0.1, a client's): its flags, perf_analyzer's
+    (which cannot override the name it checks, so the certificate names the address), and the files."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # tests/ is not installed; its certificate helper is what the TLS tests use
     from tests.certificates import make_pki
@@ -137,21 +157,23 @@ def tls_files(folder: Path) -> tuple[list[str], list[str]]:
     client = ["--ssl-grpc-use-ssl", "true", "--ssl-grpc-root-certifications-file", str(pki.ca_file),
               "--ssl-grpc-private-key-file", str(pki.client_key), "--ssl-grpc-certificate-chain-file",
               str(pki.client_cert)]
-    return server, client
+    return server, client, pki
 
 
-def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False, shapes: str = "",
-             ssl: list[str] | None = None, http: bool = False, json_tensors: bool = False) -> dict:
-    """One perf_analyzer measurement; also how much CPU perf_analyzer itself used (is it the bottleneck?).
-
-    `http`: KServe v2 over HTTP on `port` (a REST port), binary tensors unless `json_tensors`.
-    """
-    kind = "tfs" if tfserving else ("json" if json_tensors else "http") if http else "kv2"
-    csv_path = OUT / f"pa-{model}-{port}-{concurrency}-{kind}.csv"
+def run_perf(model: str, port: int, concurrency: int, *, protocol: str = "kserve", shapes: str = "",
+             ssl: list[str] | None = None) -> dict:
+    """One perf_analyzer measurement over `protocol` (`kserve`, `tfserving`, or KServe v2 HTTP on a REST `port`:
+    `kserve-rest`, `kserve-rest-json`); also how much CPU perf_analyzer itself used (is it the bottleneck?)."""
+    tfserving, http = protocol == "tfserving", protocol in REST_KINDS
+    csv_path = OUT / f"pa-{model}-{port}-{concurrency}-{protocol}.csv"
+    # Three short windows, perf_analyzer's stability check off (-s 1000): on a machine shared with other work it
+    # never settles and then writes nothing; the rounds, alternated, and their medians stand in for it.
+    # Zeros as input: perf_analyzer's random values make the wide MLP answer NaN, which MLServer cannot encode
+    # (its NumpyCodec turns NaN into None, then packing fails); these models' compute does not depend on the values.
     command = [str(PERF), "-m", model, "-u", f"127.0.0.1:{port}", "-i", "http" if http else "grpc",
-               "--concurrency-range", f"{concurrency}:{concurrency}", "-p", "2000", "-s", "50", "-r", "8",
-               "-f", str(csv_path), *(ssl or [])]
-    if json_tensors:
+               "--concurrency-range", f"{concurrency}:{concurrency}", "-p", "1500", "-s", "1000", "-r", "3",
+               "--input-data", "zero", "-f", str(csv_path), *(ssl or [])]
+    if protocol == "kserve-rest-json":
         command += ["--input-tensor-format", "json", "--output-tensor-format", "json"]
     if tfserving:
         command += ["--service-kind=tfserving", *(["--shape", shapes] if shapes else [])]
@@ -171,75 +193,223 @@ def run_perf(model: str, port: int, concurrency: int, *, tfserving: bool = False
             "p99_us": float(row["p99 latency"]), "pa_cpu_cores": cpu / wall}
 
 
-def server_runs(name: str, version_dir: Path, batching_file: Path, otlp: str = "") -> dict:
+@dataclass(frozen=True)
+class ModelContext:
+    """What a variant needs to start its server for one model."""
+
+    name: str
+    version_dir: Path
+    batching_file: Path
+    scratch: Path
+    otlp: str = ""
+    """The OTLP receiver's endpoint (benchmarks/otlp_sink.py)."""
+    tls_server: tuple[str, ...] = ()
+    """`kdeploy serve`'s flags for mutual TLS with the run's certificates."""
+
+    @property
+    def repository(self) -> Path:
+        return self.version_dir.parent.parent
+
+
+Launcher = Callable[[ModelContext, int, int], tuple[list[str], dict[str, str]]]
+"""The command and extra environment that start a variant's server on a gRPC port (and a REST port, if not 0)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server in the table. Adding a row is adding one of these to `VARIANTS`."""
+
+    label: str
+    launch: Launcher
+    tfserving: bool | tuple[str, ...] = True
+    """Also measure TF Serving's Predict: for every model, none (False) or the models named."""
+    batch_histogram: bool = False
+    """Record the batch sizes it formed (Triton's ModelStatistics)."""
+    available: Callable[[], str | None] = lambda: None
+    """Why the variant cannot run here (a missing venv), or None."""
+    http: tuple[str, ...] = ()
+    """KServe v2 over HTTP on the REST port, with binary (`kserve-rest`) and/or JSON (`kserve-rest-json`) tensors."""
+    tls: bool = False
+    """Mutual TLS: the server gets the run's certificates, perf_analyzer (gRPC only) its client certificate."""
+
+    def protocols(self, model: str) -> tuple[str, ...]:
+        tfs = self.tfserving if isinstance(self.tfserving, bool) else model in self.tfserving
+        return (("kserve", "tfserving") if tfs else ("kserve",)) + self.http
+
+
+def reference(kind: str) -> Launcher:
+    """benchmarks/reference_servers.py's `null` or `plain`."""
+    return lambda ctx, port, rest_port: ([PY, str(ROOT / "benchmarks" / "reference_servers.py"), kind,
+                                          str(ctx.version_dir), str(port)], {})
+
+
+def kdeploy(*flags: str, env: dict[str, str] | None = None, tls: bool = False) -> Launcher:
+    """This checkout's `kdeploy serve` with its defaults, `flags` and `env` (`{batching_file}`, `{logs}` and
+    `{otlp}` are filled in), with mutual TLS if `tls`."""
+    def launch(ctx: ModelContext, port: int, rest_port: int) -> tuple[list[str], dict[str, str]]:
+        fields = {"batching_file": ctx.batching_file, "logs": OUT / "logs" / ctx.name, "otlp": ctx.otlp}
+        rest = ["--rest-port", str(rest_port)] if rest_port else ["--no-rest"]
+        return ([PY, "-m", "kdeploy", "serve", "--repository", str(ctx.repository), "--model", ctx.name,
+                 "--grpc-port", str(port), *rest, "--no-metrics", "--poll-seconds", "0",
+                 "--drain-grace-seconds", "0", "--log-format", "text", *(ctx.tls_server if tls else ()),
+                 *(f.format(**fields) for f in flags)],
+                {k: v.format(**fields) for k, v in (env or {}).items()})
+    return launch
+
+
+PEERS = ROOT / "benchmarks" / "peers"
+
+
+def peer(name: str) -> Launcher:
+    """KServe's or MLServer's Python server in its own venv (benchmarks/setup_peers.sh), on loopback ports."""
+    def launch(ctx: ModelContext, port: int, rest_port: int) -> tuple[list[str], dict[str, str]]:
+        config = ctx.scratch / f"{ctx.name}-model-config.bin"
+        config.write_bytes(model_config_response(ctx.version_dir))
+        ports = [str(free_port()) for _ in range(2 if name == "mlserver" else 1)]
+        return ([str(ROOT / "build" / f"{name}-venv" / "bin" / "python"), str(PEERS / f"{name}_server.py"),
+                 str(ctx.version_dir / "model.onnx"), ctx.name, str(port), *ports, str(config)],
+                {"PYTHONPATH": str(PEERS)})
+    return launch
+
+
+def peer_missing(name: str) -> Callable[[], str | None]:
+    venv = ROOT / "build" / f"{name}-venv" / ".installed"
+    return lambda: None if venv.exists() else f"{venv.parent} is missing: run benchmarks/setup_peers.sh"
+
+
+OBSERVED_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT": "{otlp}", "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_BSP_MAX_QUEUE_SIZE": "8192"}
+"""Every request traced, to the benchmark's own OTLP receiver."""
+
+VARIANTS: list[Variant] = [
+    Variant("null", reference("null")),
+    Variant("plain", reference("plain")),
+    Variant("kdeploy", kdeploy(), http=("kserve-rest", "kserve-rest-json")),
+    Variant("kdeploy+mtls", kdeploy(tls=True), tfserving=False, tls=True),
+    Variant("kdeploy+batching", kdeploy("--enable-batching", "--batching-parameters-file", "{batching_file}"),
+            tfserving=("wide",), batch_histogram=True),
+    Variant("kdeploy workers=auto", kdeploy("--workers", "auto"), http=("kserve-rest",)),
+    Variant("kdeploy observed", kdeploy("--payload-log-rate", "1", "--payload-log-file", "{logs}/payload.jsonl",
+                                        "--access-log", "{logs}/access.jsonl", "--payload-log-max-mb", "50",
+                                        "--payload-log-backups", "1", env=OBSERVED_ENV), http=("kserve-rest",)),
+    Variant("kserve", peer("kserve"), tfserving=False, available=peer_missing("kserve")),
+    Variant("mlserver", peer("mlserver"), tfserving=False, available=peer_missing("mlserver")),
+]
+"""The servers measured, in this order (reversed every other round)."""
+
+
+def model_config_response(version_dir: Path) -> bytes:
+    """Triton's ModelConfigResponse for the model, which perf_analyzer asks for first (the peers lack the RPC)."""
+    from kdeploy.contract.manifest import read_manifest
+    from kdeploy.serve.triton_config import triton_model_config
+    from kdeploy.wire.protos.messages import load_protos
+
+    protos = load_protos()
+    config = triton_model_config(protos, read_manifest(version_dir), dynamic_batching=False)
+    return protos.cls("inference.ModelConfigResponse")(config=config).SerializeToString()
+
+
+def wait_model_ready(process: subprocess.Popen, port: int, model: str, timeout: float = 180,
+                     pki: Any = None) -> float:
+    """Seconds until the server answers KServe v2 ModelReady for the model with ready=true (over mutual TLS with the
+    client certificate of `pki`, when given)."""
+    import grpc
+
+    from kdeploy.wire.protos.messages import load_protos
+
+    protos = load_protos()
+    request = protos.cls("inference.ModelReadyRequest")(name=model)
+    started = time.monotonic()
+    if pki is None:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    else:
+        channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(
+            pki.ca_file.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()))
+    with channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelReady",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=protos.cls("inference.ModelReadyResponse").FromString)
+        while time.monotonic() - started < timeout:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                if call(request, timeout=2).ready:
+                    return time.monotonic() - started
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+def median_cell(runs: list[dict]) -> dict:
+    """Per measure, the median over rounds (a failed run counts only when every round failed)."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[-1]
+    cell = {key: statistics.median(r[key] for r in good) for key in good[0]}
+    cell["rounds"] = len(good)
+    return cell
+
+
+def server_runs(name: str, version_dir: Path, batching_file: Path, rounds: int, otlp: str = "") -> dict:
+    """Every available variant up at once; `rounds` rounds, each measuring each variant once per concurrency and
+    protocol in short runs, the order reversed every round; each cell the median over its rounds."""
     from kdeploy.contract.manifest import read_manifest
 
     signature = read_manifest(version_dir).signature
     shapes = " ".join(f"{s.name}:1,{','.join(str(d) for d in s.shape[1:])}" for s in signature.inputs)
-    repo = version_dir.parent.parent
+    running: dict[str, tuple[Variant, subprocess.Popen, int, int]] = {}
     results: dict = {}
-    reference = [PY, str(ROOT / "benchmarks" / "reference_servers.py")]
-    tls_server, tls_client = tls_files(OUT / "pki")
-    variants: list[tuple[str, list[str] | None, list[str]]] = [
-        ("null", [*reference, "null", str(version_dir)], []),
-        ("plain", [*reference, "plain", str(version_dir)], []),
-        ("kdeploy", None, []),
-        ("kdeploy+mtls", None, tls_server),
-        ("kdeploy+batching", None, ["--enable-batching", "--batching-parameters-file", str(batching_file)]),
-        ("kdeploy workers=auto", None, ["--workers", "auto"]),
-    ]
-    logs = OUT / "logs" / name
-    observed = ["--payload-log-rate", "1", "--payload-log-file", str(logs / "payload.jsonl"), "--access-log",
-                str(logs / "access.jsonl"), "--payload-log-max-mb", "50", "--payload-log-backups", "1"]
-    if otlp:
-        variants.append(("kdeploy observed", None, observed))
-    observed_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_SAMPLER": "always_on",
-                    "OTEL_BSP_MAX_QUEUE_SIZE": "8192"}
-    for label, base, flags in variants:
-        port, rest_port = free_port(), free_port()
-        if base is None:
-            command = [PY, "-m", "kdeploy", "serve", "--repository", str(repo), "--model", name, "--grpc-port",
-                       str(port), "--rest-port", str(rest_port), "--no-metrics", "--poll-seconds", "0",
-                       "--drain-grace-seconds", "0", "--log-format", "text", *flags]
-            marker = "kdeploy serve: SERVING"
-        else:
-            command, marker = [*base, str(port)], "ready on"
-        # The server's log goes to a file: an unread pipe would block the server once it filled.
-        log = open(OUT / f"server-{name}-{label}.log", "w")  # noqa: SIM115 - closed with the process below
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT),
-                                        **(observed_env if label == "kdeploy observed" else {})})
+    logs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        tls_server, tls_client, pki = tls_files(Path(scratch) / "pki")
+        context = ModelContext(name, version_dir, batching_file, Path(scratch), otlp, tuple(tls_server))
         try:
-            start_seconds = wait_ready(process, marker)
-            entry: dict = {"start_s": start_seconds, "rss_mib": rss_mib(process.pid)}
-            for concurrency in CONCURRENCY:
-                print(f"  {name} {label} kserve c{concurrency}", flush=True)
-                entry[f"kserve_c{concurrency}"] = run_perf(name, port, concurrency,
-                                                           ssl=tls_client if "mtls" in label else None)
-                if "mtls" in label:
-                    continue  # perf_analyzer's TF Serving client speaks plaintext only
-                if "batching" not in label or name == "wide":
-                    print(f"  {name} {label} tfserving c{concurrency}", flush=True)
-                    entry[f"tfserving_c{concurrency}"] = run_perf(name, port, concurrency, tfserving=True,
-                                                                  shapes=shapes)
-                if base is None and "batching" not in label:
-                    print(f"  {name} {label} kserve-rest c{concurrency}", flush=True)
-                    entry[f"kserve-rest_c{concurrency}"] = run_perf(name, rest_port, concurrency, http=True)
-                if label == "kdeploy":
-                    print(f"  {name} {label} kserve-rest-json c{concurrency}", flush=True)
-                    entry[f"kserve-rest-json_c{concurrency}"] = run_perf(name, rest_port, concurrency, http=True,
-                                                                         json_tensors=True)
-            entry["rss_after_mib"] = rss_mib(process.pid)
-            if "batching" in label:
-                entry["batch_sizes"] = batch_histogram(port, name)
-            results[label] = entry
+            for variant in VARIANTS:
+                missing = variant.available()
+                if missing:
+                    print(f"  {variant.label}: skipped ({missing})", flush=True)
+                    continue
+                port, rest_port = free_port(), (free_port() if variant.http else 0)
+                command, env = variant.launch(context, port, rest_port)
+                # The server's output goes to a file: an unread pipe would block the server once it filled.
+                log = open(OUT / f"server-{name}-{variant.label}.log", "w")  # noqa: SIM115 - closed below
+                logs.append(log)
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=scratch,
+                                           env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+                running[variant.label] = (variant, process, port, rest_port)
+                start_seconds = wait_model_ready(process, port, name, pki=pki if variant.tls else None)
+                results[variant.label] = {"start_s": start_seconds, "rss_mib": rss_mib(process.pid)}
+            cells: dict[tuple[str, str], list[dict]] = {}
+            for round_number in range(rounds):
+                order = list(running.values())
+                order = order if round_number % 2 == 0 else order[::-1]
+                for concurrency in CONCURRENCY:
+                    for protocol in PROTOCOLS:
+                        for variant, _process, port, rest_port in order:
+                            if protocol not in variant.protocols(name):
+                                continue
+                            print(f"  round {round_number + 1}/{rounds} {name} {variant.label} {protocol} "
+                                  f"c{concurrency}", flush=True)
+                            cells.setdefault((variant.label, f"{protocol}_c{concurrency}"), []).append(
+                                run_perf(name, rest_port if protocol in REST_KINDS else port, concurrency,
+                                         protocol=protocol, shapes=shapes, ssl=tls_client if variant.tls else None))
+            for (label, key), runs in cells.items():
+                results[label][key] = median_cell(runs)
+            for label, (variant, process, port, _rest_port) in running.items():
+                results[label]["rss_after_mib"] = rss_mib(process.pid)
+                if variant.batch_histogram:
+                    results[label]["batch_sizes"] = batch_histogram(port, name)
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            log.close()
+            for _variant, process, _port, _rest_port in running.values():
+                process.send_signal(signal.SIGTERM)
+            for _variant, process, _port, _rest_port in running.values():
+                try:
+                    process.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            for log in logs:
+                log.close()
     return results
 
 
@@ -276,19 +446,25 @@ def main() -> int:
                              "max_enqueued_batches { value: 64 }\nnum_batch_threads { value: 2 }\n"
                              "allowed_batch_sizes: 1\nallowed_batch_sizes: 2\nallowed_batch_sizes: 4\n"
                              "allowed_batch_sizes: 8\nallowed_batch_sizes: 16\nallowed_batch_sizes: 32\n")
-    versions = prepare_models()
+    reuse = os.environ.get("BENCH_REUSE_MODELS") == "1" and (OUT / "repo").is_dir()
+    versions = ({p.name: sorted(p.iterdir())[-1] for p in sorted((OUT / "repo").iterdir())} if reuse
+                else prepare_models())
+    wanted = [m for m in os.environ.get("BENCH_MODELS", "").split(",") if m]
+    versions = {k: versions[k] for k in wanted if k in versions} if wanted else versions
     from datetime import date
 
     from otlp_sink import start  # benchmarks/otlp_sink.py, beside this file
 
     otlp, sink, _ = start()
-    results = {"machine": machine(), "date": date.today().isoformat(), "models": {}}
+    results = {"machine": machine(), "date": date.today().isoformat(), "rounds": ROUNDS,
+               "load_average": os.getloadavg()[0], "models": {}}
     for name, version_dir in versions.items():
         print(f"model {name}", flush=True)
-        results["models"][name] = {"in_process": in_process(version_dir), "servers": server_runs(name, version_dir,
-                                                                                                 batching_file, otlp)}
+        results["models"][name] = {"in_process": in_process(version_dir),
+                                   "servers": server_runs(name, version_dir, batching_file, ROUNDS, otlp)}
         (OUT / "results.json").write_text(json.dumps(results, indent=2))
     sink.stop(0)
+    results["load_average_end"] = os.getloadavg()[0]
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))
     return 0
@@ -296,7 +472,10 @@ def main() -> int:
 
 def render(results: dict) -> str:
     """The Markdown tables of one run (docs/benchmarks.md is written from this)."""
-    lines = [f"Machine: {results['machine']}" + (f"; {results['date']}." if "date" in results else "."), ""]
+    lines = [f"Machine: {results['machine']}" + (f"; {results['date']}." if "date" in results else ".")
+             + (f" Servers alternated in {results['rounds']} rounds, each cell the median over them; load average "
+                f"{results['load_average']:.1f} at the start, {results.get('load_average_end', 0):.1f} at the end "
+                "(2 cores: above 2, other work shared the machine)." if "rounds" in results else ""), ""]
     lines += ["| model | in-process p50 batch 1 | in-process inf/s batch 1 / 8 / 32 |", "|---|---|---|"]
     for name, data in results["models"].items():
         ip = data["in_process"]
@@ -307,7 +486,7 @@ def render(results: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     for name, data in results["models"].items():
         for label, entry in data["servers"].items():
-            for protocol in ("kserve", "tfserving", "kserve-rest", "kserve-rest-json"):
+            for protocol in ("kserve", "tfserving", *REST_KINDS):
                 if f"{protocol}_c1" not in entry:
                     continue
                 cells = [entry.get(f"{protocol}_c{c}", {}) for c in CONCURRENCY]
@@ -340,6 +519,20 @@ def ratio_table(results: dict) -> list[str]:
         return None if a is None else a + b
 
     lines = ["| target | model | measured (KServe / TF Serving) |", "|---|---|---|"]
+    peers = [  # (target, server, concurrency, measure, higher is better, bound)
+        ("c1 p50 / plain's ≤ 1.10", "plain", 1, "p50_us", False, 1.10),
+        ("c1 p50 / KServe's ≤ 1", "kserve", 1, "p50_us", False, 1.0),
+        ("c32 inf/s / plain's ≥ 0.95", "plain", 32, "infer_per_s", True, 0.95),
+        ("c32 inf/s / KServe's ≥ 1", "kserve", 32, "infer_per_s", True, 1.0),
+        ("c32 inf/s / MLServer's ≥ 3", "mlserver", 32, "infer_per_s", True, 3.0),
+    ]
+    for model in results["models"]:
+        for target, server, level, key, higher, bound in peers:
+            if server not in results["models"][model]["servers"]:
+                continue
+            value = ratio(cell(model, "kdeploy", "kserve", level, key), cell(model, server, "kserve", level, key))
+            verdict = "" if value is None else (" met" if (value >= bound if higher else value <= bound) else " missed")
+            lines.append(f"| {target} | {model} | " + ("-" if value is None else f"{value:.2f}{verdict}") + " |")
     for model in results["models"]:
         in_process_p50 = results["models"][model]["in_process"]["1"]["p50_us"]
         lines.append(f"| c1 p50 / (null p50 + in-process b1 p50) ≤ 1.15 | {model} | " + both(
@@ -359,15 +552,14 @@ def ratio_table(results: dict) -> list[str]:
             lines.append(f"| mutual TLS / plaintext c32 throughput (KServe) | {model} | " + both(
                 lambda p, m=model: ratio(cell(m, "kdeploy+mtls", p, 32, "infer_per_s"),
                                          cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
-        lines.append(f"| workers=auto / 1 worker at c32 | {model} | " + both(
-            lambda p, m=model: ratio(cell(m, "kdeploy workers=auto", p, 32, "infer_per_s"),
-                                     cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
-    for model in results["models"]:
         grpc = cell(model, "kdeploy", "kserve", 32, "infer_per_s")
-        rest = [ratio(cell(model, "kdeploy", p, 32, "infer_per_s"), grpc) for p in ("kserve-rest", "kserve-rest-json")]
+        rest = [ratio(cell(model, "kdeploy", p, 32, "infer_per_s"), grpc) for p in REST_KINDS]
         if rest != [None, None]:  # records from before HTTP was measured have none
             lines.append(f"| KServe v2 HTTP / gRPC at c32 ≥ 0.8 (binary / JSON tensors) | {model} | "
                          + " / ".join("-" if v is None else f"{v:.2f}" for v in rest) + " |")
+        lines.append(f"| workers=auto / 1 worker at c32 | {model} | " + both(
+            lambda p, m=model: ratio(cell(m, "kdeploy workers=auto", p, 32, "infer_per_s"),
+                                     cell(m, "kdeploy", p, 32, "infer_per_s"))) + " |")
     if "wide" in results["models"]:
         lines.append("| batching / no batching at c32 ≥ 2.5 | wide | " + both(
             lambda p: ratio(cell("wide", "kdeploy+batching", p, 32, "infer_per_s"),

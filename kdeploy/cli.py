@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kdeploy.loadtest.cli import add_loadtest_parser
     from kdeploy.serve.cli import add_configs_parser, add_serve_parser
     from kdeploy.train.cli import add_train_parser
+    from kdeploy.tune.cli import add_tune_parser
 
     parser = OneLineParser(prog="kdeploy", description="Train, export, verify, serve and load-test Keras models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_configs_parser(commands)
     add_demo_parser(commands)
     add_loadtest_parser(commands)
+    add_tune_parser(commands)
     add_k8s_parser(commands)
     return parser
 

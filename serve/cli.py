@@ -13,6 +13,8 @@ from kdeploy.common.errors import UsageError
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
 from kdeploy.serve.config import (
     BACKENDS,
+    EXECUTION_MODES,
+    SPIN_WAIT_MODES,
     BatchingParameters,
     ServeConfig,
     VersionPolicy,
@@ -42,7 +44,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                         help="model repository (REPO/NAME/VERSION): a folder, or s3://BUCKET/PREFIX, "
                              "gs://BUCKET/PREFIX, az://CONTAINER/PREFIX (synced into --cache-dir)")
     source.add_argument("--model-config-file", type=Path,
-                        help="TF Serving ModelServerConfig text file (models.config); base paths may be URLs")
+                        help="TF Serving ModelServerConfig text file (models.config), or a kdeploy server config "
+                             "(*.toml) that also sets each model's runtime settings; base paths may be URLs")
     source.add_argument("--model-dir", type=Path,
                         help="one model from a folder as KServe's storage initializer leaves it (/mnt/models): a "
                              "version folder, a model folder of versions, or a repository")
@@ -66,9 +69,13 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                         help=f"largest request/response in MiB (default {DEFAULTS.max_message_mb})")
     parser.add_argument("--intra-op-threads", type=int, default=DEFAULTS.intra_op_threads,
                         help="threads per inference (default: the runtime's choice)")
-    parser.add_argument("--spin-wait", action="store_true", default=DEFAULTS.spin_wait,
-                        help="let onnxruntime's idle threads spin for work (off by default: they take the cores the "
-                             "event loop needs; it may help a heavy model on a machine of its own)")
+    parser.add_argument("--spin-wait", nargs="?", const="on", default=DEFAULTS.spin_wait, choices=SPIN_WAIT_MODES,
+                        help="onnxruntime's idle threads: on (spin, onnxruntime's default; bare --spin-wait), run "
+                             "(spin only while a run is in flight), off (sleep), or auto (default: chosen per model "
+                             "at load; see the tuning page)")
+    parser.add_argument("--execution", default=DEFAULTS.execution, choices=EXECUTION_MODES,
+                        help="where requests run: inline on the event loop, thread (the --grpc-threads), or auto "
+                             f"(default {DEFAULTS.execution}: chosen per model at load)")
     parser.add_argument("--providers", default=",".join(DEFAULTS.providers),
                         help="onnxruntime execution providers, comma-separated, in order of preference")
     parser.add_argument("--graph-optimization", default=DEFAULTS.graph_optimization, choices=GRAPH_OPTIMIZATIONS,
@@ -76,8 +83,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--grpc-threads", type=int, default=DEFAULTS.grpc_threads,
                         help=f"threads running models too slow to run inline (default {DEFAULTS.grpc_threads})")
     parser.add_argument("--inline-max-micros", type=int, default=DEFAULTS.inline_max_micros,
-                        help="models whose one-row run takes at most this long (measured at load) run inline on the "
-                             f"gRPC event loop (default {DEFAULTS.inline_max_micros}; 0: none)")
+                        help="with --execution/--spin-wait auto, models whose one-row run takes at most this long "
+                             "(measured at load) are tiny: inline on the event loop, threads asleep "
+                             f"(default {DEFAULTS.inline_max_micros})")
     parser.add_argument("--predict-tensor-encoding", default=DEFAULTS.predict_tensor_encoding,
                         choices=TENSOR_ENCODINGS,
                         help="TF Serving Predict answers: typed fields (float_val..., TF Serving's default) or "
@@ -235,7 +243,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         poll_seconds=args.poll_seconds, drain_seconds=args.drain_seconds,
         drain_grace_seconds=args.drain_grace_seconds, workers=args.workers, wait_for_models=args.wait_for_models,
         rest_port=None if args.no_rest else args.rest_port, max_message_mb=args.max_message_mb,
-        intra_op_threads=args.intra_op_threads, spin_wait=args.spin_wait,
+        intra_op_threads=args.intra_op_threads, spin_wait=_spin_wait(args.spin_wait), execution=args.execution,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
         inline_max_micros=args.inline_max_micros, predict_tensor_encoding=args.predict_tensor_encoding,
@@ -254,6 +262,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         storage_poll_seconds=args.storage_poll_seconds, storage_settle_seconds=args.storage_settle_seconds,
         cache_dir=args.cache_dir,
     )
+
+
+def _spin_wait(value: str) -> str:
+    """`--spin-wait` as a mode; KDEPLOY_SPIN_WAIT=1/0 (from when it was a switch) still means on/off."""
+    text = str(value).strip().lower()
+    return {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(text, text)
 
 
 def read_monitoring_path(path: Path) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdeploy.common.errors import UsageError
 from kdeploy.runtimes.base import GRAPH_OPTIMIZATIONS
@@ -13,7 +13,15 @@ from kdeploy.serve.tls import TlsSource
 from kdeploy.storage.urls import StorageUrl
 from kdeploy.wire.tensors import TENSOR_ENCODINGS
 
+if TYPE_CHECKING:
+    from kdeploy.serve.model_settings import ModelSettings
+
 BACKENDS: tuple[str, ...] = ("onnx", "savedmodel", "tflite")
+SPIN_WAIT_MODES: tuple[str, ...] = ("auto", "on", "run", "off")
+"""onnxruntime's idle intra-op threads: chosen at load, spin (onnxruntime's default), spin only while a run is in
+flight, sleep."""
+EXECUTION_MODES: tuple[str, ...] = ("auto", "inline", "thread")
+"""Where a request runs: chosen at load, on the event loop, on the server's threads."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ class ModelSource:
     url: StorageUrl | None = None
     """The model's folder in an object store, when its versions live there: `base_path` is then its local cache
     folder, which the server loads from as from any folder (`kdeploy.storage.mirror` keeps it in line)."""
+    settings: ModelSettings | None = None
+    """Runtime settings for this model from the server config file (over the model folder's kdeploy.toml)."""
 
 
 def parse_grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
@@ -150,10 +160,14 @@ class ServeConfig:
     """Largest request or response, in MiB (gRPC answers RESOURCE_EXHAUSTED, REST 413 beyond it)."""
     intra_op_threads: int = 0
     """Threads per inference inside the runtime; 0 lets the runtime decide."""
-    spin_wait: bool = False
-    """Let onnxruntime's idle intra-op threads spin for work instead of sleeping. Off: a spinning pool takes the cores
-    the event loop and the batcher need (measured on 2 cores: +54% c32 throughput on the digits CNN and +34% on a
-    batched wide MLP with it off, -5% on MobileNetV2)."""
+    spin_wait: str = "auto"
+    """onnxruntime's idle intra-op threads: `on` spin for work (onnxruntime's default), `run` spin only while a run
+    is in flight, `off` sleep, `auto` chosen per model at load from its warm-up timing (docs/serve/tuning.md): a
+    spinning pool takes the cores the event loop needs on tiny models, a sleeping one costs a heavy model a wake-up
+    per parallel section."""
+    execution: str = "auto"
+    """Where a request runs: `inline` on the event loop, `thread` on the `grpc_threads`, `auto` chosen per model at
+    load (inline when its run is short or already uses every core)."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """onnxruntime execution providers in order of preference (unavailable ones are skipped with a warning)."""
     graph_optimization: str = "all"
@@ -161,8 +175,9 @@ class ServeConfig:
     grpc_threads: int = 16
     """Threads that run the models too slow to run inline on the gRPC event loop (the runtime releases the GIL)."""
     inline_max_micros: int = 200
-    """A model whose one-row run (measured at warm-up) takes at most this many microseconds runs inline on the event
-    loop, where a hand-off to a thread would cost more than the run; slower ones run on the `grpc_threads`."""
+    """With `execution` auto: a model whose one-row run (measured at warm-up) takes at most this many microseconds
+    is tiny: it runs inline on the event loop (a hand-off to a thread would cost more than the run) and, with
+    `spin_wait` auto, its idle threads sleep."""
     metrics_flush_seconds: float = 0.0
     """How often the request counters reach prometheus-client's metrics besides every scrape (0: only then); a worker
     process flushes on a timer, since the parent reads its values from prometheus-client's multiprocess files."""
@@ -253,6 +268,12 @@ class ServeConfig:
         if self.predict_tensor_encoding not in TENSOR_ENCODINGS:
             raise UsageError(f"--predict-tensor-encoding {self.predict_tensor_encoding!r}: "
                              f"choose from {', '.join(TENSOR_ENCODINGS)}")
+        if self.spin_wait not in SPIN_WAIT_MODES:
+            raise UsageError(f"--spin-wait {self.spin_wait!r}: choose from {', '.join(SPIN_WAIT_MODES)}")
+        if self.execution not in EXECUTION_MODES:
+            raise UsageError(f"--execution {self.execution!r}: choose from {', '.join(EXECUTION_MODES)}")
+        if self.intra_op_threads < 0:
+            raise UsageError("--intra-op-threads must not be negative")
         if self.inline_max_micros < 0:
             raise UsageError("--inline-max-micros must not be negative")
         if self.workers < 1:

@@ -10,6 +10,7 @@ serves), and answers once the new versions have loaded. A file that does not par
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 from kdeploy.common.errors import UsageError
 from kdeploy.serve.config import ModelSource
 from kdeploy.serve.models import ModelManager, VersionState
-from kdeploy.serve.sources import ModelConfigError, read_model_config, sources_from_config
+from kdeploy.serve.sources import ModelConfigError, sources_from_config, sources_from_model_config
 from kdeploy.wire.errors import ErrorKind, ServeError
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,7 @@ class ModelConfigReloader:
             return False
         self._file_text = text
         try:
-            sources = sources_from_config(read_model_config(self._file), relative_to=self._file.parent,
-                                          origin=str(self._file))
-            self._apply(sources)
+            self._apply(sources_from_model_config(self._file))
         except (UsageError, ServeError) as exc:
             logger.error("model config file %s not applied: %s", self._file, exc)
             return False
@@ -90,12 +89,15 @@ class ModelConfigReloader:
         logger.info("model config reloaded by request: models %s", ", ".join(self._models.model_names))
 
     def _apply(self, sources: list[ModelSource]) -> None:
-        served = {(s.name, s.url) for s in self._models.sources if s.url is not None}
-        added = sorted(s.name for s in sources if s.url is not None and (s.name, s.url) not in served)
+        # The object-store mirror is set up from the start-up config: a reload can keep such a model (in the cache
+        # folder it has), not add one.
+        mirrored = {(s.name, s.url): s for s in self._models.sources if s.url is not None}
+        added = sorted(s.name for s in sources if s.url is not None and (s.name, s.url) not in mirrored)
         if added:
-            # The object-store mirror is set up from the start-up config: a reload can keep such a model, not add one.
             raise ServeError(ErrorKind.FAILED_PRECONDITION, f"models {added} have object-store base paths this server "
                              "did not start with; restart it with them (a reload adds local base paths only)")
+        sources = [s if s.url is None else dataclasses.replace(mirrored[s.name, s.url], policy=s.policy,
+                                                               labels=s.labels) for s in sources]
         with self._lock:
             self._models.reconfigure(sources)
             self._on_change()

@@ -9,6 +9,7 @@ a roll-back) fails no request.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
@@ -33,9 +34,11 @@ from kdeploy.contract.manifest import (
 from kdeploy.contract.repository import version_folders
 from kdeploy.contract.signature import ModelSignature, load_data_file, slice_feed
 from kdeploy.runtimes.base import Backend, signatures_of
+from kdeploy.serve.auto_settings import Choice, choose, prefer_spinning
 from kdeploy.serve.batching import Batcher, BatchingParameters, read_batching_parameters
 from kdeploy.serve.config import ModelSource
 from kdeploy.serve.metrics import ServerMetrics
+from kdeploy.serve.model_settings import RuntimeSettings, model_folder_settings
 from kdeploy.serve.statistics import VersionStatistics
 from kdeploy.serve.triton_config import TRITON_CONFIG_FILE, apply_triton_config
 from kdeploy.serve.warmup import WARMUP_FILE, WarmupError, WarmupReplay, replay_warmup, warmup_file
@@ -43,12 +46,15 @@ from kdeploy.wire.errors import invalid, not_found, unavailable
 
 logger = logging.getLogger(__name__)
 
-BackendLoader = Callable[[Path, Manifest | None], Backend]
-"""Loads a version folder's artifact (for the server's backend) given its manifest; None for a version kdeploy did
-not export, whose backend reads the signatures from the artifact."""
+BackendLoader = Callable[[Path, Manifest | None, RuntimeSettings], Backend]
+"""Loads a version folder's artifact (for the server's backend) given its manifest (None for a version kdeploy did
+not export, whose backend reads the signatures from the artifact) and the runtime settings to load it with (spin_wait
+is `on`, `run` or `off` here, never `auto`)."""
 
 WARM_UP_TIMED_RUNS = 5
 """One-row runs timed at warm-up (the fastest counts)."""
+ALTERNATED_RUNS = 15
+"""Rounds of one-row runs, sleeping and spinning sessions in turn, that decide `spin_wait` auto for a heavier model."""
 BATCHING_FILE = "batching_parameters.txt"
 """A model folder may hold its own batching parameters, overriding the server's."""
 
@@ -81,7 +87,11 @@ class ServedVersion:
     stats: VersionStatistics = field(default_factory=VersionStatistics)
     """Triton's ModelStatistics counters of this version (requests and runtime executions)."""
     row_seconds: float = 0.0
-    """The runtime's time for one row, measured at warm-up: whether a request is run inline on the event loop."""
+    """The runtime's time for one row, measured at warm-up (with the settings it serves with)."""
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    """The runtime settings the version serves with, `auto` resolved (docs/serve/tuning.md)."""
+    inline: bool = True
+    """Requests run on the event loop (else on the server's threads)."""
     max_batch_size: int = 0
     """Largest batch a request may carry (a Triton config.pbtxt's max_batch_size); 0: no limit."""
     check_shapes: bool = True
@@ -141,6 +151,17 @@ def feeds_as_given(backend_format: str, manifest: Manifest) -> bool:
     return backend_format == "savedmodel" or (backend_format == "tflite" and manifest.discovered)
 
 
+def alternated_row_seconds(backends: tuple[Backend, ...], feed: dict[str, np.ndarray]) -> tuple[float, ...]:
+    """Each backend's fastest one-row run over `ALTERNATED_RUNS` rounds that run them in turn."""
+    best = [float("inf")] * len(backends)
+    for _ in range(ALTERNATED_RUNS):
+        for index, backend in enumerate(backends):
+            started = time.perf_counter()
+            backend.infer(feed)
+            best[index] = min(best[index], time.perf_counter() - started)
+    return tuple(best)
+
+
 def folder_fingerprint(path: Path) -> tuple:
     """Names, sizes and modification times of a version folder's files (cheap: a few files per version)."""
     entries = []
@@ -164,13 +185,27 @@ class ModelManager:
         load_backend: BackendLoader,
         *,
         batching: BatchingParameters | None = None,
+        settings: RuntimeSettings | None = None,
+        inline_max_seconds: float = 200e-6,
         metrics: ServerMetrics | None = None,
         drain_seconds: float = 30.0,
     ) -> None:
+        """
+        Args:
+            sources: the models.
+            backend_format: the runtime every version loads with (onnx, savedmodel, tflite).
+            load_backend: loads one version's artifact with given settings.
+            batching: the server's batching parameters (shorthand for `settings` with only batching).
+            settings: the server-wide runtime settings, which each model's own settings override.
+            inline_max_seconds: one-row runs at most this long make a model tiny (see `auto_settings`).
+            metrics: where loads and states are counted.
+            drain_seconds: how long an unloading version's in-flight requests may take.
+        """
         self._sources = {s.name: s for s in sources}
         self._format = backend_format
         self._load_backend = load_backend
-        self._batching = batching
+        self._settings = settings if settings is not None else RuntimeSettings(batching=batching)
+        self._inline_max_seconds = inline_max_seconds
         self._metrics = metrics
         self._drain_seconds = drain_seconds
         self._lock = threading.Lock()
@@ -338,25 +373,8 @@ class ModelManager:
         self._set_state(served, VersionState.LOADING)
         started = time.perf_counter()
         try:
-            manifest, backend = self._open(source, served)
-            batching = self._batching_for(source)
-            replayed = self._replay_warmup_records(source, served, manifest, backend)
-            try:
-                if replayed is not None and manifest.discovered:
-                    # The model's own warm-up requests suit it; generated inputs may not (TF Serving warms up with
-                    # the records alone).
-                    served.row_seconds = replayed.fastest_seconds
-                else:
-                    served.row_seconds = self._warm_up(backend, manifest, served.path, batching)
-            except Exception as exc:
-                if not manifest.discovered:
-                    backend.close()
-                    raise
-                # Generated inputs may not suit a model kdeploy did not export (a signature over serialized
-                # tf.Example strings): serve it unwarmed, on the executor's threads.
-                logger.warning("model %s version %d: warm-up on generated inputs failed (%s); serving it unwarmed",
-                               source.name, version, exc, extra={"model": source.name, "version": version})
-                served.row_seconds = float("inf")
+            settings = self.settings_for(source)
+            manifest, backend, choice = self._open_and_choose(source, served, settings)
         except Exception as exc:  # any failure leaves this version unloaded and the server running
             served.error = str(exc) or type(exc).__name__
             self._set_state(served, VersionState.END)
@@ -365,6 +383,10 @@ class ModelManager:
             return
         served.manifest, served.backend = manifest, backend
         served.check_shapes = not feeds_as_given(self._format, manifest)
+        served.inline = choice.inline
+        served.settings = dataclasses.replace(settings, spin_wait=choice.spin_wait,
+                                              execution="inline" if choice.inline else "thread")
+        batching = settings.batching
         if batching is not None:
             served.batcher = Batcher(backend, batching, model=source.name, version=version, metrics=self._metrics,
                                      stats=served.stats)
@@ -372,18 +394,87 @@ class ModelManager:
         self._set_state(served, VersionState.AVAILABLE)
         if previous is not None and previous.backend is not None:
             self._close(previous)
-        logger.info("model %s version %d loaded and warmed up in %.2f s (%s%s)", source.name, version,
-                    served.load_seconds, self._format, ", batching" if batching else "",
+        logger.info("model %s version %d loaded and warmed up in %.2f s (%s; %s; %s)", source.name, version,
+                    served.load_seconds, self._format, served.settings.describe(), choice.reason,
                     extra={"model": source.name, "version": version, "seconds": round(served.load_seconds, 3)})
 
-    def _open(self, source: ModelSource, served: ServedVersion) -> tuple[Manifest, Backend]:
+    def settings_for(self, source: ModelSource) -> RuntimeSettings:
+        """A model's runtime settings (`auto` not yet resolved): the server's, then a batching_parameters.txt in
+        the model folder (when batching is on), its kdeploy.toml, and its entry in the server config file.
+
+        Raises:
+            UsageError: naming the file and key of a setting that is not valid.
+        """
+        settings = self._settings
+        override = source.base_path / BATCHING_FILE
+        if settings.batching is not None and override.is_file():
+            settings = dataclasses.replace(settings, batching=read_batching_parameters(override))
+        for layer in (model_folder_settings(source.base_path), source.settings):
+            if layer is not None:
+                settings = layer.apply(settings)
+        return settings
+
+    def _open_and_choose(self, source: ModelSource, served: ServedVersion, settings: RuntimeSettings
+                         ) -> tuple[Manifest, Backend, Choice]:
+        """Load and warm the version, resolve `auto` from the warm-up timing, and load it again when that points
+        at spinning threads (a session's spinning is fixed when it is made); with `spin_wait` auto, the faster of
+        the two sessions at warm-up is kept."""
+        spin = "off" if settings.spin_wait == "auto" else settings.spin_wait
+        manifest, backend = self._open(source, served, dataclasses.replace(settings, spin_wait=spin))
+        replayed = self._replay_warmup_records(source, served, manifest, backend)
+        try:
+            if replayed is not None and manifest.discovered:
+                # The model's own warm-up requests suit it; generated inputs may not (TF Serving warms up with the
+                # records alone).
+                served.row_seconds = replayed.fastest_seconds
+            else:
+                served.row_seconds = self._warm_up(backend, manifest, served.path, settings.batching)
+        except Exception as exc:
+            if not manifest.discovered:
+                backend.close()
+                raise
+            # Generated inputs may not suit a model kdeploy did not export (a signature over serialized
+            # tf.Example strings): serve it unwarmed, on the executor's threads.
+            logger.warning("model %s version %d: warm-up on generated inputs failed (%s); serving it unwarmed",
+                           source.name, served.version, exc, extra={"model": source.name, "version": served.version})
+            served.row_seconds = float("inf")
+            return manifest, backend, Choice(spin, inline=False, reason="not warmed up")
+        choice = choose(settings, served.row_seconds, inline_max_seconds=self._inline_max_seconds,
+                        parallel_runtime=self._format == "onnx")
+        if self._format == "onnx" and choice.spin_wait != spin:
+            # Spinning pays only where its threads get the cores: time the model both ways on this machine, now.
+            asleep = served.row_seconds
+            spinning_manifest, spinning = self._open(source, served,
+                                                     dataclasses.replace(settings, spin_wait=choice.spin_wait))
+            try:
+                awake = self._warm_up(spinning, spinning_manifest, served.path, settings.batching)
+                if settings.spin_wait == "auto":  # both warm now: time them in alternation, so drift hits both
+                    asleep, awake = alternated_row_seconds((backend, spinning), self._one_row(manifest, served.path))
+            except Exception:
+                spinning.close()
+                raise
+            if settings.spin_wait == "auto" and not prefer_spinning(asleep, awake):
+                spinning.close()
+                choice = dataclasses.replace(choice, spin_wait=spin,
+                                             reason=f"{choice.reason}; asleep {asleep * 1e6:.0f} µs per row, "
+                                                    f"spinning {awake * 1e6:.0f}: asleep")
+            else:
+                backend.close()
+                manifest, backend, served.row_seconds = spinning_manifest, spinning, awake
+                if settings.spin_wait == "auto":
+                    choice = dataclasses.replace(choice, reason=f"{choice.reason}; asleep {asleep * 1e6:.0f} µs "
+                                                                f"per row, spinning {awake * 1e6:.0f}: spinning")
+        return manifest, backend, choice
+
+    def _open(self, source: ModelSource, served: ServedVersion, settings: RuntimeSettings
+              ) -> tuple[Manifest, Backend]:
         """The version's manifest and its loaded runtime: from `manifest.json`, or from the artifact alone (and the
         model folder's Triton config.pbtxt, when there is one) for a version kdeploy did not export."""
         if not (served.path / MANIFEST_FILE).exists():
             artifact = bare_artifact_path(served.path, self._format)
             if artifact is None:
                 raise KdeployError(f"no manifest.json and no {self._format} artifact in {served.path}")
-            backend = self._load_backend(served.path, None)
+            backend = self._load_backend(served.path, None, settings)
             manifest = manifest_of_artifact(source.name, served.version, served.path, self._format, artifact,
                                             signatures_of(backend))
             config_file = source.base_path / TRITON_CONFIG_FILE
@@ -401,7 +492,7 @@ class ModelManager:
         problems = checksum_problems(served.path, manifest, formats=[self._format])
         if problems:
             raise KdeployError("; ".join(problems))
-        return manifest, self._load_backend(served.path, manifest)
+        return manifest, self._load_backend(served.path, manifest, settings)
 
     def _replay_warmup_records(self, source: ModelSource, served: ServedVersion, manifest: Manifest,
                                backend: Backend) -> WarmupReplay | None:
@@ -422,11 +513,13 @@ class ModelManager:
                     replayed.records, WARMUP_FILE, extra={"model": source.name, "version": served.version})
         return replayed
 
-    def _batching_for(self, source: ModelSource) -> BatchingParameters | None:
-        if self._batching is None:
-            return None
-        override = source.base_path / BATCHING_FILE
-        return read_batching_parameters(override) if override.is_file() else self._batching
+    @staticmethod
+    def _one_row(manifest: Manifest, path: Path) -> dict[str, np.ndarray]:
+        """A one-row feed: the version's first validation row, or generated values."""
+        if manifest.validation_data and (path / manifest.validation_data).is_file():
+            feed, _ = load_data_file(path / manifest.validation_data, manifest.signature)
+            return slice_feed(feed, 0, 1)
+        return manifest.signature.generate_feed(1, np.random.default_rng(0))
 
     def _warm_up(self, backend: Backend, manifest: Manifest, path: Path, batching: BatchingParameters | None) -> float:
         """Run each batch size the runtime will see once, so no user request pays for lazy initialisation.

@@ -29,6 +29,7 @@ from kdeploy.serve.config import ServeConfig
 from kdeploy.serve.config_reload import ModelConfigReloader
 from kdeploy.serve.grpc_server import GrpcFrontEnd, Method, Service
 from kdeploy.serve.metrics import ServerMetrics
+from kdeploy.serve.model_settings import RuntimeSettings
 from kdeploy.serve.models import ModelManager
 from kdeploy.serve.observe import Observers, build_observers
 from kdeploy.serve.remote import build_mirror, mirror_forever
@@ -44,17 +45,16 @@ MODEL_SERVICE = "tensorflow.serving.ModelService"
 KSERVE_SERVICE = "inference.GRPCInferenceService"
 
 
-def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest | None], Backend]:
-    """How the server loads a version for its backend, with the runtime settings from the config."""
-    options: dict[str, Any] = {}
-    if config.backend == "onnx":
-        options = {"intra_op_threads": config.intra_op_threads, "spin_wait": config.spin_wait,
-                   "providers": config.providers,
-                   "graph_optimization": config.graph_optimization}
-    elif config.backend == "tflite":
-        options = {"num_threads": config.intra_op_threads or None, "pool_size": config.tflite_interpreters}
+def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest | None, RuntimeSettings], Backend]:
+    """How the server loads a version for its backend, with the config's settings and the version's own."""
 
-    def load(version_dir: Path, manifest: Manifest | None) -> Backend:
+    def load(version_dir: Path, manifest: Manifest | None, settings: RuntimeSettings) -> Backend:
+        options: dict[str, Any] = {}
+        if config.backend == "onnx":
+            options = {"intra_op_threads": settings.intra_op_threads, "spin_wait": settings.spin_wait,
+                       "providers": config.providers, "graph_optimization": config.graph_optimization}
+        elif config.backend == "tflite":
+            options = {"num_threads": settings.intra_op_threads or None, "pool_size": config.tflite_interpreters}
         if manifest is None:  # a version kdeploy did not export: the runtime reads the artifact's signatures
             return load_backend(config.backend, version_dir, None,
                                 artifact_path=bare_artifact_path(version_dir, config.backend), **options)
@@ -62,6 +62,12 @@ def backend_loader(config: ServeConfig) -> Callable[[Path, Manifest | None], Bac
                             artifact_path=manifest.artifacts[config.backend].path, **options)
 
     return load
+
+
+def runtime_settings(config: ServeConfig) -> RuntimeSettings:
+    """The server-wide runtime settings: every model's, unless its kdeploy.toml or server config entry says else."""
+    return RuntimeSettings(intra_op_threads=config.intra_op_threads, spin_wait=config.spin_wait,
+                           execution=config.execution, batching=config.batching)
 
 
 def _grpc_methods() -> dict[str, list[Method]]:
@@ -219,15 +225,15 @@ def build_server(config: ServeConfig) -> RunningServer:
     metrics = ServerMetrics()
     if config.metrics_flush_seconds > 0:
         metrics.flush_every(config.metrics_flush_seconds)
-    models = ModelManager(list(config.models), config.backend, backend_loader(config), batching=config.batching,
+    models = ModelManager(list(config.models), config.backend, backend_loader(config),
+                          settings=runtime_settings(config), inline_max_seconds=config.inline_max_micros / 1e6,
                           metrics=metrics, drain_seconds=config.drain_seconds)
     running_box: list[RunningServer] = []  # the reloader tells the running server (made below) to update health
     reloader = ModelConfigReloader(models, lambda: running_box[0].set_serving() if running_box else None,
                                    config_file=config.model_config_file, allow_requests=config.allow_config_reload)
     observers = build_observers(config, metrics, os.environ, _kdeploy_version())
     executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")
-    service = InferenceService(models, metrics, executor=executor,
-                               inline_max_seconds=config.inline_max_micros / 1e6, observers=observers)
+    service = InferenceService(models, metrics, executor=executor, observers=observers)
     tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes,
                                  tensor_encoding=config.predict_tensor_encoding, reloader=reloader)
     kserve = KServeV2Adapter(service, protos, config.backend)

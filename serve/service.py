@@ -69,20 +69,18 @@ class InferenceService:
     """Runs requests against the models of a `ModelManager`."""
 
     def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None, *,
-                 executor: Executor | None = None, inline_max_seconds: float = 0.0,
-                 observers: Observers | None = None) -> None:
+                 executor: Executor | None = None, observers: Observers | None = None) -> None:
         """
         Args:
             models: the versions to serve.
             metrics: where requests and runtime calls are counted.
-            executor: threads that run heavier models for `infer_async` (None: every model runs inline).
-            inline_max_seconds: models whose one-row run takes at most this long run inline on the event loop.
+            executor: threads that run the models not served inline for `infer_async` (None: every model runs
+                inline); each version says which it is (`ServedVersion.inline`, chosen at load).
             observers: tracing and payload logging (None: off, and the request path checks nothing else).
         """
         self.models = models
         self.metrics = metrics
         self._executor = executor
-        self._inline_max_seconds = inline_max_seconds
         self._observers = observers
 
     def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
@@ -135,9 +133,9 @@ class InferenceService:
         deadline: float | None = None,
         signature_name: str = "",
     ) -> InferenceResult:
-        """`infer` for the event loop. A model whose one-row run is at most `inline_max_seconds` (measured at
-        warm-up) runs right here: a thread hand-off would cost more than the run. Heavier ones run on the executor's
-        threads (the runtime releases the GIL) and batched ones in the batcher, while the loop serves other calls.
+        """`infer` for the event loop. A version served inline (a tiny model, or one whose run uses every core: see
+        `auto_settings`) runs right here; others run on the executor's threads (the runtime releases the GIL) and
+        batched ones in the batcher, while the loop serves other calls.
 
         Raises:
             ServeError: as `infer`.
@@ -152,7 +150,7 @@ class InferenceService:
                 outputs, queued = await served.batcher.infer_async(call.feed, deadline, timings)
             else:
                 self._check_deadline(served, deadline)
-                if self._executor is None or served.row_seconds <= self._inline_max_seconds:
+                if self._executor is None or served.inline:
                     outputs = self._run_direct(served, call.feed, call.signature, call.rows)
                 else:
                     loop = asyncio.get_running_loop()

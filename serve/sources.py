@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from google.protobuf import text_format
 
 from kdeploy.common.errors import UsageError
 from kdeploy.serve.config import ModelSource, VersionPolicy
+from kdeploy.serve.model_settings import settings_from_tables
 from kdeploy.storage.sync import default_cache_dir
 from kdeploy.storage.urls import Location, StorageUrl, is_url, parse_url
 from kdeploy.wire.errors import ErrorKind
@@ -96,12 +99,15 @@ def sources_from_model_config(path: Path, cache_dir: Path | None = None) -> list
     """The models of a TF Serving `ModelServerConfig` text file, so one file drives TF Serving and kdeploy.
 
     Relative base paths are taken relative to the config file's folder; a base path may be an object-store URL
-    (`s3://BUCKET/PREFIX/NAME`, as TF Serving reads them), cached under `cache_dir`.
+    (`s3://BUCKET/PREFIX/NAME`, as TF Serving reads them), cached under `cache_dir`. A `.toml` file is a kdeploy
+    server config (`sources_from_kdeploy_config`).
 
     Raises:
         UsageError: when the file is missing, not a valid ModelServerConfig, or lists no model kdeploy can serve.
     """
     path = Path(path)
+    if path.suffix == ".toml":
+        return sources_from_kdeploy_config(path, cache_dir)
     sources = sources_from_config(read_model_config(path), relative_to=path.parent, origin=str(path),
                                   cache_dir=cache_dir)
     if not sources:
@@ -160,3 +166,66 @@ def _policy_from_proto(policy) -> VersionPolicy:  # noqa: ANN001 - a ServableVer
     if choice == "latest":
         return VersionPolicy("latest", num_versions=max(1, policy.latest.num_versions))
     return VersionPolicy()
+
+
+def sources_from_kdeploy_config(path: Path, cache_dir: Path | None = None) -> list[ModelSource]:
+    """The models of a kdeploy server config: TF Serving's models.config in TOML, with runtime settings per model.
+
+        [[model]]
+        name = "wide"
+        base_path = "models/wide"        # relative to this file, or an object-store URL
+        version_policy = "latest:2"      # latest[:N], all, specific:V[,V]
+        version_labels = { stable = 1 }
+        [model.runtime]
+        spin_wait = true
+        [model.batching]
+        max_batch_size = 16
+
+    Raises:
+        UsageError: one line naming the file, the model and the key for anything not valid.
+    """
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"model config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read it: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(document) - {"model"})
+    if unknown:
+        raise UsageError(f"{path}: unknown key {unknown[0]!r}; list models as [[model]] tables")
+    models = document.get("model", [])
+    if not isinstance(models, list) or not models:
+        raise UsageError(f"{path} lists no model (add [[model]] tables with a name and a base_path)")
+    sources = []
+    for index, entry in enumerate(models):
+        where = f"{path}: model {entry.get('name', index + 1)!r}" if isinstance(entry, dict) else f"{path}"
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where}: each [[model]] must be a table")
+        extra = sorted(set(entry) - set(MODEL_KEYS))
+        if extra:
+            raise UsageError(f"{where}: unknown key {extra[0]!r}; expected one of {', '.join(MODEL_KEYS)}")
+        name, base = entry.get("name"), entry.get("base_path")
+        if not isinstance(name, str) or not name or not isinstance(base, str) or not base:
+            raise UsageError(f"{where}: every model needs a name and a base_path (strings)")
+        try:
+            policy = VersionPolicy.parse(str(entry.get("version_policy", "latest")))
+        except UsageError as exc:
+            raise UsageError(f"{where}: version_policy: {exc}") from None
+        labels = entry.get("version_labels", {})
+        if not isinstance(labels, dict) or not all(isinstance(v, int) and v > 0 for v in labels.values()):
+            raise UsageError(f"{where}: version_labels must map labels to version numbers")
+        settings = settings_from_tables(entry.get("runtime", {}), entry.get("batching"), where)
+        if is_url(base):
+            remote = _remote_source(name, parse_url(base), policy, dict(labels), cache_dir)
+            sources.append(dataclasses.replace(remote, settings=settings))
+            continue
+        base_path = Path(base)
+        sources.append(ModelSource(name=name, base_path=base_path if base_path.is_absolute() else path.parent / base,
+                                   policy=policy, labels=dict(labels), settings=settings))
+    return sources
+
+
+MODEL_KEYS = ("name", "base_path", "version_policy", "version_labels", "runtime", "batching")
+

@@ -22,6 +22,9 @@ GRAPH_OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = dict(zip(GRAP
 ), strict=True))
 
 
+SPIN_MODES = ("on", "run", "off")
+
+
 class OnnxRuntimeBackend:
     """An ONNX model in an onnxruntime InferenceSession (thread-safe: one session serves all threads)."""
 
@@ -33,7 +36,7 @@ class OnnxRuntimeBackend:
         signature: ModelSignature | None,
         *,
         intra_op_threads: int = 0,
-        spin_wait: bool = True,
+        spin_wait: bool | str = True,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         graph_optimization: str = "all",
     ) -> None:
@@ -41,8 +44,13 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[graph_optimization]
         options.log_severity_level = 3
-        # onnxruntime's own default is to spin; the server turns it off (see ServeConfig.spin_wait).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+        # onnxruntime's own default is to spin; the server chooses per model (see ServeConfig.spin_wait): `run`
+        # spins between the parallel sections of a run and stops when the last run in flight returns.
+        mode = ("on" if spin_wait else "off") if isinstance(spin_wait, bool) else spin_wait
+        if mode not in SPIN_MODES:
+            raise ValueError(f"spin_wait {spin_wait!r}: expected one of {', '.join(SPIN_MODES)} or a bool")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if mode == "off" else "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1" if mode == "run" else "0")
         available = set(ort.get_available_providers())
         chosen = [p for p in providers if p in available]
         for missing in (p for p in providers if p not in available):
@@ -54,6 +62,11 @@ class OnnxRuntimeBackend:
     @property
     def signature(self) -> ModelSignature:
         return self._signature
+
+    @property
+    def session_options(self) -> ort.SessionOptions:
+        """The options the session runs with (threads, spinning), as onnxruntime reports them."""
+        return self._session.get_session_options()
 
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, dict(feed))

@@ -15,6 +15,7 @@ from kdeploy.contract.signature import Feed, ModelSignature, TensorSpec, batch_s
 from kdeploy.serve.batching import BatchingParameters
 from kdeploy.serve.config import ModelSource, VersionPolicy
 from kdeploy.serve.metrics import ServerMetrics
+from kdeploy.serve.model_settings import RuntimeSettings
 from kdeploy.serve.models import ModelManager
 
 SIGNATURE = ModelSignature(
@@ -93,10 +94,13 @@ class FakeLoader:
         """Called with the version while it loads."""
         self.on_close: Callable[[int], None] | None = None
         """Called with the version when its backend closes."""
+        self.settings: dict[tuple[str, int], RuntimeSettings | None] = {}
+        """The settings each (model, version) was last loaded with."""
 
-    def __call__(self, path: Path, manifest: Manifest) -> EchoBackend:
+    def __call__(self, path: Path, manifest: Manifest, settings: RuntimeSettings | None = None) -> EchoBackend:
         model, version = path.parent.name, int(path.name)
         self.loaded.append(version)
+        self.settings[model, version] = settings
         if self.during_load is not None:
             self.during_load(version)
         failure = self.failures.get((model, version), self.failures.get(version))

@@ -331,8 +331,8 @@ def test_a_version_whose_warm_up_fails_ends_with_the_reason_and_its_runtime_clos
     write_version(tmp_path, "m", 1)
     original = loader.__call__
 
-    def failing_backend(path, manifest):
-        backend = original(path, manifest)
+    def failing_backend(path, manifest, settings=None):
+        backend = original(path, manifest, settings)
         backend.failing = True
         return backend
 
