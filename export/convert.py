@@ -15,6 +15,7 @@ import tensorflow as tf
 from kdeploy.contract.manifest import TFLITE_QUANTIZATIONS
 from kdeploy.contract.signature import ModelSignature, slice_feed
 from kdeploy.export.keras_model import has_recurrent_layers, serving_function, unrolled_clone
+from kdeploy.export.tflite_tf1 import has_reference_variables, tflite_from_tf1_savedmodel
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ def tflite_from_savedmodel(
     """
     if quantization not in TFLITE_QUANTIZATIONS:
         raise ValueError(f"unknown TFLite quantization {quantization!r}")
+    if has_reference_variables(savedmodel_dir):  # TF1 variables: TF2's converter cannot, the frozen route can
+        try:
+            out_path.write_bytes(tflite_from_tf1_savedmodel(savedmodel_dir, signature_name, quantization))
+        except Exception as exc:
+            raise ConversionError(_converter_reason(exc)) from exc
+        return
     converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel_dir), signature_keys=[signature_name])
     if quantization == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

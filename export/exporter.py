@@ -31,6 +31,7 @@ from kdeploy.contract.repository import ModelRepository, version_of_folder
 from kdeploy.export.parity import ParityReport
 from kdeploy.export.sources import open_source, source_kind
 from kdeploy.export.verify import VerifyConfig, verify_version
+from kdeploy.export.warmup_requests import write_warmup_requests
 from kdeploy.storage.urls import StorageUrl
 
 logger = logging.getLogger(__name__)
@@ -271,6 +272,9 @@ def _export_into(config: ExportConfig, repo: ModelRepository, version: int, prog
         )
         _check_cancel(cancel)
         write_manifest(stage, manifest)
+        warmup = write_warmup_requests(stage, manifest)
+        if warmup is not None:
+            progress(f"export: TF Serving warm-up requests written to {warmup.relative_to(stage)}")
         parity = None
         if config.verify:
             progress(f"verify: comparing every format with the source model ({source.reference_format}) ...")

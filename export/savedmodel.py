@@ -42,10 +42,11 @@ def signature_from_savedmodel(savedmodel_dir: Path, name: str) -> ModelSignature
 
 
 def copy_savedmodel(source: Path, target: Path) -> None:
-    """Copy a SavedModel's own files (saved_model.pb, variables/, assets/, fingerprint.pb) into `target`, where
-    TF Serving reads them; anything else in the source folder (a manifest, other formats) stays behind."""
+    """Copy a SavedModel's own files (saved_model.pb, variables/, assets/, fingerprint.pb) and its TF Serving
+    extras (`assets.extra/`: warm-up requests) into `target`, where TF Serving reads them; anything else in the
+    source folder (a manifest, other formats) stays behind."""
     target.mkdir(parents=True, exist_ok=True)
-    for name in SAVEDMODEL_FILES:
+    for name in (*SAVEDMODEL_FILES, "assets.extra"):
         path = Path(source) / name
         if path.is_dir():
             shutil.copytree(path, target / name)

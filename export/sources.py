@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from kdeploy.common.errors import UsageError
 from kdeploy.common.files import sha256_file
 from kdeploy.contract.manifest import ARTIFACT_PATHS, VALIDATION_FILE, describe_artifact
-from kdeploy.contract.repository import version_numbers
+from kdeploy.contract.repository import version_folders
 from kdeploy.contract.signature import ModelSignature, load_data_file
 
 if TYPE_CHECKING:
@@ -46,10 +46,10 @@ def source_kind(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return "savedmodel"
-        versions = [v for v in version_numbers(path) if (path / str(v) / "saved_model.pb").is_file()]
+        versions = {v: f for v, f in version_folders(path).items() if (f / "saved_model.pb").is_file()}
         if versions:
-            raise UsageError(f"{path} is a model folder with SavedModel versions {versions}: pass one version "
-                             f"folder, e.g. {path / str(versions[-1])}")
+            raise UsageError(f"{path} is a model folder with SavedModel versions {list(versions)}: pass one version "
+                             f"folder, e.g. {versions[max(versions)]}")
         raise UsageError(f"{path} is a folder without saved_model.pb: expected a .keras or .h5 file, "
                          "or a SavedModel folder")
     if path.suffix.lower() in (".h5", ".hdf5") or _starts_like_hdf5(path):

@@ -147,6 +147,12 @@ def _shape_key(feed: Feed) -> tuple:
     return tuple((name, value.dtype.str, value.shape[1:]) for name, value in sorted(feed.items()))
 
 
+def _runs_alone(feed: Feed, max_batch_size: int) -> bool:
+    """A request that is a batch on its own: `max_batch_size` rows or more, or a tensor without rows to merge (a
+    scalar, or no input at all, as a SavedModel fed as TF Serving feeds it may take)."""
+    return not feed or any(np.ndim(v) == 0 for v in feed.values()) or batch_size(feed) >= max_batch_size
+
+
 class Batcher:
     """Merges concurrent requests for one model version into batches run by `num_batch_threads` threads."""
 
@@ -188,8 +194,8 @@ class Batcher:
             ServeError: UNAVAILABLE when the queue is full or the batcher closed; DEADLINE_EXCEEDED when the
                 deadline passed first; INTERNAL when the runtime failed.
         """
-        if batch_size(feed) >= self._params.max_batch_size:
-            return self._run_alone(feed), 0.0  # big enough on its own: never queued, never dropped
+        if _runs_alone(feed, self._params.max_batch_size):
+            return self._run_alone(feed), 0.0  # a batch on its own: never queued, never dropped
         task = self._enqueue(feed, deadline, None)
         try:
             return task.future.result(_wait_seconds(deadline))
@@ -206,7 +212,7 @@ class Batcher:
             deadline: `time.monotonic()` time after which the caller no longer wants the answer.
             timings: when given, gets the `BatchRun` of the batch the request ran in (for its trace).
         """
-        if batch_size(feed) >= self._params.max_batch_size:
+        if _runs_alone(feed, self._params.max_batch_size):
             picked = time.time_ns()
             outputs = await asyncio.get_running_loop().run_in_executor(None, self._run_alone, feed)
             if timings is not None:

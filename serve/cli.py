@@ -18,6 +18,7 @@ from kdeploy.serve.config import (
     BatchingParameters,
     ServeConfig,
     VersionPolicy,
+    parse_grpc_channel_arguments,
 )
 from kdeploy.serve.configs import ConfigsConfig
 from kdeploy.serve.tls import CertificateReloader
@@ -117,6 +118,20 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--drain-grace-seconds", type=float, default=DEFAULTS.drain_grace_seconds,
                         help="on SIGTERM, keep accepting requests this long after health turns NOT_SERVING "
                              f"(default {DEFAULTS.drain_grace_seconds:g})")
+    parser.add_argument("--model-config-file-poll-seconds", type=float,
+                        default=DEFAULTS.model_config_file_poll_seconds,
+                        help="re-read --model-config-file this often and apply a changed config (TF Serving's "
+                             "--model_config_file_poll_wait_seconds; default 0: never)")
+    parser.add_argument("--allow-config-reload", action="store_true", default=DEFAULTS.allow_config_reload,
+                        help="accept ModelService/HandleReloadConfigRequest (TF Serving's RPC that replaces the "
+                             "model config; off by default: it makes the server load any path it names)")
+    parser.add_argument("--monitoring-config-file", type=Path,
+                        help="TF Serving MonitoringConfig text file: Prometheus metrics also on the REST port at "
+                             "its prometheus_config.path")
+    parser.add_argument("--grpc-socket-path", default=DEFAULTS.grpc_socket_path,
+                        help="also serve gRPC on this Unix domain socket (TF Serving's --grpc_socket_path)")
+    parser.add_argument("--grpc-channel-arguments", default="",
+                        help="further gRPC server arguments NAME=VALUE,... (TF Serving's --grpc_channel_arguments)")
     parser.add_argument("--wait-for-models", action="store_true",
                         help="with polling on, keep running (health NOT_SERVING) while no model can be served, as "
                              "TF Serving does; without it, nothing to serve is an error (exit 2) naming the reasons")
@@ -232,7 +247,12 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         graph_optimization=args.graph_optimization, grpc_threads=args.grpc_threads,
         inline_max_micros=args.inline_max_micros, predict_tensor_encoding=args.predict_tensor_encoding,
-        tflite_interpreters=args.tflite_interpreters,
+        tflite_interpreters=args.tflite_interpreters, model_config_file=args.model_config_file,
+        model_config_file_poll_seconds=args.model_config_file_poll_seconds,
+        allow_config_reload=args.allow_config_reload, grpc_socket_path=args.grpc_socket_path or None,
+        grpc_channel_arguments=parse_grpc_channel_arguments(args.grpc_channel_arguments),
+        rest_metrics_path=(read_monitoring_path(args.monitoring_config_file)
+                           if args.monitoring_config_file is not None else None),
         payload_log_rate=args.payload_log_rate, payload_log_file=args.payload_log_file,
         payload_log_url=args.payload_log_url, payload_log_max_mb=args.payload_log_max_mb,
         payload_log_backups=args.payload_log_backups, access_log=args.access_log,
@@ -248,6 +268,30 @@ def _spin_wait(value: str) -> str:
     """`--spin-wait` as a mode; KDEPLOY_SPIN_WAIT=1/0 (from when it was a switch) still means on/off."""
     text = str(value).strip().lower()
     return {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}.get(text, text)
+
+
+def read_monitoring_path(path: Path) -> str | None:
+    """The Prometheus path of a TF Serving MonitoringConfig text file (None when it does not enable Prometheus).
+
+    Raises:
+        UsageError: when the file is missing or not a MonitoringConfig.
+    """
+    from google.protobuf import text_format
+
+    from kdeploy.serve.configs import PROMETHEUS_PATH
+    from kdeploy.wire.protos.messages import load_protos
+
+    protos = load_protos()
+    config = protos.cls("tensorflow.serving.MonitoringConfig")()
+    try:
+        text_format.Parse(Path(path).read_text(encoding="utf-8"), config, descriptor_pool=protos.pool)
+    except OSError as exc:
+        raise UsageError(f"cannot read --monitoring-config-file {path}: {exc.strerror or exc}") from None
+    except text_format.ParseError as exc:
+        raise UsageError(f"{path} is not a valid TF Serving MonitoringConfig: {exc}") from None
+    if not config.prometheus_config.enable:
+        return None
+    return config.prometheus_config.path or PROMETHEUS_PATH
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -125,6 +125,25 @@ class ModelSource:
     """Runtime settings for this model from the server config file (over the model folder's kdeploy.toml)."""
 
 
+def parse_grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """`grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb` as (name, value) pairs, integers as integers (TF
+    Serving's --grpc_channel_arguments format).
+
+    Raises:
+        UsageError: for an entry without `=`.
+    """
+    pairs: list[tuple[str, int | str]] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, sep, value = entry.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--grpc-channel-arguments: expected NAME=VALUE[,NAME=VALUE...], got {entry!r}")
+        value = value.strip()
+        pairs.append((name.strip(), int(value) if re.fullmatch(r"-?\d+", value) else value))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything `kdeploy serve` needs."""
@@ -192,6 +211,20 @@ class ServeConfig:
     """Server processes sharing the ports (SO_REUSEPORT), each with its own copy of the models."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT (set for each worker process of `workers` > 1)."""
+    model_config_file: Path | None = None
+    """The TF Serving ModelServerConfig file `models` came from, re-read every `model_config_file_poll_seconds`."""
+    model_config_file_poll_seconds: float = 0.0
+    """How often the model config file is re-read and a changed config applied; 0: never (TF Serving's default)."""
+    allow_config_reload: bool = False
+    """Accept ModelService/HandleReloadConfigRequest, which makes the server load whatever paths it names (TF Serving
+    always accepts it)."""
+    grpc_socket_path: str | None = None
+    """Also serve gRPC on this Unix domain socket (TF Serving's --grpc_socket_path)."""
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
+    """Further gRPC server arguments, as TF Serving's --grpc_channel_arguments (`grpc.max_connection_age_ms=2000`)."""
+    rest_metrics_path: str | None = None
+    """Also answer Prometheus metrics on the REST port at this path (TF Serving's MonitoringConfig, from
+    --monitoring-config-file)."""
     payload_log_rate: float = 0.0
     """Share of answered requests whose inputs and outputs are logged (0: off; 1: every one)."""
     payload_log_file: Path | None = None
@@ -245,6 +278,12 @@ class ServeConfig:
             raise UsageError("--inline-max-micros must not be negative")
         if self.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {self.workers}")
+        if self.model_config_file_poll_seconds < 0:
+            raise UsageError("--model-config-file-poll-seconds must not be negative")
+        if self.model_config_file_poll_seconds > 0 and self.model_config_file is None:
+            raise UsageError("--model-config-file-poll-seconds needs --model-config-file")
+        if self.rest_metrics_path is not None and self.rest_port is None:
+            raise UsageError("--monitoring-config-file serves metrics on the REST port: it needs REST (no --no-rest)")
         if self.drain_grace_seconds > self.drain_seconds:
             raise UsageError("--drain-grace-seconds must not be longer than --drain-seconds")
         self._check_logs()
@@ -284,6 +323,13 @@ class ServeConfig:
         if self.tls_cert is not None:
             return TlsSource(cert=self.tls_cert, key=self.tls_key, client_ca=self.tls_client_ca)
         return None
+
+    @property
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """The gRPC server's arguments: message limits, SO_REUSEPORT, then `grpc_channel_arguments` (which win)."""
+        return [("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0), *self.grpc_channel_arguments]
 
     @property
     def max_message_bytes(self) -> int:

@@ -21,7 +21,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Container, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -84,7 +84,7 @@ class Gate:
 
 
 def _unary(method: Method, call_adapter: Callable[[Any, Any], Any], metrics: ServerMetrics,
-           known_models: frozenset[str], gate: Gate, observers: Observers | None = None
+           known_models: Container[str], gate: Gate, observers: Observers | None = None
            ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     """Wrap a servicer method: ServeError → its status; anything else → INTERNAL, logged, server alive.
 
@@ -142,7 +142,7 @@ def _observed(observers: Observers, scope: Any, method: Method, request: Any, re
                   response_bytes=(response.ByteSize if response is not None else lambda: 0))
 
 
-def _count(method: Method, metrics: ServerMetrics, known_models: frozenset[str], request: Any, response: Any,
+def _count(method: Method, metrics: ServerMetrics, known_models: Container[str], request: Any, response: Any,
            status: grpc.StatusCode, started: float) -> None:
     """One RPC in the request metrics (inference RPCs only) and, with -v, the access log."""
     if method.model_of is not None:
@@ -167,7 +167,7 @@ class Service:
 class GrpcFrontEnd:
     """A `grpc.aio` server on an event loop of its own thread, with health, reflection and a draining gate."""
 
-    def __init__(self, services: Iterable[Service], metrics: ServerMetrics, known_models: frozenset[str], *,
+    def __init__(self, services: Iterable[Service], metrics: ServerMetrics, known_models: Container[str], *,
                  options: list[tuple[str, Any]], reflection_names: Iterable[str], reflection_pool: Any,
                  observers: Observers | None = None) -> None:
         self._loop = _new_event_loop()
@@ -195,7 +195,7 @@ class GrpcFrontEnd:
         self._loop.call_soon_threadsafe(callback)
 
     def start(self, address: str, credentials: grpc.ServerCredentials | None = None,
-              health_address: str | None = None) -> int:
+              health_address: str | None = None, extra_addresses: Iterable[str] = ()) -> int:
         """Bind `address` and start answering (health NOT_SERVING until `set_health`); returns the bound port.
 
         Args:
@@ -203,13 +203,16 @@ class GrpcFrontEnd:
             credentials: TLS server credentials for `address` (None: plaintext).
             health_address: HOST:PORT for a plaintext listener that serves grpc.health.v1 alone (for probes that
                 cannot speak TLS); its port is then `health_port` (0 when it could not be bound).
+            extra_addresses: further addresses for every service, plaintext (`unix:PATH`, TF Serving's
+                --grpc_socket_path); the bound port is 0 when one cannot be bound.
         """
-        self.port = self.run(self._start(address, credentials))
+        self.port = self.run(self._start(address, credentials, tuple(extra_addresses)))
         if self.port and health_address is not None:
             self.health_port = self.run(self._start_health(health_address))
         return self.port
 
-    async def _start(self, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    async def _start(self, address: str, credentials: grpc.ServerCredentials | None = None,
+                     extra_addresses: tuple[str, ...] = ()) -> int:
         self._gate = Gate()
         server = grpc.aio.server(options=self._options)
         for service in self._services:
@@ -231,6 +234,9 @@ class GrpcFrontEnd:
         try:
             port = (server.add_secure_port(address, credentials) if credentials is not None
                     else server.add_insecure_port(address))
+            for extra in extra_addresses:
+                if not server.add_insecure_port(extra):
+                    port = 0
         except RuntimeError:
             port = 0
         if port:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from kdeploy.serve.metrics_http import serve_metrics
@@ -189,6 +189,10 @@ class ServerMetrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format (what `GET /metrics` answers), every request counted."""
+        return generate_latest(self.registry)
 
     def serve(self, host: str, port: int, tls_context: ssl.SSLContext | None = None) -> tuple[object, int]:
         """Expose `GET /metrics` on host:port (0 picks a free port; HTTPS with `tls_context`); returns the HTTP

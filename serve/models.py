@@ -31,7 +31,7 @@ from kdeploy.contract.manifest import (
     manifest_of_artifact,
     read_manifest,
 )
-from kdeploy.contract.repository import version_numbers
+from kdeploy.contract.repository import version_folders
 from kdeploy.contract.signature import ModelSignature, load_data_file, slice_feed
 from kdeploy.runtimes.base import Backend, signatures_of
 from kdeploy.serve.auto_settings import Choice, choose, prefer_spinning
@@ -41,7 +41,8 @@ from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.model_settings import RuntimeSettings, model_folder_settings
 from kdeploy.serve.statistics import VersionStatistics
 from kdeploy.serve.triton_config import TRITON_CONFIG_FILE, apply_triton_config
-from kdeploy.wire.errors import not_found, unavailable
+from kdeploy.serve.warmup import WARMUP_FILE, WarmupError, WarmupReplay, replay_warmup, warmup_file
+from kdeploy.wire.errors import invalid, not_found, unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class ServedVersion:
     """Requests run on the event loop (else on the server's threads)."""
     max_batch_size: int = 0
     """Largest batch a request may carry (a Triton config.pbtxt's max_batch_size); 0: no limit."""
+    check_shapes: bool = True
+    """Whether requests must match the signature's shapes. Off where TF Serving feeds a model the tensors as they
+    come and lets the runtime decide (see `feeds_as_given`)."""
     fingerprint: tuple = ()
     """What the folder looked like when it was loaded (a failed version is retried when this changes)."""
     inflight: int = 0
@@ -137,6 +141,14 @@ class ServedVersion:
         with self._drained:
             self.state = VersionState.UNLOADING
             return self._drained.wait_for(lambda: self.inflight == 0, timeout)
+
+
+def feeds_as_given(backend_format: str, manifest: Manifest) -> bool:
+    """Whether a version's runtime takes request tensors in whatever shape they come, as TF Serving feeds them:
+    every SavedModel (the graph decides: half_plus_two's `[-1, 1]` placeholder takes `[3]` and answers `[3]`), and a
+    TFLite model kdeploy did not export (resized to the request, as TF Serving's TFLite session does). kdeploy's own
+    TFLite and every ONNX version keep the exact check and its clear error."""
+    return backend_format == "savedmodel" or (backend_format == "tflite" and manifest.discovered)
 
 
 def alternated_row_seconds(backends: tuple[Backend, ...], feed: dict[str, np.ndarray]) -> tuple[float, ...]:
@@ -211,6 +223,41 @@ class ModelManager:
     def model_names(self) -> list[str]:
         return list(self._sources)
 
+    def __contains__(self, name: object) -> bool:
+        """Whether a model of that name is served now (the set changes when the model config is reloaded)."""
+        return name in self._sources
+
+    @property
+    def sources(self) -> list[ModelSource]:
+        """The models served now, as configured."""
+        return list(self._sources.values())
+
+    def reconfigure(self, sources: list[ModelSource]) -> None:
+        """Serve exactly these models from now on, as TF Serving's ReloadConfig: new models load, models left out
+        unload (after their in-flight requests), and a model whose base path changed is served from the new one;
+        policies and labels apply at once. Returns once the new config's versions have loaded or failed.
+        """
+        wanted = {s.name: s for s in sources}
+        with self._poll_lock:
+            with self._lock:
+                dropped = [name for name in self._versions
+                           if name not in wanted or wanted[name].base_path != self._sources[name].base_path]
+                gone = [self._versions.pop(name) for name in dropped]
+                for name in dropped:
+                    self._latest.pop(name, None)
+                    self._problems.pop(name, None)
+                for name in wanted:
+                    self._versions.setdefault(name, {})
+                self._sources = wanted
+            for versions in gone:
+                for served in versions.values():
+                    if served.state is VersionState.AVAILABLE:
+                        self._unload(served)
+                    elif served.backend is not None:
+                        self._close(served)
+            for source in sources:
+                self._poll_model(source)
+
     def load_all(self) -> None:
         """The first poll: load what the policies choose."""
         self.poll()
@@ -228,11 +275,12 @@ class ModelManager:
             return changed
 
     def _poll_model(self, source: ModelSource) -> bool:
-        on_disk = version_numbers(source.base_path)
+        folders = version_folders(source.base_path)
+        on_disk = list(folders)
         # A folder with neither a manifest nor an artifact for this backend is still being written (or is not a
         # version): the policy chooses among the complete ones, so a half-copied newest folder does not leave the
         # model with nothing to serve. A version kdeploy did not export is served from its artifact alone.
-        complete = [v for v in on_disk if self._servable(source.base_path / str(v))]
+        complete = [v for v in on_disk if self._servable(folders[v])]
         wanted = source.policy.select(complete)
         known = self._versions[source.name]
         changed = False
@@ -242,7 +290,7 @@ class ModelManager:
                 continue
             if served is not None and served.error and served.fingerprint == folder_fingerprint(served.path):
                 continue  # failed before and nothing changed since: do not retry every poll
-            self._load(source, version)
+            self._load(source, version, folders[version])
             changed = True
         self._note_problem(source, self._folder_problem(source, on_disk, complete))
         # Unload what is no longer wanted, but only once something else can serve (a roll-back keeps the old one
@@ -316,8 +364,8 @@ class ModelManager:
         if self._metrics is not None:
             self._metrics.version_state.labels(served.name, str(served.version)).set(int(state))
 
-    def _load(self, source: ModelSource, version: int) -> None:
-        served = ServedVersion(source.name, version, source.base_path / str(version))
+    def _load(self, source: ModelSource, version: int, folder: Path) -> None:
+        served = ServedVersion(source.name, version, folder)
         served.fingerprint = folder_fingerprint(served.path)
         with self._lock:
             previous = self._versions[source.name].get(version)
@@ -334,6 +382,7 @@ class ModelManager:
                          extra={"model": source.name, "version": version})
             return
         served.manifest, served.backend = manifest, backend
+        served.check_shapes = not feeds_as_given(self._format, manifest)
         served.inline = choice.inline
         served.settings = dataclasses.replace(settings, spin_wait=choice.spin_wait,
                                               execution="inline" if choice.inline else "thread")
@@ -372,8 +421,14 @@ class ModelManager:
         the two sessions at warm-up is kept."""
         spin = "off" if settings.spin_wait == "auto" else settings.spin_wait
         manifest, backend = self._open(source, served, dataclasses.replace(settings, spin_wait=spin))
+        replayed = self._replay_warmup_records(source, served, manifest, backend)
         try:
-            served.row_seconds = self._warm_up(backend, manifest, served.path, settings.batching)
+            if replayed is not None and manifest.discovered:
+                # The model's own warm-up requests suit it; generated inputs may not (TF Serving warms up with the
+                # records alone).
+                served.row_seconds = replayed.fastest_seconds
+            else:
+                served.row_seconds = self._warm_up(backend, manifest, served.path, settings.batching)
         except Exception as exc:
             if not manifest.discovered:
                 backend.close()
@@ -439,6 +494,25 @@ class ModelManager:
             raise KdeployError("; ".join(problems))
         return manifest, self._load_backend(served.path, manifest, settings)
 
+    def _replay_warmup_records(self, source: ModelSource, served: ServedVersion, manifest: Manifest,
+                               backend: Backend) -> WarmupReplay | None:
+        """Replay the version's TF Serving warm-up records, if it has any (a failing record fails the load).
+
+        Raises:
+            WarmupError: naming the record and why (the runtime is closed first).
+        """
+        path = warmup_file(served.path)
+        if path is None:
+            return None
+        try:
+            replayed = replay_warmup(path, backend, manifest, check_shapes=not feeds_as_given(self._format, manifest))
+        except WarmupError:
+            backend.close()
+            raise
+        logger.info("model %s version %d: %d warm-up records replayed from %s", source.name, served.version,
+                    replayed.records, WARMUP_FILE, extra={"model": source.name, "version": served.version})
+        return replayed
+
     @staticmethod
     def _one_row(manifest: Manifest, path: Path) -> dict[str, np.ndarray]:
         """A one-row feed: the version's first validation row, or generated values."""
@@ -503,7 +577,8 @@ class ModelManager:
                                       error=self._problems[name])]
             return [versions[v] for v in sorted(versions)]
         if version not in versions:
-            raise not_found(f"model {name!r} has no version {version} (versions: {sorted(versions)})")
+            raise not_found(f"Servable not found for request: Specific({name}, {version}): model {name!r} has no "
+                            f"version {version} (versions: {sorted(versions)})")
         return [versions[version]]
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ServedVersion:
@@ -518,14 +593,18 @@ class ModelManager:
                 return latest
         versions = self._model(name)
         if label:
-            labels = self._sources[name].labels
+            source = self._sources.get(name)
+            labels = source.labels if source is not None else {}
             if label not in labels:
-                raise not_found(f"model {name!r} has no version label {label!r} (labels: {sorted(labels) or 'none'})")
+                # TF Serving: INVALID_ARGUMENT (server_core.cc, GetModelVersionForLabel).
+                raise invalid(f"Unrecognized servable version label: {label} (model {name!r} has labels "
+                              f"{sorted(labels) or 'none'})")
             version = labels[label]
         if version is not None:
             served = versions.get(version)
             if served is None:
-                raise not_found(f"model {name!r} has no version {version} (versions: {sorted(versions)})")
+                raise not_found(f"Servable not found for request: Specific({name}, {version}): model {name!r} has "
+                                f"no version {version} (versions: {sorted(versions)})")
             if served.state is not VersionState.AVAILABLE:
                 detail = f": {served.error}" if served.error else ""
                 raise unavailable(f"model {name!r} version {version} is {served.state.name}{detail}")
@@ -564,7 +643,8 @@ class ModelManager:
         with self._lock:
             versions = self._versions.get(name)
             if versions is None:
-                raise not_found(f"model {name!r} is not served here (models: {', '.join(self.model_names)})")
+                raise not_found(f"Servable not found for request: Latest({name}): model {name!r} is not served here "
+                                f"(models: {', '.join(self.model_names)})")
             return dict(versions)
 
     def close(self) -> None:

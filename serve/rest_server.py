@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -35,10 +36,19 @@ DRAINING_MESSAGE = "the server is shutting down; retry (another replica takes ne
 class RestServer:
     """One aiohttp site serving `api`; start, refuse and stop run on the event loop."""
 
-    def __init__(self, api: RestApi, observers: Observers | None = None, kserve: KServeRestApi | None = None) -> None:
+    def __init__(self, api: RestApi, observers: Observers | None = None, kserve: KServeRestApi | None = None,
+                 metrics_page: tuple[str, Callable[[], bytes]] | None = None) -> None:
+        """
+        Args:
+            api: the TF Serving REST API.
+            observers: tracing and the access log (None: off).
+            kserve: the KServe v2 REST API on the same port (None: off).
+            metrics_page: a path and the Prometheus text to answer there (TF Serving's MonitoringConfig path).
+        """
         self._api = api
         self._observers = observers
         self._kserve = kserve
+        self._metrics_page = metrics_page
         self._refusing = False
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -105,6 +115,9 @@ class RestServer:
     async def _answer(self, request: web.Request) -> web.Response:
         if self._refusing:
             return _json(503, {"error": DRAINING_MESSAGE}, close=True)
+        if self._metrics_page is not None and request.method == "GET" and request.path == self._metrics_page[0]:
+            return web.Response(body=self._metrics_page[1](), content_type="text/plain", charset="utf-8",
+                                headers={"X-Content-Type-Options": "nosniff"})
         body = None
         if request.method == "POST":
             limit = self._api.max_body_bytes
@@ -119,7 +132,7 @@ class RestServer:
                 await _discard(request, DISCARD_LIMIT_BYTES)
                 size = f"{length} bytes" if length is not None else "the request body"
                 return _json(413, {"error": f"{size} is over the limit of {limit} bytes"}, close=True)
-        if self._kserve is not None and is_kserve_path(request.raw_path):
+        if self._kserve is not None and is_kserve_path(request.raw_path, request.method):
             reply = await self._kserve.handle(request.method, request.raw_path, body,
                                               request.headers.get(INFERENCE_HEADER))
             return _kserve_response(reply)

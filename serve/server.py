@@ -26,6 +26,7 @@ from kdeploy.serve.adapters.kserve_v2 import KServeV2Adapter
 from kdeploy.serve.adapters.rest import RestApi
 from kdeploy.serve.adapters.tfserving import TfServingAdapter
 from kdeploy.serve.config import ServeConfig
+from kdeploy.serve.config_reload import ModelConfigReloader
 from kdeploy.serve.grpc_server import GrpcFrontEnd, Method, Service
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.model_settings import RuntimeSettings
@@ -88,7 +89,7 @@ def _grpc_methods() -> dict[str, list[Method]]:
                              for name in ("Predict", "Classify", "Regress")]
         + [Method(PREDICTION_SERVICE, "MultiInference", tfs, multi_model, multi_version),
            Method(PREDICTION_SERVICE, "GetModelMetadata", tfs)],
-        MODEL_SERVICE: [Method(MODEL_SERVICE, "GetModelStatus", tfs)],
+        MODEL_SERVICE: [Method(MODEL_SERVICE, name, tfs) for name in ("GetModelStatus", "HandleReloadConfigRequest")],
         KSERVE_SERVICE: [Method(KSERVE_SERVICE, "ModelInfer", ksv2, lambda r: r.model_name, lambda r: r.model_version)]
         + [Method(KSERVE_SERVICE, name, ksv2) for name in ("ServerLive", "ServerReady", "ModelReady",
                                                            "ServerMetadata", "ModelMetadata", "ModelConfig",
@@ -227,42 +228,44 @@ def build_server(config: ServeConfig) -> RunningServer:
     models = ModelManager(list(config.models), config.backend, backend_loader(config),
                           settings=runtime_settings(config), inline_max_seconds=config.inline_max_micros / 1e6,
                           metrics=metrics, drain_seconds=config.drain_seconds)
+    running_box: list[RunningServer] = []  # the reloader tells the running server (made below) to update health
+    reloader = ModelConfigReloader(models, lambda: running_box[0].set_serving() if running_box else None,
+                                   config_file=config.model_config_file, allow_requests=config.allow_config_reload)
     observers = build_observers(config, metrics, os.environ, _kdeploy_version())
     executor = ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="infer")
-    service = InferenceService(models, metrics, executor=executor, reshape_inputs=config.backend == "savedmodel",
-                               observers=observers)
+    service = InferenceService(models, metrics, executor=executor, observers=observers)
     tfserving = TfServingAdapter(service, protos, max_tensor_bytes=4 * config.max_message_bytes,
-                                 tensor_encoding=config.predict_tensor_encoding)
+                                 tensor_encoding=config.predict_tensor_encoding, reloader=reloader)
     kserve = KServeV2Adapter(service, protos, config.backend)
     methods = _grpc_methods()
-    known = frozenset(models.model_names)
+    known = models  # the model names served now: a reloaded model config changes them
     front_end = GrpcFrontEnd(
         [Service(PREDICTION_SERVICE, methods[PREDICTION_SERVICE], tfserving),
          Service(MODEL_SERVICE, methods[MODEL_SERVICE], tfserving),
          Service(KSERVE_SERVICE, methods[KSERVE_SERVICE], kserve)],
-        metrics, known,
-        options=[("grpc.max_receive_message_length", config.max_message_bytes),
-                 ("grpc.max_send_message_length", config.max_message_bytes),
-                 ("grpc.so_reuseport", 1 if config.reuse_port else 0)],
+        metrics, known, options=config.grpc_options,
         reflection_names=(PREDICTION_SERVICE, MODEL_SERVICE, KSERVE_SERVICE), reflection_pool=_reflection_pool(protos),
         observers=observers,
     )
     # Health (NOT_SERVING) and UNAVAILABLE answers are served while the models load, then health flips to SERVING.
     health_address = None if config.health_port is None else f"{config.host}:{config.health_port}"
+    extra = (f"unix:{config.grpc_socket_path}",) if config.grpc_socket_path else ()
     grpc_port = front_end.start(f"{config.host}:{config.grpc_port}", tls.grpc_credentials() if tls else None,
-                                health_address=health_address)
+                                health_address=health_address, extra_addresses=extra)
     if grpc_port == 0 or front_end.health_port == 0:
         front_end.close()
         if observers is not None:
             observers.close()
         which = f"gRPC on {config.host}:{config.grpc_port}" if grpc_port == 0 else f"health on {health_address}"
-        raise UsageError(f"cannot listen for {which} (port in use?)")
+        raise UsageError(f"cannot listen for {which} (port in use?)" + (f" or on {extra[0]}" if extra else ""))
     rest, rest_port = None, None
     metrics_server, metrics_port = None, None
     try:
         if config.rest_port is not None:
             rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known), observers,
-                              KServeRestApi(service, kserve, protos, metrics, known))
+                              KServeRestApi(service, kserve, protos, metrics, known),
+                              metrics_page=(config.rest_metrics_path, metrics.exposition)
+                              if config.rest_metrics_path else None)
             rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port,
                                                  ssl_context=tls.reloading_context() if tls else None))
         if config.metrics_port is not None:
@@ -279,6 +282,7 @@ def build_server(config: ServeConfig) -> RunningServer:
     running = RunningServer(config, models, metrics, front_end, grpc_port, executor, rest, rest_port,
                             metrics_server, metrics_port, started, observers=observers,
                             tls=tls, health_port=front_end.health_port)
+    running_box.append(running)
     mirror = build_mirror(config, metrics, models)
     if mirror is not None:
         try:  # the first listing: a wrong credential or URL stops the start (unless told to wait for models)
@@ -290,6 +294,9 @@ def build_server(config: ServeConfig) -> RunningServer:
     running.set_serving()
     if config.poll_seconds > 0:
         threading.Thread(target=running.poll_forever, name="poll", daemon=True).start()
+    if config.model_config_file is not None and config.model_config_file_poll_seconds > 0:
+        threading.Thread(target=reloader.poll_forever, args=(config.model_config_file_poll_seconds, running.stopping),
+                         name="model-config-poll", daemon=True).start()
     if mirror is not None and config.storage_poll_seconds > 0:
         threading.Thread(target=mirror_forever, name="storage-poll", daemon=True,
                          args=(mirror, config.storage_poll_seconds, running.stopping, models,

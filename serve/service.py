@@ -69,22 +69,18 @@ class InferenceService:
     """Runs requests against the models of a `ModelManager`."""
 
     def __init__(self, models: ModelManager, metrics: ServerMetrics | None = None, *,
-                 executor: Executor | None = None, reshape_inputs: bool = False,
-                 observers: Observers | None = None) -> None:
+                 executor: Executor | None = None, observers: Observers | None = None) -> None:
         """
         Args:
             models: the versions to serve.
             metrics: where requests and runtime calls are counted.
             executor: threads that run the models not served inline for `infer_async` (None: every model runs
                 inline); each version says which it is (`ServedVersion.inline`, chosen at load).
-            reshape_inputs: give an input of another shape the signature's shape when its values fill it exactly
-                (`[3]` into `[-1, 1]`), as TF Serving accepts for a SavedModel; otherwise such an input is refused.
             observers: tracing and payload logging (None: off, and the request path checks nothing else).
         """
         self.models = models
         self.metrics = metrics
         self._executor = executor
-        self._reshape = reshape_inputs
         self._observers = observers
 
     def serving(self, name: str, version: int | None = None, label: str | None = None) -> InFlight:
@@ -202,10 +198,14 @@ class InferenceService:
             try:
                 if signature_name and signature_name != signature.name:
                     signature = served.loaded()[0].signature_named(signature_name)
-                if not feed:
+                if not feed and signature.inputs:
                     raise invalid(f"the request has no inputs; model {served.name!r} expects {signature.input_names}")
-                checked = signature.validate_feed(feed, reshape=self._reshape)
+                # A version fed as TF Serving feeds it takes any shape, and the runtime decides (see feeds_as_given).
+                checked = signature.validate_feed(feed, check_shapes=served.check_shapes)
                 wanted = [signature.output(n).name for n in output_names] or signature.output_names
+                if len(set(wanted)) != len(wanted):
+                    duplicate = next(n for n in wanted if wanted.count(n) > 1)
+                    raise invalid(f"duplicate output tensor alias: {duplicate}")
             except SignatureError as exc:
                 raise invalid(str(exc)) from None
             rows = batch_size(checked)

@@ -6,6 +6,7 @@ import dataclasses
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 
@@ -14,6 +15,7 @@ from kdeploy.serve.config import ModelSource, VersionPolicy
 from kdeploy.serve.model_settings import settings_from_tables
 from kdeploy.storage.sync import default_cache_dir
 from kdeploy.storage.urls import Location, StorageUrl, is_url, parse_url
+from kdeploy.wire.errors import ErrorKind
 from kdeploy.wire.protos.messages import load_protos
 
 
@@ -62,6 +64,37 @@ def _remote_source(name: str, url: StorageUrl, policy: VersionPolicy, labels: di
                        labels=labels, url=url)
 
 
+class ModelConfigError(UsageError):
+    """A ModelServerConfig kdeploy cannot serve, with the gRPC status TF Serving gives the same problem (a reload
+    request answers it; `kdeploy serve` exits 2)."""
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.INVALID_INPUT) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def read_model_config(path: Path) -> Any:
+    """A TF Serving `ModelServerConfig` text file as the message (the server's own protos).
+
+    Raises:
+        UsageError: when the file is missing or not a valid ModelServerConfig (TF Serving's words: "Error parsing
+            text-format tensorflow.serving.ModelServerConfig").
+    """
+    path = Path(path)
+    protos = load_protos()
+    config = protos.cls("tensorflow.serving.ModelServerConfig")()
+    try:
+        text_format.Parse(path.read_text(encoding="utf-8"), config, descriptor_pool=protos.pool)
+    except FileNotFoundError:
+        raise UsageError(f"model config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read model config file {path}: {exc}") from None
+    except text_format.ParseError as exc:
+        raise UsageError(f"{path} is not a valid TF Serving model config: Error parsing text-format "
+                         f"tensorflow.serving.ModelServerConfig: {exc}") from None
+    return config
+
+
 def sources_from_model_config(path: Path, cache_dir: Path | None = None) -> list[ModelSource]:
     """The models of a TF Serving `ModelServerConfig` text file, so one file drives TF Serving and kdeploy.
 
@@ -70,38 +103,57 @@ def sources_from_model_config(path: Path, cache_dir: Path | None = None) -> list
     server config (`sources_from_kdeploy_config`).
 
     Raises:
-        UsageError: when the file is missing or not a valid ModelServerConfig.
+        UsageError: when the file is missing, not a valid ModelServerConfig, or lists no model kdeploy can serve.
     """
     path = Path(path)
     if path.suffix == ".toml":
         return sources_from_kdeploy_config(path, cache_dir)
-    protos = load_protos()
-    config = protos.cls("tensorflow.serving.ModelServerConfig")()
-    try:
-        text_format.Parse(path.read_text(encoding="utf-8"), config, descriptor_pool=protos.pool)
-    except FileNotFoundError:
-        raise UsageError(f"model config file not found: {path}") from None
-    except text_format.ParseError as exc:
-        raise UsageError(f"{path} is not a valid TF Serving model config: {exc}") from None
-    sources = []
+    sources = sources_from_config(read_model_config(path), relative_to=path.parent, origin=str(path),
+                                  cache_dir=cache_dir)
+    if not sources:
+        raise UsageError(f"{path} lists no model")
+    return sources
+
+
+def sources_from_config(config: Any, relative_to: Path | None, origin: str,
+                        cache_dir: Path | None = None) -> list[ModelSource]:
+    """The models of a `ModelServerConfig` message, checked as TF Serving checks a config.
+
+    Args:
+        config: the message (from a file, or a HandleReloadConfigRequest).
+        relative_to: the folder relative base paths start from; None requires absolute ones (a reload request, as
+            TF Serving requires without --model_config_list_root_dir).
+        origin: what the config came from, for messages.
+        cache_dir: the local cache of object-store models (default: `default_cache_dir()`).
+
+    Raises:
+        ModelConfigError: naming the model and the problem (duplicate names, a relative path, another platform).
+    """
+    if config.WhichOneof("config") != "model_config_list":
+        raise ModelConfigError(f"{origin}: ServerModelConfig type not supported. Only ModelConfigList is currently "
+                               "supported")
+    sources, names = [], set()
     for model in config.model_config_list.config:
         if not model.name or not model.base_path:
-            raise UsageError(f"{path}: every model config needs a name and a base_path")
+            raise ModelConfigError(f"{origin}: every model config needs a name and a base_path")
+        if model.name in names:
+            raise ModelConfigError(f"{origin}: Illegal to list model {model.name} multiple times in config list")
+        names.add(model.name)
         if model.model_platform not in ("", "tensorflow"):
-            raise UsageError(f"{path}: model {model.name!r} has platform {model.model_platform!r}; expected tensorflow")
+            raise ModelConfigError(f"{origin}: model {model.name!r} has platform {model.model_platform!r}: "
+                                   f"PlatformConfigMap has no entry for platform {model.model_platform} (kdeploy "
+                                   "serves tensorflow)", ErrorKind.FAILED_PRECONDITION)
         policy, labels = _policy_from_proto(model.model_version_policy), dict(model.version_labels)
         if is_url(model.base_path):
             sources.append(_remote_source(model.name, parse_url(model.base_path), policy, labels, cache_dir))
             continue
         base = Path(model.base_path)
-        sources.append(ModelSource(
-            name=model.name,
-            base_path=base if base.is_absolute() else (path.parent / base),
-            policy=policy,
-            labels=labels,
-        ))
-    if not sources:
-        raise UsageError(f"{path} lists no model")
+        if not base.is_absolute():
+            if relative_to is None:
+                raise ModelConfigError(f"{origin}: Expected model {model.name} to have an absolute path or URI; got "
+                                       f"base_path()={model.base_path}")
+            base = relative_to / base
+        sources.append(ModelSource(name=model.name, base_path=base, policy=policy, labels=labels))
     return sources
 
 

@@ -33,11 +33,13 @@ def triton_model_config(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     dynamic_batching: bool = True,
     max_queue_delay_microseconds: int = 100,
+    warmup: bool = True,
 ) -> Any:
     """An `inference.ModelConfig` message describing the model as Triton would serve it.
 
     With `max_batch_size > 0` the batch dimension is implicit (Triton's convention): dims list the other
-    dimensions only. Models whose first dimension is not dynamic get `max_batch_size: 0` and full dims.
+    dimensions only. Models whose first dimension is not dynamic get `max_batch_size: 0` and full dims. With
+    `warmup`, Triton warms the model up on zero-filled requests before it is ready (`model_warmup`).
     """
     config = protos.cls("inference.ModelConfig")()
     config.name = manifest.name
@@ -57,7 +59,29 @@ def triton_model_config(
     group = config.instance_group.add()
     group.count = 1
     group.kind = protos.enum_value("inference.ModelInstanceGroup.Kind", "KIND_CPU")
+    if warmup:
+        _add_warmup(config, manifest, batched, protos)
     return config
+
+
+def _add_warmup(config: Any, manifest: Manifest, batched: bool, protos: Protos) -> None:
+    """Triton's `model_warmup`: zero-filled requests of one row and of `max_batch_size` rows (one request of the
+    full shape for a model without a batch dimension), run before Triton marks the model ready, as TF Serving
+    replays its warm-up file. Dynamic dimensions other than the batch get size 1. Left out when zeros are not a
+    valid input (an integer input whose value range excludes 0)."""
+    inputs = manifest.signature.inputs
+    if any(spec.value_range is not None and not spec.value_range[0] <= 0 <= spec.value_range[1] for spec in inputs):
+        return
+    for batch_size in (sorted({1, config.max_batch_size}) if batched else [0]):
+        warmup = config.model_warmup.add()
+        warmup.name = f"zeros_batch_{batch_size}"
+        warmup.batch_size = batch_size
+        warmup.count = 1
+        for spec in inputs:
+            entry = warmup.inputs[spec.name]
+            entry.data_type = protos.enum_value("inference.DataType", _triton_type(spec.dtype))
+            entry.dims.extend(d or 1 for d in (spec.shape[1:] if batched else spec.shape))
+            entry.zero_data = True
 
 
 def _fill(target: Any, spec: TensorSpec, batched: bool, protos: Protos) -> None:

@@ -10,6 +10,7 @@ line that is not known start-up chatter: an error during the import still reache
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import sys
@@ -57,8 +58,13 @@ def import_tensorflow_quietly() -> None:
     """Import TensorFlow (and Keras, which loads it) with its start-up chatter dropped; a no-op once imported.
 
     Called where kdeploy first needs TensorFlow, so commands that fail on their arguments never pay for the import.
-    With `TF_CPP_MIN_LOG_LEVEL=0` (`kdeploy -v`) nothing is dropped.
+    TensorFlow's Python warnings (its `tensorflow` logger) are kept to errors. With `TF_CPP_MIN_LOG_LEVEL=0`
+    (`kdeploy -v`) nothing is dropped.
     """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
+        # TensorFlow's Python warnings (deprecations of the TF1 APIs a TF1 SavedModel needs, "Unable to create a
+        # python object for variable ... reference variable") go through its logger: errors only, unless -v.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if "tensorflow" in sys.modules:
         return
     # Imported by name, as `load_backend` imports runtimes: this module is on the TensorFlow-free server's path too,

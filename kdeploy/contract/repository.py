@@ -1,8 +1,11 @@
 """The model repository on disk: `REPO/NAME/VERSION/` (standard library only).
 
 The layout is the one TF Serving and Triton both read: a folder per model, and in it a folder per version whose
-name is a positive integer. Versions are built in a hidden staging folder beside them and renamed into place
-when complete, so a server polling the repository never sees half a version. Hidden folders (`.staging-*`,
+name is a positive integer. As in TF Serving, any all-digit name is a version and is read as a number (`00000123` is
+version 123, the name TF Serving's own test models use); `version_folders` is the one place that maps versions to
+the folders that hold them, so every stage finds `00000123` when it looks for version 123. Versions are built in a
+hidden staging folder beside them and renamed into place when complete, so a server polling the repository never
+sees half a version. Hidden folders (`.staging-*`,
 `.failed-*`) are ignored by TF Serving, Triton and kdeploy alike because their names are not integers.
 """
 
@@ -27,15 +30,31 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def version_of_folder(name: str) -> int | None:
-    """The version a folder name stands for (a positive integer), or None for any other folder."""
-    return int(name) if name.isdigit() and int(name) > 0 else None
+    """The version a folder name stands for, or None for any other folder: an all-digit name read as a number
+    (`00000123` is 123), as TF Serving reads version folders; 0 is not a version."""
+    return int(name) if name.isdigit() and name.isascii() and int(name) > 0 else None
+
+
+def version_folders(model_dir: Path) -> dict[int, Path]:
+    """Each version of a model folder and the folder holding it, ascending by version (see `version_of_folder`).
+
+    Hidden folders do not count. When two names read as the same number (`123` and `0123`), the one that sorts last
+    wins, as TF Serving keeps the last it lists (and logs the other as ignored).
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return {}
+    found: dict[int, Path] = {}
+    for child in sorted(model_dir.iterdir(), key=lambda p: p.name):
+        version = version_of_folder(child.name)
+        if version is not None and child.is_dir():
+            found[version] = child
+    return dict(sorted(found.items()))
 
 
 def version_numbers(model_dir: Path) -> list[int]:
-    """The version folders (positive integers) in a model folder, ascending; hidden folders do not count."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(v for p in model_dir.iterdir() if p.is_dir() and (v := version_of_folder(p.name)) is not None)
+    """The versions in a model folder (see `version_folders`), ascending."""
+    return list(version_folders(model_dir))
 
 
 class ModelRepository:
@@ -74,7 +93,9 @@ class ModelRepository:
         return versions[-1] + 1 if versions else 1
 
     def version_dir(self, name: str, version: int) -> Path:
-        return self.model_dir(name) / str(version)
+        """The folder of a version: the existing one (whatever its digits, `00000123`), else `NAME/VERSION`."""
+        model_dir = self.model_dir(name)
+        return version_folders(model_dir).get(version, model_dir / str(version))
 
     @contextmanager
     def staging(self, name: str, version: int) -> Iterator[Path]:
@@ -141,7 +162,7 @@ def resolve_version_dir(path: Path, version: int | None = None) -> Path:
     if not path.is_dir():
         raise UsageError(f"{path} is not a directory (expected REPO/NAME or REPO/NAME/VERSION)")
     # A version folder: it has a manifest, or (a version kdeploy did not export) no version folders of its own.
-    if path.name.isdigit() and ((path / "manifest.json").exists() or not version_numbers(path)):
+    if path.name.isdigit() and ((path / "manifest.json").exists() or not version_folders(path)):
         if version is not None and int(path.name) != version:
             raise UsageError(f"{path} is version {path.name}, but --version {version} was asked for")
         return path

@@ -9,7 +9,6 @@ tensor is the batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,16 +174,16 @@ class TensorSpec:
             any_shape=bool(data.get("any_shape", False)),
         )
 
-    def check(self, array: np.ndarray, *, cast: bool = False, reshape: bool = False) -> np.ndarray:
+    def check(self, array: np.ndarray, *, cast: bool = False, check_shape: bool = True) -> np.ndarray:
         """Return `array` if it fits this spec (optionally cast to its dtype), else raise.
 
         Args:
             array: a batch of values for this tensor.
             cast: convert a different numeric dtype of the same kind (float64 to float32, int64 to int32)
                 instead of refusing it.
-            reshape: give an array of another shape this spec's shape when its values fill it exactly with the
-                batch dimension inferred (`[3]` into `[-1, 1]`). TF Serving feeds such a tensor to the graph as it
-                is; a SavedModel's signature function refuses it, so the savedmodel backend reshapes instead.
+            check_shape: refuse another rank or fixed dimension. Off for a runtime that feeds the graph as the
+                values come and lets it decide, as TF Serving feeds a SavedModel (`[3]` into a `[-1, 1]` placeholder
+                runs, and the graph answers `[3]`).
 
         Raises:
             SignatureError: naming the tensor, what was expected and what came.
@@ -198,16 +197,15 @@ class TensorSpec:
                     f"input {self.name!r}: expected dtype {self.dtype}, got {array.dtype.name}"
                 )
             array = array.astype(self._np_dtype)
-        if self.any_shape:
+        if not check_shape:
+            pass
+        elif self.any_shape:
             if array.ndim == 0:
                 raise SignatureError(f"input {self.name!r}: expected a batch (at least one dimension), got a scalar")
         elif not self._fits(array.shape):
-            if reshape:
-                array = self._reshaped(array)
-            if not self._fits(array.shape):
-                raise SignatureError(
-                    f"input {self.name!r}: expected shape {format_shape(self.shape)}, got {list(array.shape)}"
-                )
+            raise SignatureError(
+                f"input {self.name!r}: expected shape {format_shape(self.shape)}, got {list(array.shape)}"
+            )
         if self.value_range is not None and array.dtype.kind in "iu" and array.size:
             # Token ids beyond an Embedding's vocabulary are a client error, not a runtime failure.
             low, high = array.min(), array.max()
@@ -218,27 +216,8 @@ class TensorSpec:
                 )
         return array
 
-
     def _fits(self, shape: tuple[int, ...]) -> bool:
         return len(shape) == len(self.shape) and all(shape[index] == size for index, size in self._fixed_dims)
-
-    def _reshape_target(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
-        """This spec's shape for values of `shape`, when only the batch dimension is dynamic and they fill rows."""
-        dims = [d for d in self.shape[1:] if d is not None]
-        if self.shape[0] is not None or len(dims) != len(self.shape) - 1 or not shape:
-            return None
-        size, row = math.prod(shape), math.prod(dims)
-        if row == 0 or size == 0 or size % row:
-            return None
-        return (size // row, *dims)
-
-    def _reshaped(self, array: np.ndarray) -> np.ndarray:
-        target = self._reshape_target(array.shape)
-        return array if target is None else array.reshape(target)
-
-    def may_take(self, shape: tuple[int, ...]) -> bool:
-        """Whether values of `shape` could pass `check` (with `reshape`): a cheap test before decoding them."""
-        return self.any_shape or self._fits(shape) or self._reshape_target(shape) is not None
 
     def _strings(self, array: np.ndarray) -> np.ndarray:
         """An object array of bytes (what TensorFlow takes and returns) from bytes, str (UTF-8) or object arrays.
@@ -331,9 +310,10 @@ class ModelSignature:
             method=str(data.get("method", "predict")),
         )
 
-    def validate_feed(self, feed: Feed, *, cast: bool = False, reshape: bool = False) -> dict[str, np.ndarray]:
+    def validate_feed(self, feed: Feed, *, cast: bool = False, check_shapes: bool = True) -> dict[str, np.ndarray]:
         """Check a feed against the inputs: every input present, nothing extra, one batch size (see
-        `TensorSpec.check` for `cast` and `reshape`).
+        `TensorSpec.check` for `cast` and `check_shapes`; without shape checks the batch sizes are not compared
+        either: the graph decides).
 
         Returns:
             The feed in signature order, cast when `cast` is set.
@@ -350,8 +330,8 @@ class ModelSignature:
         for spec in self.inputs:
             if spec.name not in feed:
                 raise SignatureError(f"missing input {spec.name!r}; the model's inputs are {self.input_names}")
-            checked[spec.name] = spec.check(feed[spec.name], cast=cast, reshape=reshape)
-        if len(checked) > 1:
+            checked[spec.name] = spec.check(feed[spec.name], cast=cast, check_shape=check_shapes)
+        if check_shapes and len(checked) > 1:
             batch_sizes = {name: a.shape[0] for name, a in checked.items()}
             if len(set(batch_sizes.values())) > 1:
                 raise SignatureError(f"inputs disagree on the batch size: {batch_sizes}")
@@ -388,8 +368,10 @@ class ModelSignature:
 
 
 def batch_size(feed: Feed) -> int:
-    """The batch size of a (validated) feed."""
-    return int(next(iter(feed.values())).shape[0])
+    """The batch size of a (validated) feed: the first dimension of its first tensor; 1 for a feed without one (no
+    inputs, or a scalar fed to a SavedModel as it is)."""
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and np.ndim(first) else 1
 
 
 def slice_feed(feed: Feed, start: int, stop: int) -> dict[str, np.ndarray]:

@@ -74,6 +74,12 @@ def signatures_of(backend: Backend) -> tuple[ModelSignature, ...]:
     return tuple(getattr(backend, "signatures", (backend.signature,)))
 
 
+def stored_signature_defs(backend: Backend) -> dict[str, bytes]:
+    """A SavedModel runtime's SignatureDefs as stored in its MetaGraph (serialized), every one by name; empty for
+    runtimes that have none (ONNX, TFLite, Keras)."""
+    return dict(getattr(backend, "signature_defs", {}))
+
+
 def infer_signature(backend: Backend, signature: ModelSignature, feed: Feed) -> dict[str, np.ndarray]:
     """Run `feed` through one of the backend's signatures (the default one through `infer`).
 

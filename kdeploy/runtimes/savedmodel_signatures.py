@@ -1,13 +1,15 @@
 """A SavedModel's SignatureDefs as kdeploy signatures, read from `saved_model.pb` (the proto, not a loaded model).
 
 One reader for both stages that take SavedModels kdeploy did not write: the server serves every signature it can
-describe (`lenient`: a tensor of unknown rank takes any shape with a leading batch dimension), export converts one
-(strict: TFLite, ONNX and generated parity inputs need the rank and a dynamic leading batch dimension). Each
+describe (`lenient`: a tensor of unknown rank, a scalar or one without a batch dimension is described as taking any
+shape, since the server feeds the graph as TF Serving does and TensorFlow decides), export converts one (strict:
+TFLite, ONNX and generated parity inputs need the rank and a dynamic leading batch dimension). Each
 refusal says which tensor and why. TensorFlow's proto module is imported only when a file is read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from kdeploy.contract.signature import (
     format_shape,
 )
 
+REF_OFFSET = 100
+"""TensorFlow's reference dtypes are the value dtype plus this (`DataType` enum, types.proto)."""
 SERVE_TAG = "serve"
 """The MetaGraph tag TF Serving, the TFLite converter and tf2onnx load."""
 
@@ -77,7 +81,8 @@ def _spec(role: str, key: str, info: Any, lenient: bool) -> TensorSpec:
             encoding or "", f"a {encoding} tensor")
         raise SignatureError(f"{role} {key!r} is {kind}; kdeploy handles dense tensors only")
     try:
-        dtype = dtype_by_tf_enum(info.dtype).name
+        # A TF1 variable's reference type (DT_FLOAT_REF = DT_FLOAT + 100) reads as its value's type when fetched.
+        dtype = dtype_by_tf_enum(info.dtype - REF_OFFSET if info.dtype > REF_OFFSET else info.dtype).name
     except SignatureError:
         from tensorflow.core.framework import types_pb2
 
@@ -85,13 +90,17 @@ def _spec(role: str, key: str, info: Any, lenient: bool) -> TensorSpec:
                              f"not handle; supported: {', '.join(d.name for d in DTYPES)}") from None
     if info.tensor_shape.unknown_rank:
         if lenient:
-            # TF1 placeholders often leave the rank open (a batch of serialized tf.Example strings): any shape with
-            # a leading batch dimension goes, and TensorFlow checks the rest.
+            # TF1 placeholders often leave the rank open (a batch of serialized tf.Example strings): any shape
+            # goes, and TensorFlow checks it.
             return TensorSpec(key, dtype, (None,), any_shape=True)
         raise SignatureError(f"{role} {key!r} has an unknown rank; kdeploy export needs the rank, with the batch as "
                              "the leading dynamic dimension (a TensorSpec shape such as [None, 4]); `kdeploy serve` "
                              "serves the SavedModel as it is from a version folder without manifest.json")
     shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+    if not shape and lenient:
+        # A scalar placeholder (TF Serving's half_plus_three) or output (a counter): TF Serving feeds and returns
+        # whatever shape comes, so the server does too.
+        return TensorSpec(key, dtype, (None,), any_shape=True)
     if not shape:
         raise SignatureError(f"{role} {key!r} is a scalar: kdeploy serves tensors with a leading batch dimension")
     if shape[0] is not None and not lenient:
@@ -106,8 +115,18 @@ def read_signatures(folder: Path) -> tuple[tuple[ModelSignature, ...], list[str]
     Raises:
         SignatureError: when the file cannot be read or no signature is left.
     """
+    return servable_signatures(signature_defs(folder), folder)
+
+
+def servable_signatures(definitions: Mapping[str, Any], folder: Path) -> tuple[tuple[ModelSignature, ...], list[str]]:
+    """`read_signatures` of SignatureDefs already read (a loaded MetaGraph's), `serving_default` first.
+
+    Raises:
+        SignatureError: when no signature is left.
+    """
     found, skipped = [], []
-    for name, definition in signature_defs(folder).items():
+    names = sorted((n for n in definitions if not n.startswith("__")), key=lambda n: (n != DEFAULT_SIGNATURE, n))
+    for name, definition in ((n, definitions[n]) for n in names):
         try:
             found.append(signature_of_def(name, definition, lenient=True))
         except SignatureError as exc:

@@ -49,6 +49,14 @@ _KSERVE_TYPED_FIELD: dict[str, str] = {
 }
 
 
+_TF_TYPE_NAMES: dict[str, str] = {
+    "float16": "half", "float32": "float", "float64": "double", "int8": "int8", "int16": "int16", "int32": "int32",
+    "int64": "int64", "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64", "bool": "bool",
+    STRING: "string",
+}
+"""TensorFlow's own names of the dtypes (DataTypeString), as TF Serving's JSON errors say them."""
+
+
 def tf_dtype_name(enum_value: int) -> str:
     return _TF_ENUM_NAMES.get(enum_value, f"DataType({enum_value})")
 
@@ -65,13 +73,6 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     return dims
 
 
-def _check_against_spec(name: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
-    """Rank and fixed dimensions, checked before any values are decoded or expanded (the service checks again,
-    after a savedmodel backend's reshaping)."""
-    if not spec.may_take(shape):
-        raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got {list(shape)}")
-
-
 def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes: int | None = None) -> np.ndarray:
     """A TensorProto as an array of the spec's dtype.
 
@@ -85,8 +86,8 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
         raise invalid(f"input {name!r}: expected dtype {wanted} ({spec.dtype}), got {tf_dtype_name(proto.dtype)}")
     if proto.tensor_shape.unknown_rank:
         raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got a tensor of unknown rank")
+    # Shapes are the service's to check (or the graph's: a SavedModel is fed as TF Serving feeds it).
     shape = _check_shape(name, [d.size for d in proto.tensor_shape.dim])
-    _check_against_spec(name, shape, spec)
     count = _elements(shape)
     if spec.is_string:
         return _strings_from_values(name, list(proto.string_val), shape, count, "string_val", repeat=True)
@@ -130,9 +131,10 @@ TENSOR_ENCODINGS: tuple[str, ...] = ("typed", "content")
 
 def fill_tensor_proto(proto: Any, array: np.ndarray, encoding: str = "content") -> None:
     """Write an array into a TensorProto: dtype, shape, and the values as `tensor_content` or the typed field."""
-    array = np.ascontiguousarray(array)
+    array = np.require(array, requirements="C")  # not ascontiguousarray: it makes a scalar one-dimensional
     dtype = _dtype_of(array)
     proto.dtype = dtype.tf_enum
+    proto.tensor_shape.SetInParent()  # a scalar's shape is present and empty, as TensorFlow writes it
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
     if dtype.name == STRING:  # TensorFlow never puts strings in tensor_content
@@ -265,8 +267,8 @@ def ndarray_from_json(name: str, value: Any, spec: TensorSpec) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=spec.np_dtype)
     except (TypeError, ValueError) as exc:
-        raise invalid(f"input {name!r}: cannot read the JSON value as {spec.dtype} "
-                      f"with shape {format_shape(spec.shape)}: {exc}") from None
+        raise invalid(f"input {name!r}: a JSON value is not of expected type: {_TF_TYPE_NAMES[spec.dtype]} "
+                      f"({spec.dtype}, shape {format_shape(spec.shape)}): {exc}") from None
     return array
 
 

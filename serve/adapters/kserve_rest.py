@@ -24,6 +24,7 @@ import logging
 import re
 import time
 import urllib.parse
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,10 +64,11 @@ _INT64_TYPES = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDe
                 FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
 
 
-def is_kserve_path(path: str) -> bool:
-    """Whether a request path belongs here (`/v2...`, and KServe v1's `GET /v1/models`)."""
+def is_kserve_path(path: str, method: str = "GET") -> bool:
+    """Whether a request belongs here (`/v2...`, and KServe v1's `GET /v1/models`; any other method on
+    `/v1/models` is TF Serving's, which answers it "Malformed request")."""
     path = path.split("?", 1)[0]
-    return path == "/v2" or path.startswith("/v2/") or bool(_V1_MODELS.match(path))
+    return path == "/v2" or path.startswith("/v2/") or (method == "GET" and bool(_V1_MODELS.match(path)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ class KServeRestApi:
     """Translates KServe v2 HTTP requests to the inference service (and the gRPC adapter's answers) and back."""
 
     def __init__(self, service: InferenceService, grpc_adapter: KServeV2Adapter, protos: Protos,
-                 metrics: ServerMetrics | None = None, known_models: frozenset[str] = frozenset()) -> None:
+                 metrics: ServerMetrics | None = None, known_models: Container[str] = frozenset()) -> None:
         self.service = service
         self._grpc = grpc_adapter
         self._protos = protos

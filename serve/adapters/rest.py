@@ -14,48 +14,54 @@ import json
 import logging
 import re
 import time
+from collections.abc import Container
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
+from google.protobuf import json_format
 
 from kdeploy.contract.signature import (
     DEFAULT_SIGNATURE,
-    METHOD_PREFIX,
     ModelSignature,
     SignatureError,
-    batch_size,
-    dtype_by_name,
 )
 from kdeploy.serve.adapters import tasks
-from kdeploy.serve.adapters.tfserving import signature_tensor_names
+from kdeploy.serve.adapters.tfserving import signature_def_map
 from kdeploy.serve.errors import HTTP_STATUS, HTTP_TO_GRPC_NAME, INTERNAL_MESSAGE
 from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
 from kdeploy.serve.models import ServedVersion
 from kdeploy.serve.service import InferenceService
-from kdeploy.wire.errors import ErrorKind, ServeError, invalid, not_found
+from kdeploy.wire.errors import ServeError, invalid, not_found
 from kdeploy.wire.examples import fill_example_from_json
 from kdeploy.wire.protos.messages import load_protos
-from kdeploy.wire.tensors import json_value, ndarray_from_json, tf_dtype_name
+from kdeploy.wire.tensors import json_value, ndarray_from_json
 
 logger = logging.getLogger(__name__)
 
-_ROUTE = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<tail>/metadata|:predict|:classify|:regress)?$"
-)
-_INFERENCE = (":predict", ":classify", ":regress")
+# TF Serving's two path patterns (http_rest_api_util.cc), case-insensitive as there: POST for inference, GET for
+# status and metadata; any other /v1/ request is "Malformed request" (400).
+_POST_ROUTE = re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                         r":(?P<method>classify|regress|predict)", re.IGNORECASE)
+_GET_ROUTE = re.compile(r"/v1/models(?:/(?P<name>[^/:]+))?(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                        r"(?:/(?P<sub>metadata))?", re.IGNORECASE)
+_V1 = re.compile(r"/v1(/|$)", re.IGNORECASE)
+INT64_MAX = 2**63 - 1
 
 
 class RestApi:
     """Translates TF Serving REST requests to the inference service and back."""
 
     def __init__(self, service: InferenceService, max_body_bytes: int, metrics: ServerMetrics | None = None,
-                 known_models: frozenset[str] = frozenset()) -> None:
+                 known_models: Container[str] = frozenset()) -> None:
         self.service = service
         self.max_body_bytes = max_body_bytes
         self._metrics = metrics
         self._known = known_models
-        self._Example = load_protos().cls("tensorflow.Example")
+        protos = load_protos()
+        self._Example = protos.cls("tensorflow.Example")
+        self._SignatureDefMap = protos.cls("tensorflow.serving.SignatureDefMap")
+        self._pool = protos.pool
 
     async def handle(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
         """Answer one request: (HTTP status, JSON body)."""
@@ -71,36 +77,40 @@ class RestApi:
         return status, payload
 
     def _count(self, path: str, status: int, started: float) -> None:
-        match = _ROUTE.match(path.split("?", 1)[0])
-        if self._metrics is None or not match or match["tail"] not in _INFERENCE:
+        match = _POST_ROUTE.fullmatch(path.split("?", 1)[0])
+        if self._metrics is None or not match:
             return
-        model = match["name"] if match["name"] in self._known else UNKNOWN_MODEL
+        name = unquote(match["name"])
+        model = name if name in self._known else UNKNOWN_MODEL
         code = HTTP_TO_GRPC_NAME.get(status, "UNKNOWN")
         self._metrics.request_done(model, match["version"] or "", "tfserving-rest", code, time.perf_counter() - started)
 
     async def _route(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
-        match = _ROUTE.match(path.split("?", 1)[0])
-        if not match:
-            raise not_found(f"no such endpoint {path!r}; expected "
-                            "/v1/models/NAME[/versions/V][/metadata|:predict|:classify|:regress]")
-        name, tail = match["name"], match["tail"]
-        version = int(match["version"]) if match["version"] else None
-        if tail in _INFERENCE:
-            if method != "POST":
-                raise ServeError(ErrorKind.INVALID_INPUT, f"{tail} takes POST")
+        path = path.split("?", 1)[0]
+        route = _POST_ROUTE if method == "POST" else _GET_ROUTE if method == "GET" else None
+        match = route.fullmatch(path) if route is not None else None
+        if match is None:
+            if not _V1.match(path):
+                raise not_found(f"no such endpoint {path!r}; expected /v1/models/NAME[/versions/V|/labels/L]"
+                                "[/metadata|:predict|:classify|:regress]")
+            raise invalid(f"Malformed request: {method} {path}")
+        name = unquote(match["name"] or "")
+        version = _version(match["version"])
+        label = unquote(match["label"]) if match["label"] else None
+        if method == "POST":
             request = _json_object(body or b"")
             signature_name = request.get("signature_name", "")
             if not isinstance(signature_name, str):
-                raise invalid("'signature_name' must be a string")
-            with self.service.serving(name, version, match["label"]) as served:
-                if tail == ":predict":
+                raise invalid("'signature_name' key must be a string value.")
+            with self.service.serving(name, version, label) as served:
+                if match["method"].lower() == "predict":
                     return await self._predict(served, request, signature_name)
-                return await self._classify_or_regress(served, request, signature_name, tail[1:])
-        if method != "GET":
-            raise ServeError(ErrorKind.INVALID_INPUT, f"{path} takes GET")
-        if tail == "/metadata":
-            return self._metadata(self.service.models.resolve(name, version, match["label"]))
-        return self._status(name, version, match["label"])
+                return await self._classify_or_regress(served, request, signature_name, match["method"].lower())
+        if not name:
+            raise invalid("Missing model name in request.")
+        if match["sub"]:
+            return self._metadata(self.service.models.resolve(name, version, label))
+        return self._status(name, version, label)
 
     def _status(self, name: str, version: int | None, label: str | None) -> dict[str, Any]:
         if label:
@@ -114,10 +124,14 @@ class RestApi:
         ]}
 
     def _metadata(self, served: ServedVersion) -> dict[str, Any]:
-        signatures = served.loaded()[0].signatures
+        """TF Serving's REST metadata: the SignatureDefMap printed as protobuf's JSON with every field (TF Serving's
+        `always_print_fields_with_no_presence`), so `"defaults": {}` and `"unknown_rank": false` are there too."""
+        signature_map = signature_def_map(served, self._SignatureDefMap())
+        printed = json_format.MessageToDict(signature_map, preserving_proto_field_name=True,
+                                            always_print_fields_with_no_presence=True,
+                                            descriptor_pool=self._pool)
         return {"model_spec": {"name": served.name, "signature_name": "", "version": str(served.version)},
-                "metadata": {"signature_def": {"signature_def": {
-                    name: _signature_def_json(signature) for name, signature in signatures.items()}}}}
+                "metadata": {"signature_def": printed}}
 
     async def _predict(self, served: ServedVersion, request: dict[str, Any], signature_name: str) -> dict[str, Any]:
         try:
@@ -171,28 +185,29 @@ class RestApi:
         return batch
 
 
+def _version(text: str | None) -> int | None:
+    """A version from the path (digits, so never negative), refused beyond int64 as TF Serving refuses it."""
+    if text is None:
+        return None
+    if int(text) > INT64_MAX:
+        raise invalid(f"Failed to convert version: {text} to numeric.")
+    return int(text)
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; errors in TF Serving's words ("JSON Parse error: ...")."""
+    if not body.strip():
+        raise invalid("JSON Parse error: The document is empty")
     try:
         request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid(f"the request body is not JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise invalid(f"JSON Parse error: Invalid encoding in string ({exc})") from None
+    except json.JSONDecodeError as exc:
+        kind = "Invalid value" if exc.msg == "Expecting value" else exc.msg
+        raise invalid(f"JSON Parse error: {kind} (line {exc.lineno} column {exc.colno})") from None
     if not isinstance(request, dict):
-        raise invalid("the request body must be a JSON object")
+        raise invalid("JSON Parse error: the request body must be a JSON object")
     return request
-
-
-def _signature_def_json(signature: ModelSignature) -> dict[str, Any]:
-    """One SignatureDef as TF Serving's REST metadata writes it."""
-    input_names, output_names = signature_tensor_names(signature)
-
-    def info(specs: Any, names: list[str]) -> dict[str, Any]:
-        return {spec.name: {"dtype": tf_dtype_name(dtype_by_name(spec.dtype).tf_enum), "name": tensor_name,
-                            "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""}
-                                                     for d in spec.shape], "unknown_rank": False}}
-                for spec, tensor_name in zip(specs, names)}
-
-    return {"inputs": info(signature.inputs, input_names), "outputs": info(signature.outputs, output_names),
-            "method_name": METHOD_PREFIX + signature.method}
 
 
 def _spec(signature: ModelSignature, name: str) -> Any:
@@ -231,7 +246,17 @@ def _feed_from_columns(inputs: Any, signature: ModelSignature) -> dict[str, np.n
 
 
 def _rows(outputs: dict[str, np.ndarray]) -> list[Any]:
+    """The row format (`predictions`), as TF Serving's MakeJsonFromTensors writes it: each output's own shape, its
+    first dimension the rows (half_plus_two's `[3]` answer is `[3.0, 3.5, 4.0]`, a `[3, 1]` one `[[3.0], ...]`).
+    Every output needs that dimension, and the same number of rows."""
+    rows = None
+    for name, value in outputs.items():
+        if np.ndim(value) == 0:
+            raise invalid(f"Tensor name: {name} has no shape information (the row format needs a batch dimension; "
+                          "send 'inputs' for the columnar format)")
+        if rows is not None and len(value) != rows:
+            raise invalid(f"Tensor name: {name} has inconsistent batch size: {len(value)} expecting: {rows}")
+        rows = len(value)
     if len(outputs) == 1:
         return json_value(next(iter(outputs.values())))
-    rows = batch_size(outputs)
-    return [{name: json_value(value[i]) for name, value in outputs.items()} for i in range(rows)]
+    return [{name: json_value(value[i]) for name, value in outputs.items()} for i in range(rows or 0)]

@@ -8,6 +8,7 @@ GetModelMetadata lists them all.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from kdeploy.contract.signature import (
@@ -18,7 +19,9 @@ from kdeploy.contract.signature import (
     TensorSpec,
     dtype_by_name,
 )
+from kdeploy.runtimes.base import stored_signature_defs
 from kdeploy.serve.adapters import tasks
+from kdeploy.serve.config_reload import ModelConfigReloader
 from kdeploy.serve.models import ServedVersion, VersionState
 from kdeploy.serve.service import InferenceService, deadline_of
 from kdeploy.wire.errors import ErrorKind, ServeError, invalid
@@ -31,7 +34,7 @@ class TfServingAdapter:
     """Servicer methods for TF Serving's PredictionService and ModelService."""
 
     def __init__(self, service: InferenceService, protos: Protos, max_tensor_bytes: int,
-                 tensor_encoding: str = "typed") -> None:
+                 tensor_encoding: str = "typed", reloader: ModelConfigReloader | None = None) -> None:
         """
         Args:
             service: the inference service.
@@ -40,6 +43,7 @@ class TfServingAdapter:
             tensor_encoding: how Predict answers carry values: `typed` (`float_val`..., TF Serving's default) or
                 `content` (`tensor_content` bytes: less work for large outputs; clients using
                 `tf.make_ndarray` read both).
+            reloader: applies HandleReloadConfigRequest's config (None: the RPC is refused).
         """
         self._service = service
         self._max_bytes = max_tensor_bytes
@@ -51,6 +55,8 @@ class TfServingAdapter:
         self._MetadataResponse = protos.cls("tensorflow.serving.GetModelMetadataResponse")
         self._SignatureDefMap = protos.cls("tensorflow.serving.SignatureDefMap")
         self._StatusResponse = protos.cls("tensorflow.serving.GetModelStatusResponse")
+        self._ReloadResponse = protos.cls("tensorflow.serving.ReloadConfigResponse")
+        self._reloader = reloader
         self.request_types = {
             "Predict": protos.cls("tensorflow.serving.PredictRequest"),
             "Classify": protos.cls("tensorflow.serving.ClassificationRequest"),
@@ -58,6 +64,7 @@ class TfServingAdapter:
             "MultiInference": protos.cls("tensorflow.serving.MultiInferenceRequest"),
             "GetModelMetadata": protos.cls("tensorflow.serving.GetModelMetadataRequest"),
             "GetModelStatus": protos.cls("tensorflow.serving.GetModelStatusRequest"),
+            "HandleReloadConfigRequest": protos.cls("tensorflow.serving.ReloadConfigRequest"),
         }
 
     def _spec(self, spec: Any) -> tuple[str, int | None, str | None]:
@@ -147,12 +154,9 @@ class TfServingAdapter:
         if unknown:
             raise invalid(f"metadata field {unknown[0]!r} is not supported; only 'signature_def' is")
         served = self._resolve(request.model_spec)
-        signature_map = self._SignatureDefMap()
-        for name, signature in served.loaded()[0].signatures.items():
-            _fill_signature_def(signature_map.signature_def[name], signature)
         response = self._MetadataResponse()
         self._fill_model_spec(response.model_spec, served, "")
-        response.metadata["signature_def"].Pack(signature_map)
+        response.metadata["signature_def"].Pack(signature_def_map(served, self._SignatureDefMap()))
         return response
 
     def GetModelStatus(self, request: Any, context: Any) -> Any:
@@ -172,6 +176,23 @@ class TfServingAdapter:
             if served.error:
                 status.status.error_code = 14 if served.state is VersionState.END else 2  # UNAVAILABLE / UNKNOWN
                 status.status.error_message = served.error
+        return response
+
+
+    async def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
+        """Serve the request's ModelServerConfig from now on (off unless `--allow-config-reload`). Loading runs off
+        the event loop; the answer comes once the new versions have loaded, with TF Serving's status codes."""
+        if self._reloader is None:
+            raise ServeError(ErrorKind.FAILED_PRECONDITION, "HandleReloadConfigRequest is not available here")
+        await asyncio.get_running_loop().run_in_executor(None, self._reloader.reload_request, request.config)
+        response = self._ReloadResponse()
+        response.status.error_code = 0
+        # TF Serving reports the increase of each TensorFlow monitoring metric asked for, 0 for one it does not
+        # have; kdeploy has none of TensorFlow's, so each is 0.
+        for name in request.metric_names:
+            metric = response.metric.add()
+            metric.name = name
+            metric.int64_value_increase = 0
         return response
 
 
@@ -205,6 +226,23 @@ def _fill_regressions(result: Any, values: list[float]) -> None:
         result.regressions.add().value = value
 
 
+def signature_def_map(served: ServedVersion, target: Any) -> Any:
+    """Fill a SignatureDefMap with the version's signatures, as GetModelMetadata and REST `/metadata` answer them.
+
+    A SavedModel served by the savedmodel backend answers its SignatureDefs as stored, every one of them (tensor
+    names, `defaults`, unknown ranks, `__saved_model_init_op`), as TF Serving does; other versions answer their
+    manifest's signatures in the same form.
+    """
+    stored = stored_signature_defs(served.loaded()[1])
+    if stored:
+        for name, serialized in stored.items():
+            target.signature_def[name].ParseFromString(serialized)
+        return target
+    for name, signature in served.loaded()[0].signatures.items():
+        _fill_signature_def(target.signature_def[name], signature)
+    return target
+
+
 def signature_tensor_names(signature: ModelSignature) -> tuple[list[str], list[str]]:
     """Tensor names for a signature's inputs and outputs, as a Keras export's SavedModel names them (kdeploy does
     not keep the graph's own names): `NAME_INPUT:0` and `StatefulPartitionedCall:INDEX`."""
@@ -225,5 +263,8 @@ def _fill_signature_def(target: Any, signature: ModelSignature) -> None:
 def _fill_tensor_info(info: Any, tensor_name: str, spec: TensorSpec) -> None:
     info.name = tensor_name
     info.dtype = dtype_by_name(spec.dtype).tf_enum
+    if spec.any_shape:
+        info.tensor_shape.unknown_rank = True
+        return
     for dim in spec.shape:
         info.tensor_shape.dim.add().size = -1 if dim is None else dim

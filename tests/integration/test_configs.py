@@ -27,6 +27,12 @@ def test_tfserving_and_triton_configs(exported_repo, tmp_path, kdeploy):
         ("pixels", model_config_pb2.TYPE_FP32, (6,)), ("meta", model_config_pb2.TYPE_FP32, (3,))}
     assert {(o.name, tuple(o.dims)) for o in triton.output} == {("label", (4,)), ("score", (1,))}
     assert triton.dynamic_batching.max_queue_delay_microseconds == 1000
+    # Triton warms the model up on zeros of one row and of max_batch_size rows before it is ready.
+    assert [(w.name, w.batch_size, w.count) for w in triton.model_warmup] == [("zeros_batch_1", 1, 1),
+                                                                             ("zeros_batch_32", 32, 1)]
+    for warmup in triton.model_warmup:
+        assert {(k, i.data_type, tuple(i.dims), i.zero_data) for k, i in warmup.inputs.items()} == {
+            ("pixels", model_config_pb2.TYPE_FP32, (6,), True), ("meta", model_config_pb2.TYPE_FP32, (3,), True)}
     assert (exported_repo / "two" / "config.pbtxt").read_text() == (
         tmp_path / "triton" / "two" / "config.pbtxt"
     ).read_text()

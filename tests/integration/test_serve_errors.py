@@ -45,7 +45,9 @@ IMAGE = np.zeros((4, 8, 8, 1), np.float32)
 @pytest.mark.parametrize("name, spec, code, words", [
     ("nope", {}, grpc.StatusCode.NOT_FOUND, ["'nope'", "digits"]),
     ("digits", {"version": 9}, grpc.StatusCode.NOT_FOUND, ["no version 9", "[1]"]),
-    ("digits", {"version_label": "canary"}, grpc.StatusCode.NOT_FOUND, ["label 'canary'"]),
+    # TF Serving answers an unknown version label with INVALID_ARGUMENT (server_core.cc).
+    ("digits", {"version_label": "canary"}, grpc.StatusCode.INVALID_ARGUMENT,
+     ["Unrecognized servable version label: canary"]),
     # TF Serving answers an unknown signature in Predict with FAILED_PRECONDITION (predict_util.cc).
     ("digits", {"signature_name": "classify"}, grpc.StatusCode.FAILED_PRECONDITION,
      ['signature key "classify" not found']),
@@ -151,7 +153,7 @@ def test_rest_errors(onnx_server):
     assert rest(onnx_server, "/v1/models/nope")[0] == 404
     assert rest(onnx_server, "/v1/models/digits/versions/9:predict", {"instances": [[0]]})[0] == 404
     status, body = rest(onnx_server, "/v1/models/digits:predict", b"{not json")
-    assert status == 400 and "not JSON" in body["error"]
+    assert status == 400 and "JSON Parse error" in body["error"]
     status, body = rest(onnx_server, "/v1/models/digits:predict", {"rows": []})
     assert status == 400 and "'instances'" in body["error"]
     status, body = rest(onnx_server, "/v1/models/digits:predict", {"instances": [[1, 2, 3]]})

@@ -11,7 +11,7 @@ from kdeploy.contract.manifest import (
     read_manifest,
     write_manifest,
 )
-from kdeploy.contract.repository import ModelRepository, resolve_version_dir
+from kdeploy.contract.repository import ModelRepository, resolve_version_dir, version_folders
 from kdeploy.contract.signature import ModelSignature, SignatureError, TensorSpec
 
 SIG = ModelSignature(inputs=(TensorSpec("x", "float32", (None, 2)),), outputs=(TensorSpec("y", "float32", (None, 1)),))
@@ -85,6 +85,25 @@ def test_versions_ignore_hidden_and_non_numeric_folders(tmp_path):
     repo = ModelRepository(tmp_path)
     assert repo.versions("m") == [1, 3]
     assert repo.next_version("m") == 4 and repo.next_version("other") == 1
+
+
+def test_version_folders_are_any_all_digit_name_read_as_a_number_as_tf_serving_reads_them(tmp_path):
+    model = tmp_path / "m"
+    for name in ("00000123", "7", "0000", "12a", ".staging-200-x"):
+        (model / name).mkdir(parents=True)
+    (model / "300").write_text("a file, not a version")
+    assert version_folders(model) == {7: model / "7", 123: model / "00000123"}
+    repo = ModelRepository(tmp_path)
+    assert repo.versions("m") == [7, 123] and repo.latest_version("m") == 123 and repo.next_version("m") == 124
+    assert repo.version_dir("m", 123) == model / "00000123"  # the folder's own name, not "123"
+    assert repo.version_dir("m", 124) == model / "124"  # a new version gets the plain number
+    assert resolve_version_dir(model) == model / "00000123" and resolve_version_dir(model, 7) == model / "7"
+    (model / "0123").mkdir()  # two names for one version: the one that sorts last wins, as TF Serving keeps one
+    assert version_folders(model)[123] == model / "0123"
+    with repo.staging("m", 123) as stage:  # --force replaces version 123 in the folder that holds it
+        (stage / "f").write_text("new")
+        repo.publish(stage, "m", 123, force=True)
+    assert (model / "0123" / "f").read_text() == "new"
 
 
 def test_staging_leaves_nothing_when_the_build_fails(tmp_path):

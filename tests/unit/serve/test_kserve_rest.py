@@ -76,6 +76,7 @@ def test_paths_that_belong_to_kserve():
     assert all(map(is_kserve_path, ["/v2", "/v2/", "/v2/health/live", "/v2/models/m/infer", "/v1/models",
                                     "/v1/models/", "/v2?x=1"]))
     assert not any(map(is_kserve_path, ["/v1/models/m", "/v1/models/m:predict", "/v20", "/metrics", "/"]))
+    assert not is_kserve_path("/v1/models", "POST")  # TF Serving's: "Malformed request"
 
 
 def test_server_metadata_lists_the_binary_extension(api):

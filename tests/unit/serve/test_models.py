@@ -181,17 +181,21 @@ def test_version_labels(tmp_path, loader):
     manager.load_all()
     assert manager.resolve("m", label="stable").version == 1 and manager.resolve("m", label="canary").version == 2
     assert manager.acquire("m", label="stable").version == 1
-    for label, words in (("beta", "no version label 'beta' (labels: ['canary', 'old', 'stable'])"),
-                         ("old", "model 'm' has no version 7 (versions: [1, 2])")):
+    # An unknown label is INVALID_ARGUMENT in TF Serving (server_core.cc); a label's missing version NOT_FOUND.
+    for label, kind, words in (
+            ("beta", ErrorKind.INVALID_INPUT,
+             "Unrecognized servable version label: beta (model 'm' has labels ['canary', 'old', 'stable'])"),
+            ("old", ErrorKind.NOT_FOUND, "model 'm' has no version 7 (versions: [1, 2])")):
         with pytest.raises(ServeError) as error:
             manager.resolve("m", label=label)
-        assert error.value.kind is ErrorKind.NOT_FOUND and words in error.value.message
+        assert error.value.kind is kind and words in error.value.message
 
 
 @pytest.mark.parametrize("request_, kind, words", [
     ({"name": "nope"}, ErrorKind.NOT_FOUND, "model 'nope' is not served here (models: m, empty)"),
     ({"name": "m", "version": 9}, ErrorKind.NOT_FOUND, "model 'm' has no version 9 (versions: [1])"),
-    ({"name": "m", "label": "beta"}, ErrorKind.NOT_FOUND, "model 'm' has no version label 'beta' (labels: none)"),
+    ({"name": "m", "label": "beta"}, ErrorKind.INVALID_INPUT,
+     "Unrecognized servable version label: beta (model 'm' has labels none)"),
     ({"name": "empty"}, ErrorKind.UNAVAILABLE, "model 'empty' has no available version (no version folder"),
 ])
 def test_resolve_and_acquire_errors(tmp_path, loader, request_, kind, words):
@@ -337,3 +341,35 @@ def test_a_version_whose_warm_up_fails_ends_with_the_reason_and_its_runtime_clos
     [status] = manager.statuses("m")
     assert status.state is END and "segfault in libfake.so" in status.error
     assert loader.backend(1).closed.is_set()
+
+
+def test_a_version_folder_named_with_leading_zeros_is_that_version_loaded_from_its_own_folder(tmp_path, loader):
+    write_version(tmp_path, "m", 1)
+    (tmp_path / "m" / "1").rename(tmp_path / "m" / "00000123")  # TF Serving's test models name versions so
+    manager = make_manager(tmp_path, loader)
+    manager.load_all()
+    served = manager.resolve("m")
+    assert states(manager) == {123: AVAILABLE} and served.version == 123
+    assert served.path == tmp_path / "m" / "00000123"
+
+
+def test_reconfigure_loads_new_models_unloads_those_left_out_and_follows_a_moved_base_path(tmp_path, loader):
+    from kdeploy.serve.config import ModelSource, VersionPolicy
+
+    for name, version in (("a", 1), ("b", 2), ("moved", 3)):
+        write_version(tmp_path, name, version)
+    write_version(tmp_path / "elsewhere", "moved", 5)
+    manager = make_manager(tmp_path, loader, "a")
+    manager.load_all()
+    first = manager.resolve("a")
+    manager.reconfigure([ModelSource("b", tmp_path / "b"), ModelSource("moved", tmp_path / "moved")])
+    assert manager.model_names == ["b", "moved"] and "a" not in manager and "b" in manager
+    assert first.state is END and loader.backend(1, "a").closed.is_set()  # left out: unloaded
+    assert manager.resolve("b").version == 2 and manager.resolve("moved").version == 3
+    with pytest.raises(ServeError) as error:
+        manager.resolve("a")
+    assert error.value.kind is ErrorKind.NOT_FOUND
+    manager.reconfigure([ModelSource("b", tmp_path / "b", VersionPolicy("specific", versions=(2,)), {"stable": 2}),
+                         ModelSource("moved", tmp_path / "elsewhere" / "moved")])
+    assert manager.resolve("moved").version == 5 and loader.backend(3, "moved").closed.is_set()
+    assert manager.resolve("b", label="stable").version == 2 and loader.loaded.count(2) == 1  # b kept, not reloaded

@@ -41,6 +41,7 @@ COMPLETE_COPIES = {
     "tensorflow_serving.apis.input_pb2": ["ExampleList", "ExampleListWithContext", "Input"],
     "tensorflow.core.example.example_pb2": ["Example"],
     "tensorflow.core.example.feature_pb2": ["BytesList", "FloatList", "Int64List", "Feature", "Features"],
+    "tensorflow_serving.apis.model_management_pb2": ["ReloadConfigRequest", "ReloadConfigResponse", "Metric"],
 }
 """Messages vendored whole: every official field is declared too, not only a subset."""
 
@@ -54,11 +55,15 @@ COMPLETE_COPIES = {
     ("tensorflow_serving.apis.model_pb2", ["ModelSpec"]),
     ("tensorflow_serving.config.model_server_config_pb2", ["ModelServerConfig", "ModelConfigList", "ModelConfig"]),
     ("tensorflow.core.framework.tensor_pb2", ["TensorProto"]),
+    ("tensorflow_serving.apis.prediction_log_pb2", ["PredictionLog", "PredictLog", "ClassifyLog", "RegressLog",
+                                                    "MultiInferenceLog", "PredictStreamedLog", "SessionRunLog"]),
+    ("tensorflow_serving.apis.logging_pb2", ["LogMetadata"]),
     ("tensorflow.core.protobuf.meta_graph_pb2", ["TensorInfo", "SignatureDef"]),
     ("tritonclient.grpc.service_pb2", ["ModelInferRequest", "ModelInferResponse", "ModelMetadataResponse",
                                        "ModelStatisticsResponse", "ModelStatistics", "InferStatistics",
                                        "ServerMetadataResponse", "ModelReadyRequest", "ModelConfigResponse"]),
     ("tritonclient.grpc.model_config_pb2", ["ModelConfig", "ModelInput", "ModelOutput", "ModelDynamicBatching",
+                                            "ModelWarmup",
                                             "ModelVersionPolicy", "ModelInstanceGroup"]),
     *COMPLETE_COPIES.items(),
 ])
@@ -88,6 +93,21 @@ def test_prediction_service_declares_every_official_rpc():
     ours = load_protos().pool.FindServiceByName("tensorflow.serving.PredictionService")
     assert {m.name: (m.input_type.full_name, m.output_type.full_name) for m in ours.methods} == {
         m.name: (m.input_type.full_name, m.output_type.full_name) for m in theirs.methods}
+
+
+def test_model_service_declares_every_official_rpc():
+    official = pytest.importorskip("tensorflow_serving.apis.model_service_pb2")
+    theirs = official.DESCRIPTOR.services_by_name["ModelService"]
+    ours = load_protos().pool.FindServiceByName("tensorflow.serving.ModelService")
+    assert {m.name: (m.input_type.full_name, m.output_type.full_name) for m in ours.methods} == {
+        m.name: (m.input_type.full_name, m.output_type.full_name) for m in theirs.methods}
+
+
+def test_tensorflow_data_types_have_the_official_numbers():
+    official = pytest.importorskip("tensorflow.core.framework.types_pb2")
+    ours = load_protos().pool.FindEnumTypeByName("tensorflow.DataType")
+    theirs = {v.name: v.number for v in official.DESCRIPTOR.enum_types_by_name["DataType"].values}
+    assert all(theirs.get(v.name) == v.number for v in ours.values)
 
 
 def test_enums_match():

@@ -89,7 +89,7 @@ def test_kserve_raw_and_typed():
 
 def test_json_values_take_the_signature_dtype():
     assert ndarray_from_json("x", [[1, 2, 3]], SPEC).dtype == np.float32
-    with pytest.raises(ServeError, match="input 'x': cannot read the JSON value as float32"):
+    with pytest.raises(ServeError, match="input 'x': a JSON value is not of expected type: float"):
         ndarray_from_json("x", [[1, "a", 3]], SPEC)
 
 
