@@ -25,7 +25,7 @@ import numpy as np
 
 from kdeploy.contract.signature import DTYPES, STRING, TensorSpec, dtype_by_name, format_shape
 from kdeploy.wire.errors import invalid
-from kdeploy.wire.tensors import kserve_datatype, ndarray_from_kserve, raw_bytes
+from kdeploy.wire.tensors import kserve_datatype, ndarray_from_kserve, raw_bytes, split_length_prefixed
 
 INFERENCE_HEADER = "Inference-Header-Content-Length"
 """The HTTP header that gives the JSON part's length when binary tensor data follows it."""
@@ -354,8 +354,15 @@ def infer_response_body(model_name: str, model_version: str, request_id: str | N
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request_id is not None:
         response["id"] = request_id
+    response["outputs"], chunks = _tensors(outputs, binary)
+    return _body(response, chunks)
+
+
+def _tensors(arrays: Mapping[str, np.ndarray], binary: Sequence[bool]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Tensor objects for `arrays`, each with its data as JSON or, where `binary` says so, as binary data (returned
+    in order, to follow the JSON)."""
     tensors, chunks = [], []
-    for (name, array), as_binary in zip(outputs.items(), binary):
+    for (name, array), as_binary in zip(arrays.items(), binary):
         tensor: dict[str, Any] = {"name": name, "datatype": kserve_datatype(array), "shape": list(array.shape)}
         if as_binary:
             data = raw_bytes(array)
@@ -364,8 +371,12 @@ def infer_response_body(model_name: str, model_version: str, request_id: str | N
         else:
             tensor["data"] = _json_data(name, array)
         tensors.append(tensor)
-    response["outputs"] = tensors
-    header = json.dumps(response, separators=(",", ":")).encode()
+    return tensors, chunks
+
+
+def _body(message: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, int | None]:
+    """The JSON of `message` followed by the binary chunks, and the JSON's length (None: JSON only)."""
+    header = json.dumps(message, separators=(",", ":")).encode()
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
@@ -402,25 +413,12 @@ def infer_request_body(feed: Mapping[str, np.ndarray], binary: bool = True, outp
     request: dict[str, Any] = {}
     if request_id is not None:
         request["id"] = request_id
-    tensors, chunks = [], []
-    for name, array in feed.items():
-        tensor: dict[str, Any] = {"name": name, "datatype": kserve_datatype(array), "shape": list(array.shape)}
-        if binary:
-            data = raw_bytes(array)
-            tensor["parameters"] = {"binary_data_size": len(data)}
-            chunks.append(data)
-        else:
-            tensor["data"] = _json_data(name, array)
-        tensors.append(tensor)
-    request["inputs"] = tensors
+    request["inputs"], chunks = _tensors(feed, [binary] * len(feed))
     if outputs:
         request["outputs"] = [{"name": n, "parameters": {"binary_data": binary_outputs}} for n in outputs]
     elif binary_outputs:
         request["parameters"] = {"binary_data_output": True}
-    header = json.dumps(request, separators=(",", ":")).encode()
-    if not chunks:
-        return header, None
-    return b"".join([header, *chunks]), len(header)
+    return _body(request, chunks)
 
 
 def outputs_from_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
@@ -444,7 +442,8 @@ def outputs_from_response(body: bytes, header_length: int | None) -> dict[str, n
             data = binary[offset:offset + size]
             offset += size
             if dtype.name == STRING:
-                array = np.empty(len(values := _split(data)), dtype=object)
+                values = split_length_prefixed(name, data, "binary data", role="output")
+                array = np.empty(len(values), dtype=object)
                 array[:] = values
             else:
                 array = np.frombuffer(data, dtype=_LITTLE_ENDIAN[datatype])
@@ -455,12 +454,3 @@ def outputs_from_response(body: bytes, header_length: int | None) -> dict[str, n
             array = np.asarray(item["data"], dtype=dtype.numpy)
         outputs[name] = array.reshape(shape)
     return outputs
-
-
-def _split(data: memoryview) -> list[bytes]:
-    values, offset = [], 0
-    while offset < len(data):
-        length = int.from_bytes(data[offset:offset + 4], "little")
-        values.append(bytes(data[offset + 4:offset + 4 + length]))
-        offset += 4 + length
-    return values

@@ -171,7 +171,7 @@ def ndarray_from_kserve(name: str, datatype: str, shape: Sequence[int], contents
     shape_t = _check_shape(name, shape)
     count = _elements(shape_t)
     if spec.is_string:
-        values = _split_length_prefixed(name, raw, raw_field) if raw is not None else list(contents.bytes_contents)
+        values = split_length_prefixed(name, raw, raw_field) if raw is not None else list(contents.bytes_contents)
         return _strings_from_values(name, values, shape_t, count,
                                     raw_field if raw is not None else "contents.bytes_contents")
     if raw is not None:
@@ -214,15 +214,22 @@ def raw_bytes(array: np.ndarray) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def _split_length_prefixed(name: str, raw: bytes, field: str = "raw_input_contents") -> list[bytes]:
+def split_length_prefixed(name: str, raw: bytes | memoryview, field: str = "raw_input_contents",
+                          role: str = "input") -> list[bytes]:
+    """BYTES elements as the v2 protocol packs them in raw or binary data: each a 4-byte little-endian length and
+    the bytes.
+
+    Raises:
+        ServeError: INVALID_INPUT when the data ends inside an element, naming the tensor and the field.
+    """
     values, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
-            raise invalid(f"input {name!r}: {field} ends inside a BYTES element's 4-byte length")
+            raise invalid(f"{role} {name!r}: {field} ends inside a BYTES element's 4-byte length")
         length = int.from_bytes(raw[offset:offset + 4], "little")
         offset += 4
         if offset + length > len(raw):
-            raise invalid(f"input {name!r}: a BYTES element of {length} bytes runs past the end of {field}")
+            raise invalid(f"{role} {name!r}: a BYTES element of {length} bytes runs past the end of {field}")
         values.append(bytes(raw[offset:offset + length]))
         offset += length
     return values

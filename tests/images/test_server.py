@@ -39,6 +39,20 @@ def test_answers_equal_the_keras_model(server: Container, models_dir, protocol):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_tflite_backend_answers_equal_the_keras_model(engine, image, models_dir):
+    """The image's other backend: LiteRT, from the trimmed venv (its offline tools and WebGPU plugin removed)."""
+    container = start_server(engine, image("server"), unique_name("tflite"), env={"KDEPLOY_BACKEND": "tflite"})
+    try:
+        wait_serving(f"127.0.0.1:{container.ports['grpc']}", container.running, container.logs)
+        x = rows(models_dir, 8)
+        want = keras_outputs(models_dir, "digits", {"image": x})["probabilities"]
+        got = tfs_predict(f"127.0.0.1:{container.ports['grpc']}", "digits", {"image": x})["probabilities"]
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+        assert "tflite" in container.logs().lower(), container.logs()
+    finally:
+        container.remove()
+
+
 def test_official_clients(server: Container, models_dir):
     import tritonclient.grpc as triton
 
