@@ -113,10 +113,11 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     pip install --no-build-isolation -c requirements/server.txt '.[serve]' \
  && pip check \
  && pip uninstall --yes setuptools \
- && cd /opt/venv/lib/python3.11/site-packages \
- && rm -r ai_edge_litert/libLiteRtWebGpuAccelerator.so ai_edge_litert/aot ai_edge_litert/vendors ai_edge_litert/tools \
-          onnxruntime/quantization onnxruntime/transformers onnxruntime/tools numpy/f2py numpy/distutils \
- && find numpy -depth -type d -name tests -exec rm -r {} + \
+ && site=/opt/venv/lib/python3.11/site-packages \
+ && rm -r "$site"/ai_edge_litert/libLiteRtWebGpuAccelerator.so "$site"/ai_edge_litert/aot "$site"/ai_edge_litert/vendors \
+          "$site"/ai_edge_litert/tools "$site"/onnxruntime/quantization "$site"/onnxruntime/transformers \
+          "$site"/onnxruntime/tools "$site"/numpy/f2py "$site"/numpy/distutils \
+ && find "$site"/numpy -depth -type d -name tests -exec rm -r {} + \
  && python -m pip uninstall --yes pip
 
 # TF Serving's models.config, batching_parameters.txt and monitoring.config for the baked repository.

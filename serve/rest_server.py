@@ -76,11 +76,6 @@ class RestServer:
         self.port = server.sockets[0].getsockname()[1]
         return self.port
 
-    def enter_graceful_shutdown(self) -> None:
-        """Readiness (`/v2/health/ready`) answers 503 from now on; requests are still served (called on the loop)."""
-        if self._kserve is not None:
-            self._kserve.draining = True
-
     def refuse(self) -> None:
         """Answer every new request 503 from now on (called on the loop)."""
         self._refusing = True

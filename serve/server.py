@@ -123,6 +123,7 @@ class RunningServer:
     """A started server: its ports, and how to stop it."""
 
     config: ServeConfig
+    service: InferenceService
     models: ModelManager
     metrics: ServerMetrics
     front_end: GrpcFrontEnd
@@ -168,9 +169,8 @@ class RunningServer:
         grace = self.config.drain_grace_seconds if grace_seconds is None else grace_seconds
         deadline = time.monotonic() + self.config.drain_seconds
         self.stopping.set()
+        self.service.draining = True  # KServe readiness, gRPC and REST: not ready at once
         self.front_end.enter_graceful_shutdown()
-        if self.rest is not None:
-            self.front_end.call_soon(self.rest.enter_graceful_shutdown)  # /v2/health/ready: 503 at once
         logger.info("draining: NOT_SERVING; new requests accepted for %.1f s more", grace)
         time.sleep(grace)
         rest = self.rest
@@ -279,7 +279,7 @@ def build_server(config: ServeConfig) -> RunningServer:
             observers.close()
         raise UsageError(f"cannot listen for REST or metrics on {config.host}: {exc.strerror or exc}") from None
 
-    running = RunningServer(config, models, metrics, front_end, grpc_port, executor, rest, rest_port,
+    running = RunningServer(config, service, models, metrics, front_end, grpc_port, executor, rest, rest_port,
                             metrics_server, metrics_port, started, observers=observers,
                             tls=tls, health_port=front_end.health_port)
     running_box.append(running)

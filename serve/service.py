@@ -80,6 +80,9 @@ class InferenceService:
         """
         self.models = models
         self.metrics = metrics
+        self.draining = False
+        """Set when the server starts draining: readiness (KServe's ServerReady, `/v2/health/ready`) says not
+        ready from then on, while requests are still served for the grace period."""
         self._executor = executor
         self._observers = observers
 

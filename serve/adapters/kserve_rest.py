@@ -90,8 +90,6 @@ class KServeRestApi:
         self._protos = protos
         self._metrics = metrics
         self._known = known_models
-        self.draining = False
-        """Set when the server starts draining: `/v2/health/ready` answers 503 from then on."""
 
     async def handle(self, method: str, path: str, body: bytes | None, header_length: str | None = None) -> RestReply:
         """Answer one request; never raises."""
@@ -138,7 +136,7 @@ class KServeRestApi:
         return self._message("ModelMetadata", {"name": name, "version": version})
 
     def _server_ready(self) -> dict[str, Any]:
-        if self.draining:
+        if self.service.draining:
             raise unavailable("the server is shutting down")
         if not self.service.models.is_ready():
             waiting = [n for n in self.service.models.model_names if not self.service.models.is_ready(n)]

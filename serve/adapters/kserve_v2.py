@@ -58,7 +58,7 @@ class KServeV2Adapter:
         return self._responses["ServerLive"](live=True)
 
     def ServerReady(self, request: Any, context: Any) -> Any:
-        return self._responses["ServerReady"](ready=self._service.models.is_ready())
+        return self._responses["ServerReady"](ready=not self._service.draining and self._service.models.is_ready())
 
     def ModelReady(self, request: Any, context: Any) -> Any:
         version = version_number(request.name, request.version)

@@ -181,12 +181,17 @@ def test_requests_are_counted_as_kserve_rest(server, repo):
 
 
 def test_drain_readiness_first_then_503(repo):
+    """SIGTERM: KServe readiness is false at once over HTTP and gRPC, inference goes on for the grace period."""
+    import tritonclient.grpc as triton_grpc
+
     proc = start_server("--repository", repo, "--model", "add64", "--drain-grace-seconds", "1.5",
                         "--drain-seconds", "5")
+    grpc_client = triton_grpc.InferenceServerClient(proc.grpc)
     try:
         url = f"http://{proc.rest}/v2/health/ready"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200
+        assert grpc_client.is_server_ready()
         proc.process.send_signal(__import__("signal").SIGTERM)
         body = json.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
         deadline = time.monotonic() + 1.0
@@ -197,6 +202,7 @@ def test_drain_readiness_first_then_503(repo):
             except urllib.error.HTTPError as error:
                 ready_status = error.code
         assert ready_status == 503  # NOT ready at once ...
+        assert not grpc_client.is_server_ready()  # (KServe's gRPC ServerReady too)
         assert http_post(proc.rest, "/v2/models/add64/infer", body.encode())[0] == 200  # ... still serving
         time.sleep(1.5)
         try:
@@ -205,6 +211,7 @@ def test_drain_readiness_first_then_503(repo):
             status = 503  # the process may have exited already: nothing in flight
         assert status == 503
     finally:
+        grpc_client.close()
         assert proc.stop() == 0
 
 

@@ -100,7 +100,7 @@ def test_server_ready_when_every_model_is_and_503_once_draining(tmp_path):
     api = Api(KServeRestApi(service, KServeV2Adapter(service, load_protos(), "onnx"), load_protos()), FakeLoader(),
               ServerMetrics())
     assert api.get("/v2/health/ready") == (200, {"ready": True})
-    api.api.draining = True
+    api.api.service.draining = True
     code, body = api.get("/v2/health/ready")
     assert code == 503 and body == {"error": "the server is shutting down"}
     assert api.get("/v2/health/live") == (200, {"live": True})
