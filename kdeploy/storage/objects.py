@@ -163,18 +163,22 @@ class ObjectStorage:
                 os.ftruncate(fd, info.size)
                 name = f"{path.strip('/')}/{info.path}" if path.strip("/") else info.path
                 targets.append((name, fd, info.size))
+            whole: set[str] = set()  # objects already written whole (each counted once, in bytes and progress)
             try:
-                return self._download_parts(targets, workers, part_bytes if self._ranges else 0, progress)
+                return self._download_parts(targets, workers, part_bytes if self._ranges else 0, progress, whole)
             except _RangesIgnoredError:
                 self._ranges = False
                 logger.info("%s ignores ranged reads: downloading whole objects in parallel", self.where())
-                return self._download_parts(targets, workers, 0, progress)
+                rest = [target for target in targets if target[0] not in whole]
+                done = sum(size for name, _, size in targets if name in whole)
+                return done + self._download_parts(rest, workers, 0, progress, whole)
         finally:
             for fd in handles:
                 os.close(fd)
 
     def _download_parts(self, targets: list[tuple[str, int, int]], workers: int, part_bytes: int,
-                        progress: Callable[[int], None] | None) -> int:
+                        progress: Callable[[int], None] | None, whole: set[str]) -> int:
+        """Download `targets`' parts in a pool; adds each object read whole to `whole` once it is written."""
         parts = []  # (object path, fd, start, end, the whole object); part_bytes 0: whole objects only
         for name, fd, size in targets:
             if part_bytes <= 0 or size <= part_bytes:
@@ -186,6 +190,8 @@ class ObjectStorage:
 
         def fetch(part: tuple[str, int, int, int, bool]) -> int:
             written = self._fetch_part(*part)
+            if part[4]:
+                whole.add(part[0])
             if progress is not None:
                 progress(written)
             return written

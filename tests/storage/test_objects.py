@@ -41,9 +41,10 @@ def test_files_go_up_and_come_back_in_parallel_parts(store, tmp_path):
     chunks: list[int] = []
     written = storage.download([(files["variables/big.bin"], out / "big.bin"), (files["small.txt"], out / "s.txt")],
                                "m/1", workers=4, part_bytes=1024 * 1024, progress=chunks.append)
-    assert written == big.stat().st_size + 5
+    assert written == big.stat().st_size + 5 and sum(chunks) == written  # progress counts every byte once
     # Azurite answers ranged reads: six 1 MiB parts of the big file and the small one. rclone's S3 server sends
-    # the whole object for a ranged read: noticed, and each object is read whole.
+    # the whole object for a ranged read: noticed, and each object is read whole (the small one, maybe already
+    # read whole before that was noticed, is not read again).
     assert len(chunks) == (7 if scheme == "az" else 2)
     assert (out / "big.bin").read_bytes() == big.read_bytes() and (out / "s.txt").read_text() == "hello"
     assert storage.read_bytes("m/config.pbtxt") == b"hello"
