@@ -44,7 +44,27 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) 
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
-class RcloneS3:
+class _ServerProcess:
+    """A store's server process, its log appended to a file; `start` runs it, `stop` ends it."""
+
+    port: int
+    process: subprocess.Popen | None = None
+
+    def _run(self, command: list[str], log_path: Path) -> None:
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed by stop()
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        _wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+        if self.process is not None:
+            self._log.close()
+        self.process = None
+
+
+class RcloneS3(_ServerProcess):
     """`rclone serve s3` over `root` (a bucket is a folder in it) on a loopback port; a restart keeps the objects."""
 
     access_key = "kdeploy-test-key"
@@ -71,22 +91,10 @@ class RcloneS3:
         return name
 
     def start(self) -> RcloneS3:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
-        self.process = subprocess.Popen(
-            [RCLONE, "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
-             "--auth-key", f"{self.access_key},{self.secret_key}", "--config", "/dev/null", "-vv", str(self.root)],
-            stdout=log, stderr=subprocess.STDOUT)
-        self._log = log
-        _wait_for_port(self.port, self.process)
+        self._run([RCLONE, "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
+                   "--auth-key", f"{self.access_key},{self.secret_key}", "--config", "/dev/null", "-vv",
+                   str(self.root)], self.log_path)
         return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-        if self.process is not None:
-            self._log.close()
-        self.process = None
 
     def requests(self, kind: str = "GET OBJECT") -> list[str]:
         """Requests of one kind the store served so far (`GET OBJECT`, `LIST BUCKET`, ...): the objects named."""
@@ -94,7 +102,7 @@ class RcloneS3:
         return re.findall(rf"serve s3: {kind}\b(.*)", text)
 
 
-class Azurite:
+class Azurite(_ServerProcess):
     """Microsoft's Azure Blob Storage emulator on a loopback port, telemetry off."""
 
     def __init__(self, root: Path) -> None:
@@ -114,12 +122,9 @@ class Azurite:
                 f"BlobEndpoint={self.endpoint};"}
 
     def start(self) -> Azurite:
-        self._log = open(self.root.parent / f"azurite-{self.port}.log", "ab")  # noqa: SIM115 - closed by stop()
-        self.process = subprocess.Popen(
-            [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", str(self.root),
-             "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
-            stdout=self._log, stderr=subprocess.STDOUT)
-        _wait_for_port(self.port, self.process)
+        self._run([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
+                   str(self.root), "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
+                  self.root.parent / f"azurite-{self.port}.log")
         return self
 
     def container(self, name: str) -> str:
@@ -129,11 +134,3 @@ class Azurite:
         subprocess.run([RCLONE, "mkdir", remote, "--config", "/dev/null"], check=True, capture_output=True,
                        timeout=60, env={**os.environ, "RCLONE_AZUREBLOB_ENV_AUTH": "false"})
         return name
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-        if self.process is not None:
-            self._log.close()
-        self.process = None

@@ -31,8 +31,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
-from kdeploy.contract.signature import SignatureError
-from kdeploy.serve.adapters.kserve_v2 import EXTENSIONS, KServeV2Adapter, version_number
+from kdeploy.serve.adapters.kserve_v2 import EXTENSIONS, KServeV2Adapter, unsent_input, version_number
 from kdeploy.serve.errors import GRPC_STATUS, HTTP_STATUS, INTERNAL_MESSAGE
 from kdeploy.serve.metrics import UNKNOWN_MODEL, ServerMetrics
 from kdeploy.serve.models import ServedVersion, VersionState
@@ -188,15 +187,9 @@ class KServeRestApi:
             tensors = [raw_input_tensor(request.raw_input, signature.inputs[0])]
         else:
             tensors = request.inputs
-        feed = {}
+        feed: dict[str, Any] = {}
         for tensor in tensors:
-            try:
-                spec = signature.input(tensor.name)
-            except SignatureError as exc:
-                raise invalid(str(exc)) from None
-            if tensor.name in feed:
-                raise invalid(f"input {tensor.name!r} is sent twice")
-            feed[tensor.name] = ndarray_from_rest(tensor, spec)
+            feed[tensor.name] = ndarray_from_rest(tensor, unsent_input(signature, tensor.name, feed))
         deadline = None if request.timeout_us is None else time.monotonic() + request.timeout_us / 1e6
         result = await self.service.infer_async(served, feed, request.outputs, deadline)
         binary = [request.wants_binary(output) for output in result.outputs]

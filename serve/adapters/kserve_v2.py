@@ -4,9 +4,10 @@ ModelStatistics extensions so tritonclient and perf_analyzer work unchanged. Eac
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Container
 from typing import Any
 
-from kdeploy.contract.signature import SignatureError, dtype_by_name
+from kdeploy.contract.signature import ModelSignature, SignatureError, TensorSpec, dtype_by_name
 from kdeploy.serve.models import ServedVersion, VersionState
 from kdeploy.serve.service import InferenceService, deadline_of
 from kdeploy.serve.triton_config import DEFAULT_MAX_BATCH_SIZE, PLATFORMS, triton_model_config
@@ -25,6 +26,21 @@ def version_number(name: str, text: str) -> int | None:
     if not text.isdigit():
         raise invalid(f"model {name!r}: version must be a positive integer, got {text!r}")
     return int(text)
+
+
+def unsent_input(signature: ModelSignature, name: str, feed: Container[str]) -> TensorSpec:
+    """The spec of input `name` of a request whose inputs so far are `feed` (gRPC and HTTP alike).
+
+    Raises:
+        ServeError: INVALID_INPUT for an input the model does not have, or one the request sends twice.
+    """
+    try:
+        spec = signature.input(name)
+    except SignatureError as exc:
+        raise invalid(str(exc)) from None
+    if name in feed:
+        raise invalid(f"input {name!r} is sent twice")
+    return spec
 
 
 class KServeV2Adapter:
@@ -92,14 +108,9 @@ class KServeV2Adapter:
                           "send every input raw or none")
         with self._serving(request.model_name, request.model_version) as served:
             signature = served.signature
-            feed = {}
+            feed: dict[str, Any] = {}
             for index, tensor in enumerate(request.inputs):
-                try:
-                    spec = signature.input(tensor.name)
-                except SignatureError as exc:
-                    raise invalid(str(exc)) from None
-                if tensor.name in feed:
-                    raise invalid(f"input {tensor.name!r} is sent twice")
+                spec = unsent_input(signature, tensor.name, feed)
                 feed[tensor.name] = ndarray_from_kserve(tensor.name, tensor.datatype, tensor.shape,
                                                         tensor.contents, raw[index] if raw else None, spec)
             result = await self._service.infer_async(served, feed, [o.name for o in request.outputs],
