@@ -140,7 +140,7 @@ def main() -> None:
 
         endpoint, sink, _ = start()
     with tempfile.TemporaryDirectory() as scratch:
-        tls_server, tls_client = tls_files(Path(scratch) / "pki")
+        tls_server, tls_client, _ = tls_files(Path(scratch) / "pki")
         try:
             for variant in args.variants:
                 port, rest_port = free_port(), free_port()

@@ -316,16 +316,13 @@ def wait_model_ready(process: subprocess.Popen, port: int, model: str, timeout: 
     import grpc
 
     from kdeploy.wire.protos.messages import load_protos
+    from kdeploy.wire.tls import ClientTls, secure_channel
 
     protos = load_protos()
     request = protos.cls("inference.ModelReadyRequest")(name=model)
     started = time.monotonic()
-    if pki is None:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    else:
-        channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(
-            pki.ca_file.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()))
-    with channel:
+    tls = None if pki is None else ClientTls(ca=pki.ca_file, cert=pki.client_cert, key=pki.client_key)
+    with secure_channel(f"127.0.0.1:{port}", tls) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelReady",
                                    request_serializer=lambda m: m.SerializeToString(),
                                    response_deserializer=protos.cls("inference.ModelReadyResponse").FromString)

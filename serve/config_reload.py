@@ -102,8 +102,8 @@ class ModelConfigReloader:
             self._models.reconfigure(sources)
             self._on_change()
             for source in sources:
+                states = {s.version: s.state for s in self._models.statuses(source.name)} if source.labels else {}
                 for label, version in sorted(source.labels.items()):
-                    states = {s.version: s.state for s in self._models.statuses(source.name)}
                     if states.get(version) is not VersionState.AVAILABLE:
                         raise ServeError(ErrorKind.FAILED_PRECONDITION,
                                          f"Request to assign label to version {version} of model {source.name}, "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.manifest import MANIFEST_FILE
-from kdeploy.contract.repository import version_numbers
+from kdeploy.contract.repository import version_numbers, version_of_folder
 from kdeploy.serve.config import ModelSource, VersionPolicy
 from kdeploy.serve.sources import sources_from_repository
 
@@ -84,4 +84,4 @@ def _version_of(path: Path) -> int:
             version = None
         if isinstance(version, int) and version > 0:
             return version
-    return int(path.name) if path.name.isdigit() and int(path.name) > 0 else 1
+    return version_of_folder(path.name) or 1

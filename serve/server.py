@@ -263,7 +263,7 @@ def build_server(config: ServeConfig) -> RunningServer:
     try:
         if config.rest_port is not None:
             rest = RestServer(RestApi(service, config.max_message_bytes, metrics, known), observers,
-                              KServeRestApi(service, kserve, protos, metrics, known),
+                              KServeRestApi(service, kserve, metrics, known),
                               metrics_page=(config.rest_metrics_path, metrics.exposition)
                               if config.rest_metrics_path else None)
             rest_port = front_end.run(rest.start(config.host, config.rest_port, reuse_port=config.reuse_port,

@@ -66,7 +66,7 @@ def require_tracing_extra() -> None:
     Raises:
         UsageError: naming the extra and how to install it.
     """
-    missing = [m for m in EXTRA_MODULES["tracing"] if _find(m) is None]
+    missing = missing_modules("tracing")
     if missing:
         raise UsageError("an OTLP endpoint is set (OTEL_EXPORTER_OTLP_*ENDPOINT), and traces need the tracing extra: "
                          f"pip install 'kdeploy[tracing]' ({', '.join(missing)} not installed)")

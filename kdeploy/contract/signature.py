@@ -67,6 +67,7 @@ DTYPES: tuple[DType, ...] = (
 _NUMPY_DTYPES: dict[str, np.dtype] = {d.name: np.dtype(object) if d.name == STRING else np.dtype(d.name)
                                      for d in DTYPES}
 _BY_NAME: dict[str, DType] = {d.name: d for d in DTYPES}
+_BY_KSERVE: dict[str, DType] = {d.kserve: d for d in DTYPES}
 
 
 def dtype_by_name(name: str) -> DType:
@@ -79,6 +80,11 @@ def dtype_by_name(name: str) -> DType:
     if dtype is not None:
         return dtype
     raise SignatureError(f"unsupported dtype {name!r}; supported: {', '.join(d.name for d in DTYPES)}")
+
+
+def dtype_by_kserve(datatype: str) -> DType | None:
+    """The `DType` whose KServe v2 datatype is `datatype` (FP32, BYTES, ...); None for one kdeploy does not handle."""
+    return _BY_KSERVE.get(datatype)
 
 
 def dtype_by_tf_enum(value: int) -> DType:

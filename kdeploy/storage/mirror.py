@@ -11,7 +11,6 @@ after a growing, jittered delay.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -31,6 +30,8 @@ from kdeploy.storage.sync import (
     VersionRefusedError,
     is_cached,
     listing_signature,
+    read_record,
+    record_path,
     remove_cached,
     remove_stale,
     sync_version,
@@ -41,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_FACTOR = 8
 """After repeated errors the delay between polls grows up to this many poll intervals."""
-MODEL_FILES_RECORD = ".sync-model.json"
-"""What the files beside a cached model's versions were copied from."""
+MODEL_FILES_FOLDER = "model"
+"""The record (`sync.record_path`: `.sync-model.json`) of the files beside a cached model's versions."""
 JITTER = 0.2
 """Each delay is stretched or shrunk by up to this fraction, so a fleet of servers does not poll in step."""
 
@@ -156,7 +157,7 @@ class RepositoryMirror:
                     if (v := version_of_folder(f)) is not None and self._complete(model, f, files)}
         state = self._state[model.name]
         for folder in list(state.refused):
-            if folder not in versions or state.refused[folder][0] != _signature(versions[folder]):
+            if folder not in versions or state.refused[folder][0] != listing_signature(versions[folder]):
                 del state.refused[folder]  # changed or gone: may be tried again
         while True:  # a refused version leaves the candidates: the policy picks again among the others
             candidates = sorted(v for v, f in complete.items() if f not in state.refused)
@@ -177,7 +178,7 @@ class RepositoryMirror:
         try:
             result = sync_version(storage, folder, files, model.cache_dir, workers=self._workers)
         except VersionRefusedError as exc:
-            self._state[model.name].refused[folder] = (_signature(files), str(exc))
+            self._state[model.name].refused[folder] = (listing_signature(files), str(exc))
             logger.error("model %s: %s", model.name, exc, extra={"model": model.name})
             if self._observer is not None:
                 self._observer.poll_error(model.name, exc.kind)
@@ -194,7 +195,7 @@ class RepositoryMirror:
         if is_cached(model.cache_dir, folder, files):
             return True  # settled before (this listing was cached)
         state = self._state[model.name]
-        signature = _signature(files)
+        signature = listing_signature(files)
         seen = state.unsettled.get(folder)
         if seen is None or seen[0] != signature:
             state.unsettled[folder] = (signature, time.monotonic())
@@ -204,18 +205,13 @@ class RepositoryMirror:
 
     def _sync_model_files(self, storage: ObjectStorage, model: MirroredModel, files: list[ObjectInfo]) -> bool:
         """Mirror the small files beside the versions (Triton's config.pbtxt, batching parameters)."""
-        record = model.cache_dir / MODEL_FILES_RECORD
         signature = listing_signature(files)
-        try:
-            if json.loads(record.read_text(encoding="utf-8")).get("files") == signature:
-                return False
-        except (OSError, ValueError, AttributeError):
-            pass
-        if not files and not record.exists():
+        if read_record(model.cache_dir, MODEL_FILES_FOLDER) == signature:  # ({} for none: nothing to mirror)
             return False
         for info in files:
             write_bytes_atomic(model.cache_dir / info.path, storage.read_bytes(info.path))
-        write_json_atomic(record, {"url": storage.where(), "files": signature})
+        write_json_atomic(record_path(model.cache_dir, MODEL_FILES_FOLDER),
+                          {"url": storage.where(), "files": signature})
         return True
 
     def _prune(self, model: MirroredModel, wanted: set[str]) -> bool:
@@ -244,7 +240,3 @@ class RepositoryMirror:
         else:
             logger.info("model %s: polling %s works again", model.name, model.url, extra={"model": model.name})
         state.error = message
-
-
-def _signature(files: list[ObjectInfo]) -> dict:
-    return {f.path: (f.size, f.etag) for f in files}

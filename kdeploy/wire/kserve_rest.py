@@ -23,9 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy.contract.signature import DTYPES, STRING, TensorSpec, dtype_by_name, format_shape
+from kdeploy.contract.signature import STRING, TensorSpec, dtype_by_kserve, dtype_by_name, format_shape
 from kdeploy.wire.errors import invalid
-from kdeploy.wire.tensors import kserve_datatype, ndarray_from_kserve, raw_bytes, split_length_prefixed
+from kdeploy.wire.tensors import (
+    LITTLE_ENDIAN,
+    check_shape,
+    kserve_datatype,
+    ndarray_from_kserve,
+    raw_bytes,
+    split_length_prefixed,
+)
 
 INFERENCE_HEADER = "Inference-Header-Content-Length"
 """The HTTP header that gives the JSON part's length when binary tensor data follows it."""
@@ -34,8 +41,6 @@ BINARY_EXTENSION = "binary_tensor_data"
 BINARY_FIELD = "the binary data"
 """How error messages name the bytes of a binary tensor."""
 
-_BY_KSERVE = {d.kserve: d for d in DTYPES}
-_LITTLE_ENDIAN = {d.kserve: d.numpy.newbyteorder("<") for d in DTYPES if d.name != STRING}
 _INTEGER_KINDS = "iu"
 
 
@@ -155,17 +160,16 @@ def _tensor_from_json(item: Any, index: int) -> tuple[RestTensor, int | None]:
     shape = item.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise invalid(f"input {name!r} needs a 'shape', a list of integers")
-    if shape and min(shape) < 0:
-        raise invalid(f"input {name!r}: shape {shape} has a negative dimension")
+    dims = check_shape(name, shape)
     parameters = _parameters(item.get("parameters"), f"input {name!r}'s")
     size = parameters.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise invalid(f"input {name!r}: binary_data_size must be a number of bytes, got {size!r}")
-        return RestTensor(name, datatype, tuple(shape)), size
+        return RestTensor(name, datatype, dims), size
     if "data" not in item:
         raise invalid(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-    return RestTensor(name, datatype, tuple(shape), data=item["data"]), None
+    return RestTensor(name, datatype, dims, data=item["data"]), None
 
 
 def _parameters(value: Any, whose: str) -> dict[str, Any]:
@@ -326,7 +330,7 @@ def raw_input_tensor(raw: memoryview, spec: TensorSpec) -> RestTensor:
         raise invalid(f"input {spec.name!r} has shape {format_shape(spec.shape)}, more than one variable dimension "
                       "besides the batch: a raw binary request cannot say it; send a JSON inference request")
     if free:
-        known = math.prod(d for d in dims if d is not None) * _LITTLE_ENDIAN[kserve].itemsize
+        known = math.prod(d for d in dims if d is not None) * LITTLE_ENDIAN[spec.dtype].itemsize
         if known == 0 or len(raw) % known:
             raise invalid(f"input {spec.name!r}: a raw body of {len(raw)} bytes does not fill shape "
                           f"{format_shape(spec.shape)} of {kserve}")
@@ -435,7 +439,7 @@ def outputs_from_response(body: bytes, header_length: int | None) -> dict[str, n
     for item in response.get("outputs") or []:
         name, datatype, shape = item["name"], item["datatype"], tuple(item["shape"])
         size = (item.get("parameters") or {}).get("binary_data_size")
-        dtype = _BY_KSERVE.get(datatype)
+        dtype = dtype_by_kserve(datatype)
         if dtype is None:
             raise invalid(f"output {name!r} has datatype {datatype}, which kdeploy cannot read")
         if size is not None:
@@ -446,7 +450,7 @@ def outputs_from_response(body: bytes, header_length: int | None) -> dict[str, n
                 array = np.empty(len(values), dtype=object)
                 array[:] = values
             else:
-                array = np.frombuffer(data, dtype=_LITTLE_ENDIAN[datatype])
+                array = np.frombuffer(data, dtype=LITTLE_ENDIAN[dtype.name])
         elif dtype.name == STRING:
             array = np.empty(math.prod(shape), dtype=object)
             array[:] = [s.encode("utf-8") for s in np.ravel(item["data"])]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from kdeploy.common.errors import UsageError
-from kdeploy.contract.signature import DTYPES, STRING, ModelSignature
+from kdeploy.contract.signature import DTYPES, STRING, ModelSignature, dtype_by_kserve
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ SPEC_VERSION = "1.0"
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 CONTENT_TYPE = "application/json"
-_BY_KSERVE = {d.kserve: d for d in DTYPES}
 _KSERVE_OF = {d.numpy: d.kserve for d in DTYPES}
 
 
@@ -69,7 +68,7 @@ def ndarray_from_tensor_json(tensor: Mapping[str, Any]) -> np.ndarray:
     Raises:
         ValueError: for a datatype, shape or data that do not fit together.
     """
-    dtype = _BY_KSERVE.get(tensor.get("datatype", ""))
+    dtype = dtype_by_kserve(tensor.get("datatype", ""))
     if dtype is None:
         raise ValueError(f"tensor {tensor.get('name')!r}: unknown datatype {tensor.get('datatype')!r}")
     shape = [int(d) for d in tensor["shape"]]

@@ -22,11 +22,10 @@ from kdeploy.wire.packed import PACKED_MIN_VALUES, add_packed_values, packed_val
 
 _BY_TF_ENUM: dict[int, DType] = {d.tf_enum: d for d in DTYPES}
 _KSERVE_NAMES: dict[str, str] = {d.name: d.kserve for d in DTYPES}
-_LITTLE_ENDIAN: dict[str, np.dtype] = {d.name: d.numpy.newbyteorder("<") for d in DTYPES if d.name != STRING}
+LITTLE_ENDIAN: dict[str, np.dtype] = {d.name: d.numpy.newbyteorder("<") for d in DTYPES if d.name != STRING}
 """The wire's byte order for each numeric dtype (made once: `newbyteorder` builds a new dtype per call)."""
 _NATIVE_ORDER = "=" if sys.byteorder == "little" else "<"
 """A dtype byte order that already is little-endian ("=" native, on a little-endian machine)."""
-_BY_KSERVE: dict[str, DType] = {d.kserve: d for d in DTYPES}
 _TF_ENUM_NAMES: dict[int, str] = {
     1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_INT16", 6: "DT_INT8", 7: "DT_STRING",
     9: "DT_INT64", 10: "DT_BOOL", 17: "DT_UINT16", 19: "DT_HALF", 22: "DT_UINT32", 23: "DT_UINT64",
@@ -65,7 +64,7 @@ def _elements(shape: tuple[int, ...]) -> int:
     return math.prod(shape)  # Python integers: absurd dimensions must not overflow into a small number
 
 
-def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
+def check_shape(name: str, shape: Any) -> tuple[int, ...]:
     """A wire shape (a list or protobuf's repeated int64) as a tuple, refusing negative dimensions."""
     dims = tuple(shape)
     if dims and min(dims) < 0:
@@ -87,7 +86,7 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
     if proto.tensor_shape.unknown_rank:
         raise invalid(f"input {name!r}: expected shape {format_shape(spec.shape)}, got a tensor of unknown rank")
     # Shapes are the service's to check (or the graph's: a SavedModel is fed as TF Serving feeds it).
-    shape = _check_shape(name, [d.size for d in proto.tensor_shape.dim])
+    shape = check_shape(name, [d.size for d in proto.tensor_shape.dim])
     count = _elements(shape)
     if spec.is_string:
         return _strings_from_values(name, list(proto.string_val), shape, count, "string_val", repeat=True)
@@ -101,7 +100,7 @@ def ndarray_from_tensor_proto(name: str, proto: Any, spec: TensorSpec, max_bytes
         if len(proto.tensor_content) != expected:
             raise invalid(f"input {name!r}: tensor_content has {len(proto.tensor_content)} bytes; shape "
                           f"{list(shape)} of {spec.dtype} needs {expected}")
-        return np.frombuffer(proto.tensor_content, dtype=_LITTLE_ENDIAN[spec.dtype]).reshape(shape)
+        return np.frombuffer(proto.tensor_content, dtype=LITTLE_ENDIAN[spec.dtype]).reshape(shape)
     values = getattr(proto, _TF_TYPED_FIELD[spec.dtype])
     given = len(values)
     if given > count:
@@ -159,7 +158,7 @@ def ndarray_from_kserve(name: str, datatype: str, shape: Sequence[int], contents
     `raw_field` names where the raw bytes came from in error messages (gRPC's `raw_input_contents`, or the binary
     tensor extension's data over HTTP).
     """
-    little_endian = _LITTLE_ENDIAN.get(spec.dtype)
+    little_endian = LITTLE_ENDIAN.get(spec.dtype)
     if raw is not None and little_endian is not None and datatype == _KSERVE_NAMES[spec.dtype]:
         # The common case, checked in as few steps as it takes (every other case, and every error, below).
         dims = tuple(shape)
@@ -168,7 +167,7 @@ def ndarray_from_kserve(name: str, datatype: str, shape: Sequence[int], contents
     want = dtype_by_name(spec.dtype)
     if datatype != want.kserve:
         raise invalid(f"input {name!r}: expected datatype {want.kserve}, got {datatype or 'none'}")
-    shape_t = _check_shape(name, shape)
+    shape_t = check_shape(name, shape)
     count = _elements(shape_t)
     if spec.is_string:
         values = split_length_prefixed(name, raw, raw_field) if raw is not None else list(contents.bytes_contents)
@@ -179,7 +178,7 @@ def ndarray_from_kserve(name: str, datatype: str, shape: Sequence[int], contents
         if len(raw) != expected:
             raise invalid(f"input {name!r}: {raw_field} has {len(raw)} bytes; shape {list(shape_t)} of "
                           f"{want.kserve} needs {expected}")
-        return np.frombuffer(raw, dtype=_LITTLE_ENDIAN[spec.dtype]).reshape(shape_t)
+        return np.frombuffer(raw, dtype=LITTLE_ENDIAN[spec.dtype]).reshape(shape_t)
     field_name = _KSERVE_TYPED_FIELD.get(spec.dtype)
     if field_name is None or contents is None:
         raise invalid(f"input {name!r}: {want.kserve} tensors must be sent in raw_input_contents")

@@ -47,7 +47,6 @@ from kdeploy.wire.kserve_rest import (
     ndarray_from_rest,
     raw_input_tensor,
 )
-from kdeploy.wire.protos.messages import Protos
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +81,10 @@ class RestReply:
 class KServeRestApi:
     """Translates KServe v2 HTTP requests to the inference service (and the gRPC adapter's answers) and back."""
 
-    def __init__(self, service: InferenceService, grpc_adapter: KServeV2Adapter, protos: Protos,
+    def __init__(self, service: InferenceService, grpc_adapter: KServeV2Adapter,
                  metrics: ServerMetrics | None = None, known_models: Container[str] = frozenset()) -> None:
         self.service = service
         self._grpc = grpc_adapter
-        self._protos = protos
         self._metrics = metrics
         self._known = known_models
 

@@ -233,12 +233,13 @@ def signature_def_map(served: ServedVersion, target: Any) -> Any:
     names, `defaults`, unknown ranks, `__saved_model_init_op`), as TF Serving does; other versions answer their
     manifest's signatures in the same form.
     """
-    stored = stored_signature_defs(served.loaded()[1])
+    manifest, backend = served.loaded()  # once: the version may unload between two calls
+    stored = stored_signature_defs(backend)
     if stored:
         for name, serialized in stored.items():
             target.signature_def[name].ParseFromString(serialized)
         return target
-    for name, signature in served.loaded()[0].signatures.items():
+    for name, signature in manifest.signatures.items():
         _fill_signature_def(target.signature_def[name], signature)
     return target
 

@@ -64,7 +64,7 @@ def api(tmp_path):
     service = InferenceService(models, metrics)
     protos = load_protos()
     known = frozenset(models.model_names)
-    yield Api(KServeRestApi(service, KServeV2Adapter(service, protos, "onnx"), protos, metrics, known), loader, metrics)
+    yield Api(KServeRestApi(service, KServeV2Adapter(service, protos, "onnx"), metrics, known), loader, metrics)
     models.close()
 
 
@@ -97,7 +97,7 @@ def test_server_ready_when_every_model_is_and_503_once_draining(tmp_path):
     models = ModelManager([ModelSource("m", tmp_path / "m")], "onnx", FakeLoader())
     models.load_all()
     service = InferenceService(models)
-    api = Api(KServeRestApi(service, KServeV2Adapter(service, load_protos(), "onnx"), load_protos()), FakeLoader(),
+    api = Api(KServeRestApi(service, KServeV2Adapter(service, load_protos(), "onnx")), FakeLoader(),
               ServerMetrics())
     assert api.get("/v2/health/ready") == (200, {"ready": True})
     api.api.service.draining = True
