@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from kdeploy.serve.metrics import ServerMetrics
 from kdeploy.serve.observe import RequestScope
 from kdeploy.serve.record_queue import RecordQueue
+from kdeploy.wire.payload_log import time_text
 
 STDOUT = "-"
 
@@ -64,9 +64,8 @@ class AccessLog:
 
 def _format(line: _Line) -> str:
     started_ns, peer, protocol, operation, model, version, status, latency, sent, answered, trace_id = line
-    time = datetime.fromtimestamp(started_ns / 1e9, tz=UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     return json.dumps({
-        "time": time, "peer": peer, "protocol": protocol, "operation": operation, "model": model,
+        "time": time_text(started_ns), "peer": peer, "protocol": protocol, "operation": operation, "model": model,
         "version": version, "status": int(status) if status.isdigit() else status,
         "latency_ms": round(latency * 1000, 3), "request_bytes": sent, "response_bytes": answered,
         "trace_id": trace_id,

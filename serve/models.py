@@ -249,12 +249,7 @@ class ModelManager:
                 for name in wanted:
                     self._versions.setdefault(name, {})
                 self._sources = wanted
-            for versions in gone:
-                for served in versions.values():
-                    if served.state is VersionState.AVAILABLE:
-                        self._unload(served)
-                    elif served.backend is not None:
-                        self._close(served)
+            self._release([served for versions in gone for served in versions.values()])
             for source in sources:
                 self._poll_model(source)
 
@@ -651,7 +646,11 @@ class ModelManager:
         """Unload every version (after its in-flight requests, up to the drain time)."""
         with self._lock:
             everything = [v for versions in self._versions.values() for v in versions.values()]
-        for served in everything:
+        self._release(everything)
+
+    def _release(self, versions: list[ServedVersion]) -> None:
+        """Unload the available ones (after their in-flight requests); close the runtime of any other that has one."""
+        for served in versions:
             if served.state is VersionState.AVAILABLE:
                 self._unload(served)
             elif served.backend is not None:

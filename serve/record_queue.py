@@ -44,8 +44,6 @@ class RecordQueue(Generic[T]):
         self._queue: queue.Queue[T | None] = queue.Queue(maxsize=capacity)
         self._warned_at = -WARN_EVERY_SECONDS
         self.dropped = 0
-        self.failed = 0
-        self.written = 0
         self._thread = threading.Thread(target=self._run, name=f"{log}-log", daemon=True)
         self._thread.start()
 
@@ -80,9 +78,7 @@ class RecordQueue(Generic[T]):
     def _deliver(self, records: list[T]) -> None:
         try:
             self._write(records)
-            self.written += len(records)
         except Exception as exc:
-            self.failed += len(records)
             if self._metrics is not None:
                 self._metrics.log_dropped(self.log, "sink_error", len(records))
             now = time.monotonic()

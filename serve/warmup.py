@@ -52,8 +52,7 @@ def warmup_file(version_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def replay_warmup(path: Path, backend: Backend, manifest: Manifest, *, check_shapes: bool,
-                  max_tensor_bytes: int | None = None) -> WarmupReplay:
+def replay_warmup(path: Path, backend: Backend, manifest: Manifest, *, check_shapes: bool) -> WarmupReplay:
     """Run every record of a warm-up file on a loaded backend.
 
     Args:
@@ -61,7 +60,6 @@ def replay_warmup(path: Path, backend: Backend, manifest: Manifest, *, check_sha
         backend: the version's runtime.
         manifest: its manifest (which names its signatures).
         check_shapes: whether inputs must match the signature's shapes (as the version's requests must).
-        max_tensor_bytes: largest tensor a typed field may expand to.
 
     Raises:
         WarmupError: naming the record and why it failed.
@@ -75,7 +73,7 @@ def replay_warmup(path: Path, backend: Backend, manifest: Manifest, *, check_sha
             except Exception:  # protobuf's DecodeError, or worse on garbage
                 raise WarmupError(f"Failed to parse warmup record {index} from {path}") from None
             try:
-                for signature, feed in _runs(log, manifest, max_tensor_bytes):
+                for signature, feed in _runs(log, manifest):
                     checked = signature.validate_feed(feed, check_shapes=check_shapes)
                     started = time.perf_counter()
                     infer_signature(backend, signature, checked)
@@ -90,13 +88,13 @@ def replay_warmup(path: Path, backend: Backend, manifest: Manifest, *, check_sha
     return WarmupReplay(count, fastest)
 
 
-def _runs(log: Any, manifest: Manifest, max_tensor_bytes: int | None) -> list[tuple[ModelSignature, dict]]:
+def _runs(log: Any, manifest: Manifest) -> list[tuple[ModelSignature, dict]]:
     """The (signature, feed) runs of one PredictionLog; none for a record without a request type."""
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
         request = log.predict_log.request
         signature = manifest.signature_named(request.model_spec.signature_name)
-        feed = {name: ndarray_from_tensor_proto(name, proto, signature.input(name), max_tensor_bytes)
+        feed = {name: ndarray_from_tensor_proto(name, proto, signature.input(name))
                 for name, proto in request.inputs.items()}
         for name in request.output_filter:
             signature.output(name)

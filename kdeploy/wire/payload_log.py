@@ -80,7 +80,8 @@ def ndarray_from_tensor_json(tensor: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(data, dtype=dtype.numpy).reshape(shape)
 
 
-def _time_text(time_ns: int) -> str:
+def time_text(time_ns: int) -> str:
+    """A time in nanoseconds since the epoch as RFC 3339 UTC with microseconds (`...T12:00:00.000001Z`)."""
     return datetime.fromtimestamp(time_ns / 1e9, tz=UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -103,7 +104,7 @@ class EventContext:
     def attributes(self, kind: str, time_ns: int) -> dict[str, str]:
         attributes = {
             "specversion": SPEC_VERSION, "id": self.id, "source": self.source, "type": kind,
-            "time": _time_text(time_ns), "datacontenttype": CONTENT_TYPE,
+            "time": time_text(time_ns), "datacontenttype": CONTENT_TYPE,
             "inferenceservicename": self.model, "namespace": self.namespace, "component": "predictor",
             "endpoint": self.endpoint, "modelversion": str(self.version), "protocol": self.protocol,
             "signature": self.signature,
