@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +21,10 @@ from google.protobuf import json_format
 
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.signature import DTYPES, STRING, ModelSignature, SignatureError, TensorSpec
+from kdeploy.wire.kserve_rest import model_path
 from kdeploy.wire.protocols import REST_PROTOCOLS
 from kdeploy.wire.protos.messages import Protos, load_protos
-from kdeploy.wire.tls import ClientTls, secure_channel
+from kdeploy.wire.tls import ClientTls, http_opener, secure_channel
 
 logger = logging.getLogger(__name__)
 
@@ -161,17 +161,13 @@ def _fetch_grpc(protocol: str, address: str, model: str, version: int | None, ti
 def _fetch_rest(protocol: str, address: str, model: str, version: int | None, timeout_s: float,
                 tls: ClientTls | None) -> ModelSignature:
     scheme = "https" if tls else "http"
-    versions = "" if version is None else f"/versions/{version}"
     if protocol == "kserve-rest":
-        url = f"{scheme}://{address}/v2/models/{model}{versions}"
+        url = f"{scheme}://{address}{model_path(model, version)}"
     else:
+        versions = "" if version is None else f"/versions/{version}"
         url = f"{scheme}://{address}/v1/models/{model}{versions}/metadata"
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # never through a proxy
-    if tls is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=tls.ssl_context()))
-    opener = urllib.request.build_opener(*handlers)
     try:
-        with opener.open(url, timeout=timeout_s) as response:
+        with http_opener(tls).open(url, timeout=timeout_s) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:300]

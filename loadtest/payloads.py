@@ -21,7 +21,7 @@ from kdeploy.contract.manifest import read_manifest
 from kdeploy.contract.repository import resolve_version_dir
 from kdeploy.contract.signature import Feed, ModelSignature, batch_size, load_data_file
 from kdeploy.loadtest.config import WorkloadSettings
-from kdeploy.wire.kserve_rest import infer_request_body
+from kdeploy.wire.kserve_rest import infer_request_body, model_path
 from kdeploy.wire.payload_log import is_payload_log, read_payload_log, replay_rows, stacked_inputs
 from kdeploy.wire.protocols import GRPC_METHODS, REST_PROTOCOLS
 from kdeploy.wire.protos.messages import Protos, load_protos
@@ -127,7 +127,7 @@ def rest_predict_path(model: str, version: int | None) -> str:
 
 
 def kserve_infer_path(model: str, version: int | None) -> str:
-    return f"/v2/models/{model}" + ("" if version is None else f"/versions/{version}") + "/infer"
+    return model_path(model, version) + "/infer"
 
 
 def encode_payloads(settings: WorkloadSettings, feeds: list[dict[str, np.ndarray]]) -> Payloads:

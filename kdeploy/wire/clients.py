@@ -17,11 +17,11 @@ import numpy as np
 
 from kdeploy.common.errors import UsageError
 from kdeploy.contract.signature import Feed, ModelSignature
-from kdeploy.wire.kserve_rest import INFERENCE_HEADER, infer_request_body, outputs_from_response
+from kdeploy.wire.kserve_rest import INFERENCE_HEADER, infer_request_body, model_path, outputs_from_response
 from kdeploy.wire.protocols import GRPC_METHODS, PROTOCOLS
 from kdeploy.wire.protos.messages import load_protos
 from kdeploy.wire.tensors import fill_tensor_proto, kserve_datatype, ndarray_from_tensor_proto, raw_bytes
-from kdeploy.wire.tls import ClientTls, secure_channel
+from kdeploy.wire.tls import ClientTls, http_opener, secure_channel
 
 
 class ServedModelError(Exception):
@@ -161,14 +161,10 @@ class KServeRestClient:
 
     def __init__(self, address: str, model: str, version: int | None, signature: ModelSignature,
                  timeout: float = 30.0, tls: ClientTls | None = None) -> None:
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "")
         scheme = "https" if tls else "http"
-        self._url = f"{scheme}://{address}{path}"
+        self._url = f"{scheme}://{address}{model_path(model, version)}"
         self._timeout, self.signature = timeout, signature
-        handlers: list[Any] = [urllib.request.ProxyHandler({})]  # never through a proxy
-        if tls:
-            handlers.append(urllib.request.HTTPSHandler(context=tls.ssl_context()))
-        self._opener = urllib.request.build_opener(*handlers)
+        self._opener = http_opener(tls)
         try:
             with self._opener.open(f"{scheme}://{address}/v2/health/live", timeout=min(timeout, 5.0)):
                 pass

@@ -400,6 +400,11 @@ def _json_data(name: str, array: np.ndarray) -> list[Any]:
 
 # The client's side.
 
+def model_path(model: str, version: int | None) -> str:
+    """`/v2/models/NAME[/versions/V]`: a model's metadata; its readiness, inference and statistics below it."""
+    return f"/v2/models/{model}" + ("" if version is None else f"/versions/{version}")
+
+
 def infer_request_body(feed: Mapping[str, np.ndarray], binary: bool = True, outputs: Sequence[str] = (),
                        binary_outputs: bool = True, request_id: str | None = None) -> tuple[bytes, int | None]:
     """An inference request for `feed`, its tensors as binary data (`binary`) or JSON.
