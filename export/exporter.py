@@ -172,10 +172,11 @@ def _export_to_store(config: ExportConfig, url: StorageUrl, progress: Callable[[
     keep = False
     try:
         storage = ObjectStorage(url.child(config.name))
-        versions = sorted(v for f in storage.list_folders() if (v := version_of_folder(f)) is not None)
-        version = config.version or (versions[-1] + 1 if versions else 1)
-        folder = local.version_dir(config.name, version).name  # also checks the name
-        if version in versions and not config.force and storage.exists(f"{folder}/{MANIFEST_FILE}"):
+        existing = {v: f for f in storage.list_folders() if (v := version_of_folder(f)) is not None}
+        version = config.version or (max(existing) + 1 if existing else 1)
+        local.version_dir(config.name, version)  # checks the name
+        folder = existing.get(version, str(version))  # a version keeps the folder it has (`0005/` is version 5)
+        if version in existing and not config.force and storage.exists(f"{folder}/{MANIFEST_FILE}"):
             raise UsageError(f"version {storage.where(folder)} already exists; pass --force to replace it")
         result = _export_into(config, local, version, progress, cancel)
         if not result.published:

@@ -82,6 +82,16 @@ def test_the_demo_model_exported_to_s3_serves_correct_answers(kdeploy, digits_tr
     assert 'name: "digits"' in (tmp_path / "configs" / "tfserving" / "models.config").read_text()
 
 
+def test_export_finds_a_version_the_store_holds_in_a_padded_folder(kdeploy, digits_trained, exported_repo, s3_env):
+    """Another tool wrote version 2 as `0002/` (as TF Serving names folders): it is version 2, not free."""
+    storage = ObjectStorage(parse_url("s3://models/padded/digits"))
+    publish_version(exported_repo / "digits" / "1", storage, "0002", progress=lambda _: None)
+    result = kdeploy("export", digits_trained.model_path, "--repository", "s3://models/padded", "--name", "digits",
+                     "--version", "2")
+    assert result.code == 2 and "version s3://models/padded/digits/0002 already exists" in result.err, result.err
+    assert storage.list_folders() == ["0002"]
+
+
 def test_versions_roll_out_under_load_and_unfinished_or_corrupt_ones_never_serve(exported_repo, s3_env, tmp_path):
     storage = ObjectStorage(parse_url("s3://models/rollout/digits"))
     version = exported_repo / "digits" / "1"
