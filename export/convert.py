@@ -15,7 +15,7 @@ import tensorflow as tf
 from kdeploy.contract.manifest import TFLITE_QUANTIZATIONS
 from kdeploy.contract.signature import ModelSignature, slice_feed
 from kdeploy.export.keras_model import has_recurrent_layers, serving_function, unrolled_clone
-from kdeploy.export.tflite_tf1 import has_reference_variables, tflite_from_tf1_savedmodel
+from kdeploy.export.tflite_tf1 import has_reference_variables, set_quantization, tflite_from_tf1_savedmodel
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +94,10 @@ def tflite_from_savedmodel(
             raise ConversionError(_converter_reason(exc)) from exc
         return
     converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel_dir), signature_keys=[signature_name])
-    if quantization == "fp16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantization == "dynamic-int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization == "int8":
+    set_quantization(converter, quantization)
+    if quantization == "int8":
         if representative_feed is None:
             raise ConversionError("int8 quantization needs representative data (--representative-data FILE.npz)")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: _representative_rows(representative_feed)
     try:
         out_path.write_bytes(converter.convert())

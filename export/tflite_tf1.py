@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 from flatbuffers import flexbuffers
@@ -33,6 +34,15 @@ def has_reference_variables(savedmodel_dir: Path) -> bool:
     proto.ParseFromString((Path(savedmodel_dir) / "saved_model.pb").read_bytes())
     return any(node.op in REFERENCE_VARIABLE_OPS for graph in proto.meta_graphs
                if SERVE_TAG in graph.meta_info_def.tags for node in graph.graph_def.node)
+
+
+def set_quantization(converter: Any, quantization: str) -> None:
+    """The optimizations of a TFLite converter (TF2's or TF1's) for `quantization`: fp16 or int8 weights, or none;
+    full int8 also needs a representative dataset, which the caller sets."""
+    if quantization != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
 
 
 def tflite_from_tf1_savedmodel(savedmodel_dir: Path, signature_name: str, quantization: str) -> bytes:
@@ -63,11 +73,7 @@ def tflite_from_tf1_savedmodel(savedmodel_dir: Path, signature_name: str, quanti
         inputs = [graph.get_tensor_by_name(definition.inputs[k].name) for k in sorted(definition.inputs)]
         outputs = [graph.get_tensor_by_name(definition.outputs[k].name) for k in sorted(definition.outputs)]
         converter = tf.compat.v1.lite.TFLiteConverter.from_session(session, inputs, outputs)
-        if quantization == "fp16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantization == "dynamic-int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        set_quantization(converter, quantization)
         model = converter.convert()
     return with_signature_defs(model, {signature_name: definitions[signature_name].SerializeToString()})
 
